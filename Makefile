@@ -1,0 +1,37 @@
+# The two set-up commands: `make run` (the daily job on embedded defaults) and `make test`.
+# Each builds .venv on first use; nothing has to be installed by hand.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU wheel lies on this machine's disk; installing it first stops pip resolving a CUDA build.
+TORCH_VERSION ?= 2.13.0
+
+# Dagster's instance config (dagster.yaml) lives at the repo root.
+export DAGSTER_HOME ?= $(CURDIR)
+export TQDM_DISABLE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run dev test migrate clean-db
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# Migrates, sets the instance's gpu pool limit, materialises the latest daily window and prints a summary.
+run: install
+	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline run --cadence 1d
+
+# Dagster UI (and daemon, for schedules and backfills) on the same instance and database as `make run`.
+dev: install
+	$(BIN)/forecasting-pipeline with-db -- sh -c '$(BIN)/forecasting-pipeline migrate && $(BIN)/forecasting-pipeline setup-instance && $(BIN)/dagster dev -h 127.0.0.1 -p 3000'
+
+test: install
+	$(BIN)/forecasting-pipeline with-db -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+migrate: install
+	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline migrate

@@ -1,0 +1,188 @@
+"""The ``forecasting-pipeline`` command: set-up steps, the main job, and offline checkpoints.
+
+    forecasting-pipeline with-db -- CMD...   run CMD with DATABASE_URL set (embedded PostgreSQL when unset)
+    forecasting-pipeline migrate             apply pending migrations to DATABASE_URL
+    forecasting-pipeline setup-instance      give the Dagster instance's `gpu` pool a limit of 1
+    forecasting-pipeline run                 materialise the latest window of a cadence and print a summary
+    forecasting-pipeline init-model          write a RANDOM-WEIGHT Chronos-2 checkpoint (tests, benchmarks, offline demos)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+logger = logging.getLogger("forecasting_pipeline")
+
+GPU_POOL = "gpu"
+GPU_POOL_LIMIT = 1
+DEMO_CHECKPOINT = Path(".models") / "chronos2-random-tiny"
+
+
+def _database_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        sys.exit("DATABASE_URL is not set; run through `forecasting-pipeline with-db -- ...` or `make run`.")
+    return url
+
+
+def cmd_with_db(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.embedded_postgres import database_environment
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        sys.exit("with-db needs a command after --")
+    with database_environment(args.pgdata) as env:
+        return subprocess.call(command, env={**os.environ, **env})
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.database import connect
+    from forecasting_pipeline.migrations import migrate
+
+    conn = connect(_database_url())
+    try:
+        applied = migrate(conn, Path(args.dir) if args.dir else None)
+    finally:
+        conn.close()
+    print(f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ", already up to date"))
+    return 0
+
+
+def setup_instance() -> None:
+    """Give the `gpu` pool its limit on the current Dagster instance (idempotent)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_POOL_LIMIT)
+
+
+def cmd_setup_instance(args: argparse.Namespace) -> int:
+    setup_instance()
+    print(f"Dagster instance at {os.environ.get('DAGSTER_HOME')}: pool {GPU_POOL!r} limited to {GPU_POOL_LIMIT}")
+    return 0
+
+
+def cmd_init_model(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.chronos_model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
+
+    path = write_random_checkpoint(args.dir, args.size)
+    print(f"wrote {args.size} Chronos-2 checkpoint to {path}\n{RANDOM_WEIGHTS_NOTE}")
+    return 0
+
+
+def _use_demo_checkpoint_if_unset() -> None:
+    """On fully embedded defaults only, fall back to a random tiny checkpoint, loudly."""
+    if os.environ.get("CHRONOS2_MODEL") or os.environ.get("FORECASTING_EMBEDDED_DB") != "1":
+        return
+    from forecasting_pipeline.chronos_model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
+
+    if not (DEMO_CHECKPOINT / "config.json").exists():
+        write_random_checkpoint(DEMO_CHECKPOINT, "tiny")
+    os.environ["CHRONOS2_MODEL"] = str(DEMO_CHECKPOINT.resolve())
+    print(
+        "!! CHRONOS2_MODEL is unset and the database is the embedded demo one: using a random tiny checkpoint\n"
+        f"!! at {DEMO_CHECKPOINT}. {RANDOM_WEIGHTS_NOTE}\n"
+        "!! Set CHRONOS2_MODEL=amazon/chronos-2 (with hub access) or a local checkpoint directory for real forecasts."
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from forecasting_pipeline.cadences import CADENCES
+    from forecasting_pipeline.database import connect
+    from forecasting_pipeline.migrations import migrate
+    from forecasting_pipeline.ml_predictions import MODEL_NAME
+
+    url = _database_url()
+    conn = connect(url)
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    setup_instance()
+    if args.demo_model_if_unset:
+        _use_demo_checkpoint_if_unset()
+
+    from forecasting_pipeline.definitions import defs
+
+    cadence = CADENCES[args.cadence]
+    partition = args.partition or cadence.partitions_def.get_last_partition_key()
+    started = datetime.now(timezone.utc)
+    result = defs.resolve_job_def(f"chronos2_{cadence.name}_job").execute_in_process(
+        instance=dg.DagsterInstance.get(), partition_key=partition, raise_on_error=False
+    )
+    if not result.success:
+        print(f"run {result.run_id} for window {partition} failed; see the Dagster UI (`make dev`) for its logs")
+        return 1
+    conn = connect(url)
+    try:
+        rows = conn.execute(
+            """
+            SELECT symbol, as_of, jsonb_array_length(predictions),
+                   (predictions->0->>'p10')::float8, (predictions->0->>'p50')::float8, (predictions->0->>'p90')::float8,
+                   model_version
+            FROM ml_predictions
+            WHERE model_name = %s AND timeframe = %s AND created_at >= %s
+            ORDER BY symbol
+            """,
+            (MODEL_NAME, cadence.name, started),
+        ).fetchall()
+    finally:
+        conn.close()
+    print(f"\nwindow {partition} ({cadence.name}): {len(rows)} {MODEL_NAME} rows written to ml_predictions")
+    print(f"{'symbol':<9} {'as_of (UTC)':<17} {'steps':>5} {'p10[1]':>12} {'p50[1]':>12} {'p90[1]':>12}")
+    for symbol, as_of, steps, p10, p50, p90, _version in rows:
+        print(f"{symbol:<9} {as_of.astimezone(timezone.utc):%Y-%m-%d %H:%M} {steps:>5} {p10:>12.5g} {p50:>12.5g} {p90:>12.5g}")
+    if rows:
+        print(f"model_version: {rows[0][6]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forecasting-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("with-db", help="run a command with DATABASE_URL/DAGSTER_PG_URL set")
+    p.add_argument("--pgdata", default=os.environ.get("FORECASTING_PGDATA", ".pgdata"),
+                   help="embedded server data folder (used only when DATABASE_URL is unset)")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_with_db)
+
+    p = sub.add_parser("migrate", help="apply pending SQL migrations to DATABASE_URL")
+    p.add_argument("--dir", help="migrations folder (default: the repository's migrations/)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("setup-instance", help="limit the Dagster instance's gpu pool to 1")
+    p.set_defaults(func=cmd_setup_instance)
+
+    p = sub.add_parser("run", help="migrate, then materialise one window of a cadence and print a summary")
+    p.add_argument("--cadence", choices=["1h", "1d"], default="1d")
+    p.add_argument("--partition", help="window to run (default: the latest complete one)")
+    p.add_argument("--no-demo-model", dest="demo_model_if_unset", action="store_false",
+                   help="never fall back to a random demo checkpoint")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("init-model", help="write a random-initialised Chronos-2 checkpoint (weights are RANDOM)")
+    p.add_argument("--size", choices=["tiny", "full"], required=True,
+                   help="tiny: the chronos tests' geometry; full: the published 120M-parameter geometry")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_init_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

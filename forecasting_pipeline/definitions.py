@@ -1,0 +1,57 @@
+"""Assembles the Dagster definitions: both cadence chains, their jobs and schedules, and the resources.
+
+Non-secret settings are read from the environment when the code location loads; secrets
+(database URLs) only through ``dg.EnvVar``, resolved at run time and hidden in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from forecasting_pipeline.assets import FRAMES_IO_MANAGER, build_chain
+from forecasting_pipeline.cadences import DAILY, HOURLY
+from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID
+from forecasting_pipeline.database import PostgresResource
+from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
+from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+from forecasting_pipeline.schedules import daily_job, daily_schedule, hourly_job, hourly_schedule
+
+
+def _env_or(name: str, default):
+    """An EnvVar when the variable is set (so the UI shows where the value came from), else the default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def default_resources() -> dict[str, object]:
+    frames_dir = Path(os.environ.get("DAGSTER_HOME") or tempfile.gettempdir()) / "storage" / "frames"
+    market_db = "MARKET_DATA_DATABASE_URL" if os.environ.get("MARKET_DATA_DATABASE_URL") else "DATABASE_URL"
+    source = os.environ.get("MARKET_DATA_SOURCE", "sample")
+    return {
+        "database": PostgresResource(url=dg.EnvVar("DATABASE_URL")),
+        "instruments": InstrumentsResource(file=_env_or("INSTRUMENTS_FILE", None)),
+        "market_data": MarketDataResource(
+            source=source,
+            path=_env_or("MARKET_DATA_PATH", None),
+            database_url=dg.EnvVar(market_db) if source == "postgres" else None,
+            table=os.environ.get("MARKET_DATA_TABLE", "ohlcv"),
+        ),
+        "chronos2": Chronos2Resource(
+            model=_env_or("CHRONOS2_MODEL", DEFAULT_MODEL_ID),
+            revision=_env_or("CHRONOS2_REVISION", None),
+        ),
+        FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=str(frames_dir)),
+    }
+
+
+defs = dg.Definitions(
+    assets=[*build_chain(HOURLY), *build_chain(DAILY)],
+    jobs=[hourly_job, daily_job],
+    schedules=[hourly_schedule, daily_schedule],
+    resources=default_resources(),
+    # One process per run, not per step: a step process costs seconds of imports each.
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,111 @@
+"""Rows of ``ml_predictions``: the forecast row contract, idempotent upserts per window, and reads.
+
+One row per forecast: ``symbol``, ``timeframe``, ``model_name``, ``model_version``, ``as_of`` (close
+time of the last bar used), ``created_at`` and ``predictions``, a JSONB array with one object per
+horizon step: ``{"step", "ts", "p10", "p50", "p90", "close"}``. ``close`` repeats p50 so that a
+reader of Kronos's ``{"ts", "close"}`` steps reads a Chronos-2 row unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+import psycopg
+
+MODEL_NAME = "chronos-2"
+KRONOS_MODEL_NAME = "kronos-base"
+TIMEFRAMES = ("1h", "1d")
+
+_UPSERT = """
+INSERT INTO ml_predictions (symbol, timeframe, model_name, model_version, as_of, predictions, created_at)
+VALUES (%s, %s, %s, %s, %s, %s::jsonb, now())
+ON CONFLICT (symbol, timeframe, model_name, as_of)
+DO UPDATE SET predictions = EXCLUDED.predictions,
+              model_version = EXCLUDED.model_version,
+              created_at = EXCLUDED.created_at
+"""
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    symbol: str
+    timeframe: str
+    model_name: str
+    model_version: str
+    as_of: datetime
+    predictions: list[dict]
+
+    def params(self) -> tuple:
+        return (self.symbol, self.timeframe, self.model_name, self.model_version, self.as_of,
+                json.dumps(self.predictions))
+
+
+def prediction_rows(forecasts: pl.DataFrame, timeframe: str, model_version: str) -> list[PredictionRow]:
+    """Group long forecast rows (symbol, as_of, step, ts, p10, p50, p90) into one row per forecast."""
+    if timeframe not in TIMEFRAMES:
+        raise ValueError(f"timeframe must be one of {TIMEFRAMES}, got {timeframe!r}")
+    rows = []
+    for (symbol, as_of), frame in forecasts.sort("symbol", "as_of", "step").group_by(
+        "symbol", "as_of", maintain_order=True
+    ):
+        steps = [
+            {"step": s, "ts": t.isoformat(), "p10": lo, "p50": mid, "p90": hi, "close": mid}
+            for s, t, lo, mid, hi in frame.select("step", "ts", "p10", "p50", "p90").iter_rows()
+        ]
+        rows.append(PredictionRow(symbol, timeframe, MODEL_NAME, model_version, as_of, steps))
+    return rows
+
+
+def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow]) -> int:
+    """Write one window's rows in one transaction: all of them, or none if anything fails.
+
+    A re-run of the window replaces its rows (the key is symbol, timeframe, model_name, as_of).
+    Rows of any other model are refused, so this can never touch Kronos's rows.
+    """
+    foreign = sorted({row.model_name for row in rows if row.model_name != MODEL_NAME})
+    if foreign:
+        raise ValueError(f"refusing to write rows of model(s) {foreign}: this pipeline writes only {MODEL_NAME!r}")
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.executemany(_UPSERT, [row.params() for row in rows])
+    return len(rows)
+
+
+def read_predictions(
+    conn: psycopg.Connection,
+    timeframe: str,
+    model_name: str = MODEL_NAME,
+    symbols: Sequence[str] | None = None,
+    as_of_from: datetime | None = None,
+    as_of_to: datetime | None = None,
+) -> pl.DataFrame:
+    """Read stored forecasts back as long rows: model_name, model_version, symbol, as_of, step, ts, p10, p50, p90.
+
+    ``as_of`` bounds are inclusive. Steps without p10/p90 (central-only models) read as nulls.
+    """
+    rows = conn.execute(
+        """
+        SELECT p.model_name, p.model_version, p.symbol, p.as_of, p.created_at,
+               (s.ordinality)::int AS step, (s.value->>'ts')::timestamptz AS ts,
+               (s.value->>'p10')::float8, COALESCE((s.value->>'p50')::float8, (s.value->>'close')::float8),
+               (s.value->>'p90')::float8
+        FROM ml_predictions p, jsonb_array_elements(p.predictions) WITH ORDINALITY AS s(value, ordinality)
+        WHERE p.timeframe = %(timeframe)s AND p.model_name = %(model)s
+          AND (%(symbols)s::text[] IS NULL OR p.symbol = ANY(%(symbols)s::text[]))
+          AND (%(from)s::timestamptz IS NULL OR p.as_of >= %(from)s)
+          AND (%(to)s::timestamptz IS NULL OR p.as_of <= %(to)s)
+        ORDER BY p.symbol, p.as_of, step
+        """,
+        {"timeframe": timeframe, "model": model_name, "symbols": list(symbols) if symbols else None,
+         "from": as_of_from, "to": as_of_to},
+    ).fetchall()
+    schema = {
+        "model_name": pl.Utf8, "model_version": pl.Utf8, "symbol": pl.Utf8,
+        "as_of": pl.Datetime("us", "UTC"), "created_at": pl.Datetime("us", "UTC"), "step": pl.Int32,
+        "ts": pl.Datetime("us", "UTC"), "p10": pl.Float64, "p50": pl.Float64, "p90": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row")

@@ -1,0 +1,136 @@
+"""Typed Dagster resources: the instrument universe, the market-data source and the Chronos-2 model.
+
+Each is a thin, configurable shell over plain domain code (instruments, market_data, chronos_model).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID, LoadedModel, load_chronos2
+from forecasting_pipeline.database import connect
+from forecasting_pipeline.instruments import Instrument, load_instruments, select_instruments
+from forecasting_pipeline.market_data.files import read_bars_from_files
+from forecasting_pipeline.market_data.postgres import BarTable, read_bars_from_table
+from forecasting_pipeline.market_data.sample import SAMPLE_IS_SYNTHETIC_NOTE, sample_bars
+from forecasting_pipeline.market_data.schema import empty_bars
+
+logger = logging.getLogger(__name__)
+
+
+class InstrumentsResource(dg.ConfigurableResource):
+    """The instrument universe: symbols, asset classes and trading calendars, from a YAML file."""
+
+    file: str | None = Field(default=None, description="Instrument file; the package's default universe when unset.")
+    symbols: list[str] | None = Field(default=None, description="Restrict runs to these symbols (all when unset).")
+
+    def instruments(self) -> list[Instrument]:
+        universe = load_instruments(self.file)
+        return select_instruments(universe, self.symbols) if self.symbols else universe
+
+
+class MarketDataResource(dg.ConfigurableResource):
+    """Where OHLCV bars come from: ``sample`` (synthetic), ``files`` (Parquet/CSV per symbol) or ``postgres``."""
+
+    source: Literal["sample", "files", "postgres"] = Field(default="sample", description="Bar source.")
+    path: str | None = Field(default=None, description="Root folder for `files`: {path}/{cadence}/{SYMBOL}.parquet|csv.")
+    database_url: str | None = Field(default=None, description="PostgreSQL holding the bar table (a secret; EnvVar).")
+    table: str = Field(default="ohlcv", description="Bar table for `postgres`.")
+    table_schema: str | None = Field(default=None, description="Schema of the bar table (search_path when unset).")
+    symbol_column: str = "symbol"
+    timeframe_column: str | None = Field(default="timeframe", description="Cadence column; unset when the table holds one cadence.")
+    ts_column: str = Field(default="ts", description="Bar close time column.")
+    open_column: str = "open"
+    high_column: str = "high"
+    low_column: str = "low"
+    close_column: str = "close"
+    volume_column: str = "volume"
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.source == "sample"
+
+    def describe(self) -> str:
+        if self.source == "sample":
+            return SAMPLE_IS_SYNTHETIC_NOTE
+        if self.source == "files":
+            return f"files under {self.path}"
+        return f"PostgreSQL table {self.table_schema + '.' if self.table_schema else ''}{self.table}"
+
+    def _bar_table(self) -> BarTable:
+        return BarTable(
+            table=self.table, schema=self.table_schema, symbol_col=self.symbol_column,
+            timeframe_col=self.timeframe_column, ts_col=self.ts_column, open_col=self.open_column,
+            high_col=self.high_column, low_col=self.low_column, close_col=self.close_column,
+            volume_col=self.volume_column,
+        )
+
+    def bars(
+        self, instruments: list[Instrument], cadence: str, end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """The last ``n_bars`` bars closed at or before ``end`` for each instrument.
+
+        Returns
+        -------
+        bars, errors
+            Bars of every instrument that could be read, and for each one that could not
+            (unreadable file, missing columns, wrong types), the reason. One bad source file
+            never hides the other instruments.
+        """
+        if self.source == "postgres":
+            if not self.database_url:
+                raise ValueError("MARKET_DATA_SOURCE=postgres needs MARKET_DATA_DATABASE_URL or DATABASE_URL")
+            table = self._bar_table()
+            conn = connect(self.database_url)
+            try:
+                frame = read_bars_from_table(conn, table, [i.symbol for i in instruments], cadence, end, n_bars)
+            finally:
+                conn.close()
+            return frame, {}
+        frames, errors = [], {}
+        for instrument in instruments:
+            try:
+                if self.source == "sample":
+                    frames.append(sample_bars(instrument, cadence, end, n_bars))
+                else:
+                    if not self.path:
+                        raise ValueError("MARKET_DATA_SOURCE=files needs MARKET_DATA_PATH")
+                    frames.append(read_bars_from_files(Path(self.path), cadence, instrument.symbol, end, n_bars))
+            except (OSError, ValueError) as exc:
+                errors[instrument.symbol] = str(exc)
+        return (pl.concat(frames) if frames else empty_bars()), errors
+
+
+_MODEL_CACHE: dict[tuple, LoadedModel] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+class Chronos2Resource(dg.ConfigurableResource):
+    """The Chronos-2 checkpoint and how to run it."""
+
+    model: str = Field(default=DEFAULT_MODEL_ID, description="Hub model id or local checkpoint directory (CHRONOS2_MODEL).")
+    revision: str | None = Field(default=None, description="Hub revision to pin (CHRONOS2_REVISION); recorded in model_version.")
+    device: str = Field(default="cpu", description="torch device to run on.")
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Weights precision; bfloat16 is opt-in.")
+    batch_size: int = Field(default=256, description="Series (targets + covariates) per forward pass.")
+    num_threads: int | None = Field(default=None, description="torch CPU threads (torch's default when unset).")
+
+    def load(self) -> LoadedModel:
+        """Load the checkpoint once per process; later runs in the same process reuse it."""
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+        key = (self.model, self.revision, self.device, self.dtype)
+        with _MODEL_LOCK:
+            if key not in _MODEL_CACHE:
+                _MODEL_CACHE[key] = load_chronos2(self.model, self.revision, self.device, self.dtype)
+            return _MODEL_CACHE[key]

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real PostgreSQL database per test session, a locally built tiny Chronos-2, and resources.
+
+The database is a fresh one on the server named by DATABASE_URL (``make test`` starts an embedded
+server and sets it), or on a pgserver started here when DATABASE_URL is unset.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg import sql
+
+from forecasting_pipeline.assets import FRAMES_IO_MANAGER
+from forecasting_pipeline.chronos_model import write_random_checkpoint
+from forecasting_pipeline.database import PostgresResource
+from forecasting_pipeline.embedded_postgres import _with_database, embedded_server
+from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
+from forecasting_pipeline.migrations import migrate
+from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory) -> Iterator[str]:
+    """A URL on a real PostgreSQL server with rights to create databases."""
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        yield given
+        return
+    with embedded_server(tmp_path_factory.mktemp("pgdata")) as url:
+        yield url
+
+
+def _fresh_database(server_url: str, prefix: str) -> tuple[str, str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name, _with_database(server_url, name)
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database_url(server_url) -> Iterator[str]:
+    """A brand-new, empty database for one test."""
+    name, url = _fresh_database(server_url, "fp_test")
+    yield url
+    _drop_database(server_url, name)
+
+
+@pytest.fixture
+def database_url(empty_database_url) -> str:
+    """A fresh database with every migration applied."""
+    with psycopg.connect(empty_database_url) as conn:
+        migrate(conn)
+    return empty_database_url
+
+
+@pytest.fixture
+def conn(database_url) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-initialised Chronos-2 checkpoint, built locally (no model hub)."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("models") / "chronos2-tiny", "tiny")
+
+
+@pytest.fixture
+def resources(database_url, tiny_checkpoint, tmp_path) -> dict[str, object]:
+    """The real resources on the sample source, the test database and the tiny checkpoint."""
+    return {
+        "database": PostgresResource(url=database_url),
+        "instruments": InstrumentsResource(),
+        "market_data": MarketDataResource(source="sample"),
+        "chronos2": Chronos2Resource(model=str(tiny_checkpoint)),
+        FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=str(tmp_path / "frames")),
+    }
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
