@@ -11,6 +11,8 @@ TORCH_VERSION ?= 2.13.0
 export DAGSTER_HOME ?= $(CURDIR)
 export TQDM_DISABLE := 1
 export PYTHONUNBUFFERED := 1
+# platformdirs (via pgserver) warns on every start without it.
+export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .PHONY: install run dev test migrate clean-db
 
