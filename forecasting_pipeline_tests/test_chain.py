@@ -35,3 +35,70 @@ def test_when_one_window_is_materialised_then_each_instrument_gets_one_full_fore
     assert stored["as_of"].max() <= window_end
     assert (stored["ts"] > stored["as_of"]).all()
     assert ((stored["p10"] <= stored["p50"]) & (stored["p50"] <= stored["p90"])).all()
+
+
+def test_when_a_range_of_windows_runs_then_every_window_gets_its_rows_in_one_run(resources, instance, conn):
+    result = dg.materialize(
+        build_chain(DAILY),
+        resources=resources,
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": "2025-06-02", "dagster/asset_partition_range_end": "2025-06-04"},
+    )
+
+    assert result.success
+    stored = read_predictions(conn, "1d")
+    # Crypto has a new daily close in each of the 3 windows; the other 18 instruments too (Mon-Wed).
+    assert stored.select("symbol", "as_of").unique().height == 3 * N_INSTRUMENTS
+    metadata = result.asset_materializations_for_node("ml_predictions_1d")[0].metadata
+    assert metadata["windows"].value == 3
+    assert metadata["rows"].value == 3 * N_INSTRUMENTS
+
+
+def test_when_a_window_is_run_twice_then_its_rows_are_replaced_not_duplicated(resources, instance, conn):
+    dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+    first = read_predictions(conn, "1d").drop("created_at")
+
+    result = dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+
+    assert result.success
+    assert _count(conn, timeframe="1d") == N_INSTRUMENTS
+    assert read_predictions(conn, "1d").drop("created_at").equals(first)
+
+
+def test_when_kronos_rows_exist_then_migrations_and_runs_leave_them_unchanged(resources, instance, conn):
+    conn.execute(
+        """
+        INSERT INTO ml_predictions (symbol, timeframe, predictions, created_at)
+        SELECT s, tf, jsonb_build_array(jsonb_build_object('ts', '2025-06-03T21:00:00+00:00', 'close', 101.5)),
+               '2025-06-02 22:00+00'
+        FROM unnest(ARRAY['AAPL', 'BTC-USD', 'EURUSD']) s, unnest(ARRAY['1h', '1d']) tf
+        """
+    )
+    before = conn.execute(
+        "SELECT id, symbol, timeframe, model_name, model_version, as_of, created_at, predictions "
+        "FROM ml_predictions ORDER BY id"
+    ).fetchall()
+
+    dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+    dg.materialize(build_chain(HOURLY), partition_key="2026-03-02-15:00", resources=resources, instance=instance)
+
+    after = conn.execute(
+        "SELECT id, symbol, timeframe, model_name, model_version, as_of, created_at, predictions "
+        "FROM ml_predictions WHERE model_name = 'kronos-base' ORDER BY id"
+    ).fetchall()
+    assert after == before
+    assert {row[3] for row in before} == {"kronos-base"}
+    assert _count(conn) == 2 * N_INSTRUMENTS
+
+
+def test_when_a_window_forecasts_then_steps_follow_each_instruments_trading_calendar(resources, instance, conn):
+    # Friday 2025-06-06: the next daily closes skip the weekend for equities and FX, not for crypto.
+    dg.materialize(build_chain(DAILY), partition_key="2025-06-06", resources=resources, instance=instance)
+    stored = read_predictions(conn, "1d", symbols=["AAPL", "BTC-USD", "EURUSD"])
+
+    def first_steps(symbol):
+        return [t.isoformat() for t in stored.filter(symbol=symbol).sort("step")["ts"].head(2)]
+
+    assert first_steps("AAPL") == ["2025-06-09T20:00:00+00:00", "2025-06-10T20:00:00+00:00"]
+    assert first_steps("BTC-USD") == ["2025-06-08T00:00:00+00:00", "2025-06-09T00:00:00+00:00"]
+    assert first_steps("EURUSD") == ["2025-06-09T21:00:00+00:00", "2025-06-10T21:00:00+00:00"]
