@@ -1,0 +1,40 @@
+"""`forecasting-pipeline run`, the command behind `make run`, in a real process on a real instance and database."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from forecasting_pipeline.embedded_postgres import dagster_storage_url
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_when_the_main_job_runs_then_23_rows_are_written_and_summarised(empty_database_url, tiny_checkpoint, tmp_path):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DATABASE_URL": empty_database_url,
+        "DAGSTER_PG_URL": dagster_storage_url(empty_database_url),
+        "DAGSTER_HOME": str(tmp_path),
+        "CHRONOS2_MODEL": str(tiny_checkpoint),
+    }
+
+    done = subprocess.run(
+        [sys.executable, "-m", "forecasting_pipeline.cli", "run", "--cadence", "1d", "--partition", "2025-06-02"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "window 2025-06-02 (1d): 23 chronos-2 rows written to ml_predictions" in done.stdout
+    assert "model_version: chronos-forecasting==2.3.2" in done.stdout
+    with psycopg.connect(empty_database_url) as conn:
+        rows = conn.execute("SELECT count(*) FROM ml_predictions WHERE model_name = 'chronos-2'").fetchone()[0]
+        slots = conn.execute("SELECT count(*) FROM concurrency_limits WHERE concurrency_key = 'gpu' AND \"limit\" = 1").fetchone()[0]
+        runs = conn.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'").fetchone()[0]
+    assert rows == 23
+    assert slots == 1
+    assert runs == 1
