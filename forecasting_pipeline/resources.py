@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import numpy as np
 import polars as pl
 from pydantic import Field
 
 from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID, LoadedModel, load_chronos2
 from forecasting_pipeline.database import connect
+from forecasting_pipeline.forecasting import predict_quantiles
+from forecasting_pipeline.gpu import GPU_LOCK_KEY, Cuda, DeviceRun, GpuSettings, run_on_device
 from forecasting_pipeline.instruments import Instrument, load_instruments, select_instruments
 from forecasting_pipeline.market_data.files import read_bars_from_files
 from forecasting_pipeline.market_data.postgres import BarTable, read_bars_from_table
@@ -114,23 +118,69 @@ _MODEL_LOCK = threading.Lock()
 
 
 class Chronos2Resource(dg.ConfigurableResource):
-    """The Chronos-2 checkpoint and how to run it."""
+    """The Chronos-2 checkpoint and how to run it: device, precision, and sharing the GPU (see gpu.py)."""
 
     model: str = Field(default=DEFAULT_MODEL_ID, description="Hub model id or local checkpoint directory (CHRONOS2_MODEL).")
     revision: str | None = Field(default=None, description="Hub revision to pin (CHRONOS2_REVISION); recorded in model_version.")
-    device: str = Field(default="cpu", description="torch device to run on.")
-    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Weights precision; bfloat16 is opt-in.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto",
+        description="auto: CUDA when available, the GPU lock is free and enough memory is free, else CPU; "
+        "cuda: CUDA without the free-memory test; cpu: never the GPU (CHRONOS2_DEVICE).",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Weights precision; bfloat16 is opt-in (CHRONOS2_DTYPE).")
     batch_size: int = Field(default=256, description="Series (targets + covariates) per forward pass.")
     num_threads: int | None = Field(default=None, description="torch CPU threads (torch's default when unset).")
+    min_free_memory_gb: float = Field(
+        default=1.5, description="auto uses CUDA only with at least this much free GPU memory (CHRONOS2_MIN_FREE_GPU_GB)."
+    )
+    lock_timeout_s: float = Field(
+        default=60.0, description="Seconds to wait for the GPU advisory lock before running on the CPU (CHRONOS2_GPU_LOCK_TIMEOUT_S)."
+    )
+    lock_key: int = Field(default=GPU_LOCK_KEY, description="PostgreSQL advisory-lock key every GPU user takes (README).")
+    lock_database_url: str | None = Field(
+        default=None, description="Database of the GPU advisory lock, the ml_predictions one (a secret; EnvVar DATABASE_URL)."
+    )
 
-    def load(self) -> LoadedModel:
-        """Load the checkpoint once per process; later runs in the same process reuse it."""
+    def gpu_settings(self) -> GpuSettings:
+        return GpuSettings(self.device, self.min_free_memory_gb, self.lock_timeout_s, lock_key=self.lock_key)
+
+    def load(self, device: str = "cpu") -> LoadedModel:
+        """Load the checkpoint on ``device`` once per process; later runs in the same process reuse it."""
         if self.num_threads:
             import torch
 
             torch.set_num_threads(self.num_threads)
-        key = (self.model, self.revision, self.device, self.dtype)
+        key = (self.model, self.revision, device, self.dtype)
         with _MODEL_LOCK:
             if key not in _MODEL_CACHE:
-                _MODEL_CACHE[key] = load_chronos2(self.model, self.revision, self.device, self.dtype)
+                _MODEL_CACHE[key] = load_chronos2(self.model, self.revision, device, self.dtype)
             return _MODEL_CACHE[key]
+
+    def release(self, device: str) -> None:
+        """Drop this checkpoint's cached model on ``device`` (on CUDA: so its memory can be freed)."""
+        with _MODEL_LOCK:
+            _MODEL_CACHE.pop((self.model, self.revision, device, self.dtype), None)
+
+    def predict_quantiles(
+        self, inputs: list[dict], horizon: int, context_length: int, cuda: Cuda | None = None
+    ) -> tuple[np.ndarray, LoadedModel, dict[str, float], DeviceRun]:
+        """Load and run the model on the chosen device, falling back to the CPU (gpu.run_on_device).
+
+        Returns quantiles (n_series, horizon, 3), the model, load/predict seconds of the attempt that
+        produced them, and where it ran. ``cuda`` replaces the real CUDA runtime in tests only.
+        """
+
+        def work(device: str) -> tuple[np.ndarray, LoadedModel, dict[str, float]]:
+            started = time.perf_counter()
+            loaded = self.load(device)
+            loaded_at = time.perf_counter()
+            quantiles = predict_quantiles(loaded.pipeline, inputs, horizon, context_length, self.batch_size)
+            timings = {"model_load_seconds": loaded_at - started, "predict_seconds": time.perf_counter() - loaded_at}
+            return quantiles, loaded, timings
+
+        # A CUDA model is not kept between runs: its memory goes back to the GPU before the lock does.
+        (quantiles, loaded, timings), record = run_on_device(
+            work, self.gpu_settings(), database_url=self.lock_database_url, cuda=cuda,
+            release_cuda=lambda: self.release("cuda"),
+        )
+        return quantiles, loaded, timings, record

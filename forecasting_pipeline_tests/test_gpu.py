@@ -1,0 +1,273 @@
+"""Sharing the GPU: the device decision, the PostgreSQL advisory lock, the OOM fallback and the `gpu` pool.
+
+The only fake is ``FakeCuda``, standing in for the CUDA runtime (this machine has no GPU). The
+lock is real PostgreSQL, the model is the real tiny Chronos-2, and the pool is read back from a
+real Dagster instance built from the repository's dagster.yaml.
+"""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import psycopg
+import pytest
+import torch
+
+from forecasting_pipeline import cli
+from forecasting_pipeline.assets import build_chain
+from forecasting_pipeline.cadences import DAILY, HOURLY
+from forecasting_pipeline.embedded_postgres import dagster_storage_url
+from forecasting_pipeline.features import engineer_covariates
+from forecasting_pipeline.forecasting import model_inputs
+from forecasting_pipeline.gpu import GPU_LOCK_KEY, GIB, GpuProcess, GpuSettings, advisory_lock, run_on_device
+from forecasting_pipeline.instruments import load_instruments
+from forecasting_pipeline.market_data.sample import sample_bars
+from forecasting_pipeline.resources import _MODEL_CACHE, Chronos2Resource
+
+REPO = Path(__file__).resolve().parents[1]
+HORIZON = 10
+CONTEXT = 64
+
+
+class FakeCuda:
+    """A CUDA device that is only numbers, for machines without one; optionally OOMs on its first run."""
+
+    def __init__(self, available: bool = True, free_gb: float = 8.0, oom_on_first_run: bool = False) -> None:
+        self.available = available
+        self.free_bytes = int(free_gb * GIB)
+        self.oom_on_first_run = oom_on_first_run
+        self.runs = 0
+        self.emptied = 0
+
+    def is_available(self) -> bool:
+        return self.available
+
+    def mem_get_info(self) -> tuple[int, int]:
+        return self.free_bytes, 8 * GIB
+
+    def processes(self) -> list[GpuProcess] | None:
+        return [GpuProcess(pid=4242, used_memory_bytes=3 * GIB)]
+
+    def reset_peak_memory_stats(self) -> None:
+        pass
+
+    def max_memory_allocated(self) -> int:
+        return 700 * 1024**2
+
+    def empty_cache(self) -> None:
+        self.emptied += 1
+
+    def run(self, work):
+        self.runs += 1
+        if self.oom_on_first_run and self.runs == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return work()
+
+
+def _lock_is_free(url: str) -> bool:
+    """Whether another session can take the GPU lock right now (it releases it again at once)."""
+    with psycopg.connect(url, autocommit=True) as other:
+        taken = other.execute("SELECT pg_try_advisory_lock(%s)", (GPU_LOCK_KEY,)).fetchone()[0]
+        if taken:
+            other.execute("SELECT pg_advisory_unlock(%s)", (GPU_LOCK_KEY,))
+        return taken
+
+
+@pytest.fixture(scope="module")
+def inputs() -> list[dict]:
+    """Model inputs for the 23 instruments of one daily window of the sample source."""
+    end = DAILY.partitions_def.time_window_for_partition_key("2025-06-02").end
+    frames = [engineer_covariates(sample_bars(i, "1d", end, CONTEXT)) for i in load_instruments()]
+    _keys, model_in = model_inputs(pl.concat(frames), "2025-06-02", CONTEXT)
+    return model_in
+
+
+@pytest.fixture
+def held_gpu_lock(empty_database_url):
+    """Another session (Kronos, say) holding the GPU lock in the test database."""
+    with psycopg.connect(empty_database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (GPU_LOCK_KEY,))
+        yield empty_database_url
+
+
+def test_when_settings_name_an_unknown_device_then_they_are_refused():
+    with pytest.raises(ValueError, match="device must be 'auto', 'cuda' or 'cpu', got 'tpu'"):
+        GpuSettings(device="tpu")
+
+
+def test_when_cuda_is_absent_then_auto_runs_the_real_model_on_cpu_without_a_fallback(tiny_checkpoint, inputs):
+    resource = Chronos2Resource(model=str(tiny_checkpoint), device="auto")
+
+    quantiles, loaded, _timings, record = resource.predict_quantiles(inputs, HORIZON, CONTEXT, cuda=FakeCuda(False))
+
+    assert quantiles.shape == (23, HORIZON, 3)
+    assert loaded.device == "cpu"
+    assert (record.device, record.fell_back, record.reason) == ("cpu", False, "CUDA is not available")
+    assert record.peak_gpu_memory_bytes is None
+    assert record.metadata()["device_used"] == "cpu"
+
+
+def test_when_cuda_is_requested_but_absent_then_the_run_falls_back_to_cpu():
+    _result, record = run_on_device(lambda device: device, GpuSettings(device="cuda"), cuda=FakeCuda(False))
+
+    assert (record.device, record.fell_back, record.reason) == ("cpu", True, "CUDA is not available")
+
+
+def test_when_device_is_cpu_then_cuda_is_never_consulted():
+    cuda = FakeCuda(True)
+
+    result, record = run_on_device(lambda device: device, GpuSettings(device="cpu"), cuda=cuda)
+
+    assert (result, record.device, record.fell_back, record.reason) == ("cpu", "cpu", False, "device=cpu configured")
+    assert cuda.runs == 0
+
+
+def test_when_too_little_gpu_memory_is_free_then_auto_falls_back_to_cpu_and_releases_the_lock(empty_database_url):
+    cuda = FakeCuda(True, free_gb=0.5)
+    devices = []
+
+    def work(device):
+        devices.append((device, _lock_is_free(empty_database_url)))
+        return device
+
+    _result, record = run_on_device(
+        work, GpuSettings(device="auto", min_free_memory_gb=1.5), database_url=empty_database_url, cuda=cuda
+    )
+
+    assert devices == [("cpu", True)]
+    assert (record.device, record.fell_back) == ("cpu", True)
+    assert record.reason == "0.50 GiB free on the GPU, below min_free_memory_gb=1.5"
+    assert record.free_gpu_memory_bytes == int(0.5 * GIB)
+    assert cuda.runs == 0
+
+
+def test_when_device_is_cuda_then_the_free_memory_test_is_skipped(empty_database_url):
+    cuda = FakeCuda(True, free_gb=0.5)
+
+    result, record = run_on_device(
+        lambda device: device, GpuSettings(device="cuda"), database_url=empty_database_url, cuda=cuda
+    )
+
+    assert (result, record.device, record.fell_back) == ("cuda", "cuda", False)
+    assert record.peak_gpu_memory_bytes == 700 * 1024**2
+
+
+def test_when_the_gpu_is_free_then_the_lock_is_held_during_the_cuda_work_and_released_after(empty_database_url):
+    cuda = FakeCuda(True, free_gb=6.0)
+    seen = []
+
+    def work(device):
+        seen.append((device, _lock_is_free(empty_database_url)))
+        return device
+
+    _result, record = run_on_device(work, GpuSettings(device="auto"), database_url=empty_database_url, cuda=cuda)
+
+    assert seen == [("cuda", False)]
+    assert _lock_is_free(empty_database_url)
+    assert (record.device, record.fell_back, record.reason) == ("cuda", False, "6.00 GiB free on the GPU")
+    assert record.metadata()["peak_gpu_memory_mb"] == 700.0
+    assert record.metadata()["other_gpu_processes"] == 1
+
+
+def test_when_one_connection_holds_the_key_then_another_gets_it_only_after_release(empty_database_url):
+    with psycopg.connect(empty_database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (GPU_LOCK_KEY,))
+        with advisory_lock(empty_database_url, GPU_LOCK_KEY, timeout_s=0.3, poll_s=0.1) as taken:
+            assert taken is False
+        holder.execute("SELECT pg_advisory_unlock(%s)", (GPU_LOCK_KEY,))
+        with advisory_lock(empty_database_url, GPU_LOCK_KEY, timeout_s=0.3, poll_s=0.1) as taken:
+            assert taken is True
+            assert holder.execute("SELECT pg_try_advisory_lock(%s)", (GPU_LOCK_KEY,)).fetchone()[0] is False
+    assert _lock_is_free(empty_database_url)
+
+
+def test_when_another_connection_holds_the_gpu_lock_then_the_resource_runs_on_cpu_after_the_timeout(
+    tiny_checkpoint, inputs, held_gpu_lock
+):
+    cuda = FakeCuda(True, free_gb=8.0)
+    resource = Chronos2Resource(
+        model=str(tiny_checkpoint), device="auto", lock_timeout_s=0.5, lock_database_url=held_gpu_lock
+    )
+
+    quantiles, loaded, _timings, record = resource.predict_quantiles(inputs, HORIZON, CONTEXT, cuda=cuda)
+
+    assert quantiles.shape == (23, HORIZON, 3)
+    assert loaded.device == "cpu"
+    assert (record.device, record.fell_back) == ("cpu", True)
+    assert record.reason == f"GPU lock {GPU_LOCK_KEY} busy for 0.5s"
+    assert record.lock_wait_seconds >= 0.5
+    assert cuda.runs == 0
+
+
+def test_when_the_lock_database_is_unreachable_then_auto_runs_on_cpu():
+    url = "postgresql://nobody@127.0.0.1:1/nowhere"
+
+    result, record = run_on_device(lambda device: device, GpuSettings(), database_url=url, cuda=FakeCuda(True))
+
+    assert (result, record.fell_back, record.reason) == ("cpu", True, "GPU lock database 127.0.0.1:1/nowhere unreachable")
+
+
+def test_when_cuda_runs_out_of_memory_then_the_same_batch_runs_on_cpu_and_the_run_succeeds(
+    tiny_checkpoint, inputs, empty_database_url
+):
+    cuda = FakeCuda(True, free_gb=8.0, oom_on_first_run=True)
+    resource = Chronos2Resource(model=str(tiny_checkpoint), device="auto", lock_database_url=empty_database_url)
+    cpu_only = Chronos2Resource(model=str(tiny_checkpoint), device="cpu")
+
+    quantiles, loaded, _timings, record = resource.predict_quantiles(inputs, HORIZON, CONTEXT, cuda=cuda)
+    expected, *_ = cpu_only.predict_quantiles(inputs, HORIZON, CONTEXT)
+
+    assert loaded.device == "cpu"
+    np.testing.assert_array_equal(quantiles, expected)
+    assert (record.device, record.fell_back) == ("cpu", True)
+    assert record.reason == "CUDA out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert record.peak_gpu_memory_bytes == 700 * 1024**2
+    assert cuda.emptied == 1
+    assert not any(key[2] == "cuda" for key in _MODEL_CACHE)
+    assert _lock_is_free(empty_database_url)
+
+
+def test_when_a_window_is_forecast_then_its_metadata_records_the_device(resources, instance, database_url):
+    resources = {**resources, "chronos2": Chronos2Resource(
+        model=resources["chronos2"].model, device="cpu", lock_database_url=database_url
+    )}
+
+    result = dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+
+    metadata = result.asset_materializations_for_node("chronos2_forecasts_1d")[0].metadata
+    assert metadata["device_used"].value == "cpu"
+    assert metadata["device_requested"].value == "cpu"
+    assert metadata["device_fell_back"].value is False
+    assert metadata["device_reason"].value == "device=cpu configured"
+    assert metadata["device_wall_seconds"].value > 0
+    assert "peak_gpu_memory_mb" not in metadata
+
+
+@pytest.mark.parametrize("cadence", [DAILY, HOURLY], ids=lambda c: c.name)
+def test_when_definitions_load_then_every_asset_that_runs_the_model_is_in_the_gpu_pool(cadence):
+    from forecasting_pipeline.definitions import defs
+
+    model_assets = [
+        a for a in defs.resolve_asset_graph().assets_defs
+        if "chronos2" in a.required_resource_keys and any(k.path[-1].endswith(f"_{cadence.name}") for k in a.keys)
+    ]
+
+    assert [k.path[-1] for a in model_assets for k in a.keys] == [f"chronos2_forecasts_{cadence.name}"]
+    assert {a.op.pool for a in model_assets} == {cli.GPU_POOL}
+
+
+def test_when_the_instance_is_set_up_then_the_gpu_pool_has_a_limit_of_one(empty_database_url, tmp_path, monkeypatch):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
+
+    assert cli.setup_instance() == 1
+
+    with dg.DagsterInstance.get() as instance:
+        info = instance.event_log_storage.get_concurrency_info("gpu")
+        assert (info.slot_count, info.limit, info.using_default_limit) == (1, 1, False)
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
