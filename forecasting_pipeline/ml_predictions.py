@@ -60,19 +60,34 @@ def prediction_rows(forecasts: pl.DataFrame, timeframe: str, model_version: str)
     return rows
 
 
-def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow]) -> int:
+def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow], window: str | None = None) -> int:
     """Write one window's rows in one transaction: all of them, or none if anything fails.
 
     A re-run of the window replaces its rows (the key is symbol, timeframe, model_name, as_of).
     Rows of any other model are refused, so this can never touch Kronos's rows.
+
+    Two writers of the same window (a schedule tick and a manual run) are serialised by a
+    transaction-level advisory lock on (model, timeframe, ``window``), or on (model, timeframe)
+    when ``window`` is None: the second waits for the first to commit and then replaces its rows,
+    so the window ends with exactly one run's set, never a mix. The lock is released with the
+    transaction, also when the connection dies mid-write (and the transaction rolls back).
     """
     foreign = sorted({row.model_name for row in rows if row.model_name != MODEL_NAME})
     if foreign:
         raise ValueError(f"refusing to write rows of model(s) {foreign}: this pipeline writes only {MODEL_NAME!r}")
     with conn.transaction():
         with conn.cursor() as cur:
+            # Sorted, so two writers of several timeframes take the locks in one order (no deadlock).
+            for timeframe in sorted({row.timeframe for row in rows}):
+                cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                            (window_lock_name(timeframe, window),))
             cur.executemany(_UPSERT, [row.params() for row in rows])
     return len(rows)
+
+
+def window_lock_name(timeframe: str, window: str | None) -> str:
+    """The text whose hash keys a window's advisory lock (per database)."""
+    return f"ml_predictions:{MODEL_NAME}:{timeframe}" + (f":{window}" if window is not None else "")
 
 
 def read_predictions(

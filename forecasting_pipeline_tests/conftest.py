@@ -95,3 +95,31 @@ def resources(database_url, tiny_checkpoint, tmp_path) -> dict[str, object]:
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+class BarFiles:
+    """Bar files in the files source's layout under one root: ``{root}/{cadence}/{SYMBOL}.parquet|csv``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write(self, symbol: str, bars, cadence: str = "1d", fmt: str = "parquet") -> Path:
+        """Write a bars frame (its ``symbol`` column dropped, as files usually lack one)."""
+        path = self.root / cadence / f"{symbol}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame = bars.drop("symbol", strict=False)
+        frame.write_parquet(path) if fmt == "parquet" else frame.write_csv(path)
+        return path
+
+    def write_bytes(self, symbol: str, content: bytes, cadence: str = "1d", fmt: str = "csv") -> Path:
+        """Write raw bytes as a symbol's file (unreadable or mistyped files)."""
+        path = self.root / cadence / f"{symbol}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return path
+
+
+@pytest.fixture
+def bar_files(tmp_path) -> BarFiles:
+    """An empty bar-file root for the ``files`` market-data source."""
+    return BarFiles(tmp_path / "bars")
