@@ -1,0 +1,126 @@
+"""The forecast fan a materialisation attaches to its metadata: one window, Chronos-2 beside Kronos.
+
+This module owns choosing what the chart shows: the last window of a run (a backfill renders
+only that one, so a 30-window run still draws one chart), its history, and the Kronos forecast
+that matches each instrument's forecast origin, read from ``ml_predictions``. Drawing is
+:mod:`forecasting_pipeline.plots`; this module has no Dagster in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import polars as pl
+import psycopg
+
+from forecasting_pipeline.ml_predictions import KRONOS_MODEL_NAME
+from forecasting_pipeline.plots import forecast_fan_png, png_markdown
+
+logger = logging.getLogger(__name__)
+
+#: How long after a Chronos-2 forecast's ``as_of`` a Kronos forecast still counts as made from
+#: the same information: one bar. Kronos rows carry no ``as_of``, so their ``created_at`` is
+#: their origin; a Kronos run that started before the next bar closed saw the same bars.
+OVERLAY_TOLERANCE = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
+
+#: History drawn before each forecast, in multiples of its horizon.
+HISTORY_HORIZONS = 4
+
+# Per symbol, the newest Kronos row whose origin lies in [as_of, as_of + tolerance]; the
+# lateral LIMIT 1 walks idx_ml_pred_latest (model_name, timeframe, symbol, origin DESC, created_at DESC).
+_KRONOS_OVERLAY = """
+SELECT o.symbol, (s.value->>'ts')::timestamptz AS ts,
+       COALESCE((s.value->>'p50')::float8, (s.value->>'close')::float8) AS p50
+FROM unnest(%(symbols)s::text[], %(origins)s::timestamptz[]) AS o(symbol, as_of)
+CROSS JOIN LATERAL (
+    SELECT m.predictions
+    FROM ml_predictions m
+    WHERE m.model_name = %(model)s AND m.timeframe = %(timeframe)s AND m.symbol = o.symbol
+      AND COALESCE(m.as_of, m.created_at) >= o.as_of
+      AND COALESCE(m.as_of, m.created_at) <= o.as_of + %(tolerance)s
+    ORDER BY COALESCE(m.as_of, m.created_at) DESC, m.created_at DESC
+    LIMIT 1
+) k
+CROSS JOIN LATERAL jsonb_array_elements(k.predictions) AS s(value)
+WHERE (s.value->>'ts')::timestamptz > o.as_of
+ORDER BY o.symbol, ts
+"""
+
+
+@dataclass(frozen=True)
+class FanChart:
+    """A rendered fan: the PNG, its markdown for Dagster metadata, and what it shows."""
+
+    window: str
+    png: bytes
+    markdown: str
+    instruments: int
+    kronos_instruments: list[str]
+
+
+def kronos_overlay(conn: psycopg.Connection, timeframe: str, origins: pl.DataFrame) -> pl.DataFrame:
+    """Kronos central forecasts from the same origins as ``origins``.
+
+    Parameters
+    ----------
+    origins
+        Columns ``symbol``, ``as_of``: one Chronos-2 forecast origin per symbol.
+
+    Returns
+    -------
+    polars.DataFrame
+        Columns ``symbol``, ``ts``, ``p50`` (Kronos's ``close``), only steps after ``as_of``;
+        no rows for a symbol without a matching Kronos forecast.
+    """
+    rows = conn.execute(
+        _KRONOS_OVERLAY,
+        {
+            "symbols": origins["symbol"].to_list(),
+            "origins": origins["as_of"].to_list(),
+            "model": KRONOS_MODEL_NAME,
+            "timeframe": timeframe,
+            "tolerance": OVERLAY_TOLERANCE[timeframe],
+        },
+    ).fetchall()
+    schema = {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "p50": pl.Float64}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def window_fan_chart(
+    conn: psycopg.Connection,
+    timeframe: str,
+    forecasts: dict[str, pl.DataFrame],
+    history: dict[str, pl.DataFrame],
+) -> FanChart:
+    """Render the fan of the last window in ``forecasts``, with Kronos overlaid where it matches.
+
+    Parameters
+    ----------
+    forecasts
+        Window key -> long forecast rows (``symbol, as_of, step, ts, p10, p50, p90``).
+    history
+        Window key -> bars or covariates with at least ``symbol, ts, close``.
+    """
+    if not forecasts:
+        raise ValueError("forecasts holds no window: there is nothing to draw")
+    window = max(forecasts)
+    frame = forecasts[window]
+    origins = frame.group_by("symbol").agg(pl.col("as_of").max()).sort("symbol")
+    overlay = kronos_overlay(conn, timeframe, origins)
+    kronos_symbols = sorted(overlay["symbol"].unique().to_list())
+    if not kronos_symbols:
+        logger.info("no Kronos %s forecast matches window %s; the fan shows Chronos-2 only", timeframe, window)
+    title = f"Chronos-2 {timeframe}, window {window}" + (" vs Kronos" if kronos_symbols else "")
+    bars = history.get(window)
+    if bars is None:
+        bars = pl.DataFrame(schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "close": pl.Float64})
+    # Four horizons of history: enough to judge the fan against recent moves, short enough that
+    # the forecast is not squeezed into the panel's right edge.
+    png = forecast_fan_png(bars, frame, overlay, history_bars=HISTORY_HORIZONS * int(frame["step"].max()), title=title)
+    markdown = (
+        f"Window {window}: {origins.height} instruments, Kronos overlaid on {len(kronos_symbols)}.\n\n"
+        + png_markdown(png, f"Forecast fan {timeframe} {window}")
+    )
+    return FanChart(window, png, markdown, origins.height, kronos_symbols)
