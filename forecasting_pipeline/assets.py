@@ -7,6 +7,7 @@ are thin: the work is in features, forecasting and ml_predictions.
 
 
 # No `from __future__ import annotations` here: Dagster reads these annotations (config, resources) at decoration time.
+import os
 import time
 from datetime import datetime
 
@@ -17,24 +18,56 @@ from pydantic import Field
 from forecasting_pipeline.cadences import Cadence, check_horizon
 from forecasting_pipeline.calendars import next_bar_closes
 from forecasting_pipeline.database import PostgresResource
+from forecasting_pipeline.fan_charts import window_fan_chart
 from forecasting_pipeline.features import engineer_covariates
 from forecasting_pipeline.forecasting import (
     QUANTILE_LEVELS,
     forecast_problems,
     model_inputs,
-    predict_quantiles,
     shape_forecasts,
 )
 from forecasting_pipeline.ml_predictions import prediction_rows, upsert_window
 from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+from forecasting_pipeline.instruments import load_instruments
+from forecasting_pipeline.validation import (
+    EXCLUDED,
+    ValidationConfig,
+    check_names,
+    findings_frame,
+    require_some_instruments,
+    validate_window,
+)
 
 FRAMES_IO_MANAGER = "frames_io_manager"
+# A write that fails (server restarting, connection killed) rolls back its window and is retried
+# after 2 s, then 4 s; each window's upsert is idempotent, so a retry writes the full set once.
+WRITE_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 
 
 class HistoryConfig(dg.Config):
     history_bars: int | None = Field(
         default=None, description="Bars of history per instrument; the cadence's context length when unset."
     )
+    # Bar-validation thresholds (forecasting_pipeline.validation.ValidationConfig documents each).
+    min_history_bars: int = Field(default=ValidationConfig.min_history_bars, description="Fewer bars exclude the instrument.")
+    jump_sigma: float = Field(default=ValidationConfig.jump_sigma, description="Returns beyond this many robust sigmas are reported.")
+    max_missing_fraction: float = Field(
+        default=ValidationConfig.max_missing_fraction, description="Share of calendar closes that may be missing."
+    )
+    max_stale_bars: int = Field(
+        default=ValidationConfig.max_stale_bars, description="Calendar closes after the last bar that may be missing."
+    )
+
+    def validation(self) -> ValidationConfig:
+        return ValidationConfig(
+            min_history_bars=self.min_history_bars, jump_sigma=self.jump_sigma,
+            max_missing_fraction=self.max_missing_fraction, max_stale_bars=self.max_stale_bars,
+        )
+
+
+def definition_symbols() -> list[str]:
+    """The universe's symbols when definitions load (INSTRUMENTS_FILE or the default), for per-instrument checks."""
+    return [i.symbol for i in load_instruments(os.environ.get("INSTRUMENTS_FILE") or None)]
 
 
 class ForecastConfig(dg.Config):
@@ -60,8 +93,8 @@ def markdown_table(frame: pl.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def build_chain(cadence: Cadence) -> list[dg.AssetsDefinition]:
-    """The four assets of one cadence's chain."""
+def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.AssetsDefinition]:
+    """The four assets of one cadence's chain; ``symbols`` (default: ``definition_symbols()``) get a bar check each."""
     c = cadence.name
     group = f"chronos2_{c}"
     common = dict(
@@ -70,36 +103,82 @@ def build_chain(cadence: Cadence) -> list[dg.AssetsDefinition]:
         backfill_policy=dg.BackfillPolicy.multi_run(cadence.windows_per_backfill_run),
     )
 
-    @dg.asset(name=f"ohlcv_{c}", io_manager_key=FRAMES_IO_MANAGER, kinds={"polars"}, **common)
+    bar_checks = check_names(symbols if symbols is not None else definition_symbols())
+
+    # A multi_asset only for can_subset: a run restricted to some symbols (InstrumentsResource.symbols)
+    # leaves the other instruments' checks without a result instead of claiming they passed.
+    @dg.multi_asset(
+        name=f"ohlcv_{c}",
+        outs={f"ohlcv_{c}": dg.AssetOut(
+            io_manager_key=FRAMES_IO_MANAGER, kinds={"polars"},
+            description="Validated OHLCV bars per instrument that closed at or before the window's end.",
+        )},
+        # Not blocking: one instrument's bad bars must not stop the other instruments' forecasts.
+        check_specs=[
+            dg.AssetCheckSpec(name, asset=f"ohlcv_{c}", description=f"{symbol}'s bars pass validation (not excluded).")
+            for symbol, name in bar_checks.items()
+        ],
+        can_subset=True,
+        **common,
+    )
     def ohlcv(
         context: dg.AssetExecutionContext,
         config: HistoryConfig,
         instruments: InstrumentsResource,
         market_data: MarketDataResource,
-    ) -> dg.Output[dict[str, pl.DataFrame]]:
-        """OHLCV bars per instrument that closed at or before the window's end: nothing later enters the window."""
+    ):
+        """Validated OHLCV bars per instrument that closed at or before the window's end; excluded instruments are left out."""
         n_bars = config.history_bars or cadence.context_length
+        rules = config.validation()
         universe = instruments.instruments()
         out: dict[str, pl.DataFrame] = {}
-        failures: dict[str, str] = {}
+        findings: list[pl.DataFrame] = []
+        excluded: dict[str, list[str]] = {}
         for key, end in window_ends(context, cadence).items():
             bars, errors = market_data.bars(universe, c, end, n_bars)
-            for symbol, reason in errors.items():
-                context.log.error(f"{key}: {symbol}: {reason}")
-                failures[f"{key} {symbol}"] = reason
-            out[key] = bars
-        rows = sum(len(f) for f in out.values())
-        return dg.Output(
+            validated = validate_window(bars, universe, c, end, rules, source_errors=errors)
+            findings.append(findings_frame(validated.findings).with_columns(pl.lit(key).alias("window")))
+            for symbol in validated.excluded:
+                excluded.setdefault(symbol, []).append(key)
+                context.log.error(f"{key}: {symbol} excluded: " + "; ".join(
+                    f"{f.rule}: {f.message}" for f in validated.findings_of(symbol) if f.action == EXCLUDED
+                ))
+            require_some_instruments(key, validated)
+            out[key] = validated.bars
+        found = pl.concat(findings).select("window", "symbol", "ts", "rule", "action", "message")
+        # A '|' inside a message would split a markdown table cell.
+        table = found.with_columns(pl.col("message").str.replace_all("|", "\\|", literal=True))
+        yield dg.Output(
             out,
+            output_name=f"ohlcv_{c}",
             metadata={
                 "source": market_data.describe(),
                 "synthetic": market_data.is_synthetic,
                 "windows": len(out),
                 "instruments": len(universe),
-                "rows": rows,
-                "unreadable": dg.MetadataValue.json(failures),
+                "rows": sum(len(f) for f in out.values()),
+                "excluded": dg.MetadataValue.json(excluded),
+                "findings": len(found),
+                "findings_table": markdown_table(table.sort(pl.col("action") != EXCLUDED, "window", "symbol"), 50),
             },
         )
+        # Checks exist for the universe known when definitions load. Symbols outside this run's
+        # selection (InstrumentsResource.symbols) were not read and get no result; a run-time symbol
+        # without a check (another INSTRUMENTS_FILE) is still reported in the metadata above.
+        for instrument in universe:
+            if instrument.symbol not in bar_checks:
+                continue
+            mine = found.filter(pl.col("symbol") == instrument.symbol)
+            yield dg.AssetCheckResult(
+                check_name=bar_checks[instrument.symbol],
+                passed=instrument.symbol not in excluded,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "excluded_windows": dg.MetadataValue.json(excluded.get(instrument.symbol, [])),
+                    "findings": len(mine),
+                    "findings_table": markdown_table(table.filter(pl.col("symbol") == instrument.symbol).drop("symbol"), 20),
+                },
+            )
 
     @dg.asset(
         name=f"covariates_{c}",
@@ -145,13 +224,13 @@ def build_chain(cadence: Cadence) -> list[dg.AssetsDefinition]:
             k, x = model_inputs(frame, window, context_length)
             keys += k
             inputs += x
-        started = time.perf_counter()
-        loaded = chronos2.load()
-        load_s = time.perf_counter() - started
-        started = time.perf_counter()
-        quantiles = predict_quantiles(loaded.pipeline, inputs, horizon, context_length, chronos2.batch_size)
-        predict_s = time.perf_counter() - started
+        # --- device placement and the model call (issue 3: gpu.py decides CUDA or CPU, with fallback) ---
+        quantiles, loaded, timings, device_run = chronos2.predict_quantiles(inputs, horizon, context_length)
+        load_s, predict_s = timings["model_load_seconds"], timings["predict_seconds"]
+        if device_run.fell_back:
+            context.log.warning(f"ran on the CPU instead of the GPU: {device_run.reason}")
         context.log.info(f"forecast {len(inputs)} series x {horizon} steps in {predict_s:.2f}s on {loaded.device}")
+        # --- end of device placement ---
 
         forecasts = shape_forecasts(
             keys, quantiles, lambda symbol, as_of, n: next_bar_closes(calendar_of[symbol], c, as_of, n)
@@ -173,6 +252,7 @@ def build_chain(cadence: Cadence) -> list[dg.AssetsDefinition]:
                 "windows": len(out),
                 "model_load_seconds": round(load_s, 3),
                 "predict_seconds": round(predict_s, 3),
+                **device_run.metadata(),
                 "preview": markdown_table(
                     forecasts.filter(pl.col("step") == 1).select("window", "symbol", "as_of", "ts", "p10", "p50", "p90")
                 ),
@@ -191,12 +271,17 @@ def build_chain(cadence: Cadence) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         name=f"ml_predictions_{c}",
-        ins={"forecasts": dg.AssetIn(f"chronos2_forecasts_{c}")},
+        # covariates_<c> feeds only the forecast fan's history (its close column).
+        ins={"forecasts": dg.AssetIn(f"chronos2_forecasts_{c}"), "covariates": dg.AssetIn(f"covariates_{c}")},
         kinds={"postgres"},
+        retry_policy=WRITE_RETRY_POLICY,
         **common,
     )
     def ml_predictions(
-        context: dg.AssetExecutionContext, forecasts: dict[str, pl.DataFrame], database: PostgresResource
+        context: dg.AssetExecutionContext,
+        forecasts: dict[str, pl.DataFrame],
+        covariates: dict[str, pl.DataFrame],
+        database: PostgresResource,
     ) -> dg.MaterializeResult:
         """Chronos-2 rows in ml_predictions (model_name 'chronos-2'), upserted in one transaction per window."""
         written = 0
@@ -204,8 +289,16 @@ def build_chain(cadence: Cadence) -> list[dg.AssetsDefinition]:
             for done, (window, frame) in enumerate(sorted(forecasts.items()), start=1):
                 versions = frame["model_version"].unique().to_list()
                 rows = prediction_rows(frame, c, versions[0])
-                written += upsert_window(conn, rows)
+                written += upsert_window(conn, rows, window=window)
                 context.log.info(f"window {window}: {len(rows)} rows ({done}/{len(forecasts)} windows)")
+                # Backfill progress as metadata while the run goes on: one observation per stored window.
+                context.log_event(dg.AssetObservation(
+                    asset_key=context.asset_key, partition=window,
+                    metadata={"windows_done": done, "windows_total": len(forecasts), "rows": len(rows)},
+                ))
+            # --- forecast fan (gateway & pictures issue): last window only, Kronos overlaid where it matches ---
+            fan = window_fan_chart(conn, c, forecasts, covariates)
+            # --- end forecast fan ---
         preview = pl.concat(list(forecasts.values())).filter(pl.col("step") == 1)
         return dg.MaterializeResult(
             metadata={
@@ -213,6 +306,9 @@ def build_chain(cadence: Cadence) -> list[dg.AssetsDefinition]:
                 "windows": len(forecasts),
                 "database": database.describe(),
                 "preview": markdown_table(preview.select("symbol", "as_of", "ts", "p10", "p50", "p90")),
+                "forecast_fan": dg.MetadataValue.md(fan.markdown),
+                "forecast_fan_window": fan.window,
+                "kronos_overlay_instruments": len(fan.kronos_instruments),
             }
         )
 

@@ -5,6 +5,8 @@
     forecasting-pipeline setup-instance      give the Dagster instance's `gpu` pool a limit of 1
     forecasting-pipeline run                 materialise the latest window of a cadence and print a summary
     forecasting-pipeline init-model          write a RANDOM-WEIGHT Chronos-2 checkpoint (tests, benchmarks, offline demos)
+    forecasting-pipeline backfill            submit an asset backfill of a cadence's chain (the daemon of `make dev` runs it)
+    forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -38,7 +41,16 @@ def cmd_with_db(args: argparse.Namespace) -> int:
     if not command:
         sys.exit("with-db needs a command after --")
     with database_environment(args.pgdata) as env:
-        return subprocess.call(command, env={**os.environ, **env})
+        child = subprocess.Popen(command, env={**os.environ, **env})
+        # Ctrl-C reaches the child through the terminal; the server must outlive the child's own
+        # shutdown, so this process waits instead of unwinding (and stopping PostgreSQL) first.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_term = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+        try:
+            return child.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -54,17 +66,43 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def setup_instance() -> None:
-    """Give the `gpu` pool its limit on the current Dagster instance (idempotent)."""
+def setup_instance() -> int:
+    """Give the `gpu` pool its limit on the DAGSTER_HOME instance (idempotent); return the limit read back.
+
+    An explicit limit, rather than relying on dagster.yaml's `pools: default_limit`, keeps the pool
+    at 1 even if that default is changed for other pools. Every asset that runs the model is in
+    this pool, so hourly runs, daily runs and backfills (UI ones included) never share the GPU.
+    """
     import dagster as dg
 
-    instance = dg.DagsterInstance.get()
-    instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_POOL_LIMIT)
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_POOL_LIMIT)
+        return instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count
 
 
 def cmd_setup_instance(args: argparse.Namespace) -> int:
-    setup_instance()
-    print(f"Dagster instance at {os.environ.get('DAGSTER_HOME')}: pool {GPU_POOL!r} limited to {GPU_POOL_LIMIT}")
+    limit = setup_instance()
+    print(f"Dagster instance at {os.environ.get('DAGSTER_HOME')}: pool {GPU_POOL!r} limited to {limit}")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from forecasting_pipeline.backfills import partition_range, runs_for, submit_chain_backfill
+    from forecasting_pipeline.cadences import CADENCES
+    from forecasting_pipeline.definitions import defs
+
+    cadence = CADENCES[args.cadence]
+    n_windows = len(partition_range(cadence, args.start, args.end))
+    backfill_id = submit_chain_backfill(
+        dg.DagsterInstance.get(), defs.resolve_asset_graph(), cadence, args.start, args.end
+    )
+    print(
+        f"backfill {backfill_id}: {n_windows} {cadence.name} windows {args.start}...{args.end} as "
+        f"{runs_for(cadence, n_windows)} run(s); the Dagster daemon (`make dev`) launches them. "
+        "Progress: http://127.0.0.1:3000/runs/b/" + backfill_id
+    )
     return 0
 
 
@@ -145,6 +183,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latest(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.database import connect
+    from forecasting_pipeline.gateway import ReadPathMissingError, UnknownSeriesError, format_forecast, latest_forecast
+
+    conn = connect(_database_url())
+    try:
+        forecast = latest_forecast(conn, args.symbol, args.timeframe, args.model)
+    except (UnknownSeriesError, ReadPathMissingError) as exc:
+        print(f"forecasting-pipeline latest: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        conn.close()
+    print(format_forecast(forecast))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecasting-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,11 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never fall back to a random demo checkpoint")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("backfill", help="submit an asset backfill of a cadence's chain, run by the daemon")
+    p.add_argument("--cadence", choices=["1h", "1d"], default="1d")
+    p.add_argument("--from", dest="start", required=True, help="first window, e.g. 2025-03-01 or 2026-03-02-15:00")
+    p.add_argument("--to", dest="end", required=True, help="last window, inclusive")
+    p.set_defaults(func=cmd_backfill)
+
     p = sub.add_parser("init-model", help="write a random-initialised Chronos-2 checkpoint (weights are RANDOM)")
     p.add_argument("--size", choices=["tiny", "full"], required=True,
                    help="tiny: the chronos tests' geometry; full: the published 120M-parameter geometry")
     p.add_argument("dir")
     p.set_defaults(func=cmd_init_model)
+
+    p = sub.add_parser("latest", help="print the latest forecast of one symbol, read as the gateway reads it")
+    p.add_argument("symbol")
+    p.add_argument("--timeframe", choices=["1h", "1d"], default="1d")
+    p.add_argument("--model", default="kronos-base", help="model_name to read (default: kronos-base, as the gateway)")
+    p.set_defaults(func=cmd_latest)
     return parser
 
 

@@ -18,6 +18,7 @@ from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID
 from forecasting_pipeline.database import PostgresResource
 from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
 from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+from forecasting_pipeline.scoring_assets import build_scoring, scoring_schedule
 from forecasting_pipeline.schedules import daily_job, daily_schedule, hourly_job, hourly_schedule
 
 
@@ -42,15 +43,22 @@ def default_resources() -> dict[str, object]:
         "chronos2": Chronos2Resource(
             model=_env_or("CHRONOS2_MODEL", DEFAULT_MODEL_ID),
             revision=_env_or("CHRONOS2_REVISION", None),
+            # Device and GPU sharing (gpu.py); plain values, since enum and float fields take no EnvVar.
+            device=os.environ.get("CHRONOS2_DEVICE", "auto"),
+            dtype=os.environ.get("CHRONOS2_DTYPE", "float32"),
+            min_free_memory_gb=float(os.environ.get("CHRONOS2_MIN_FREE_GPU_GB", "1.5")),
+            lock_timeout_s=float(os.environ.get("CHRONOS2_GPU_LOCK_TIMEOUT_S", "60")),
+            lock_database_url=dg.EnvVar("DATABASE_URL"),
         ),
         FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=str(frames_dir)),
     }
 
 
 defs = dg.Definitions(
-    assets=[*build_chain(HOURLY), *build_chain(DAILY)],
+    assets=[*build_chain(HOURLY), *build_chain(DAILY), *build_scoring(HOURLY), *build_scoring(DAILY)],
     jobs=[hourly_job, daily_job],
-    schedules=[hourly_schedule, daily_schedule],
+    # Each scoring schedule brings its own job (forecast_scores_<cadence>_job).
+    schedules=[hourly_schedule, daily_schedule, scoring_schedule(HOURLY), scoring_schedule(DAILY)],
     resources=default_resources(),
     # One process per run, not per step: a step process costs seconds of imports each.
     executor=dg.in_process_executor,
