@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -88,12 +89,45 @@ def write_random_checkpoint(directory: str | Path, size: Literal["tiny", "full"]
     return path
 
 
+# --- performance (issue 5): remember weight-file digests across processes ---------------------
+# Hashing the 478 MB full-size weights costs ~0.4 s of every run's start; a file whose path, size,
+# mtime and inode are unchanged has the same digest, so it is read from this cache instead.
+def _digest_cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "forecasting_pipeline" / "weights_sha256.json"
+
+
+def _file_sha256(weights: Path, cache: dict[str, str]) -> str:
+    stat = weights.stat()
+    key = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    if key not in cache:
+        with weights.open("rb") as handle:
+            cache[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return cache[key]
+
+
 def _local_revision(path: Path) -> str:
+    cache_file = _digest_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    known = dict(cache)
     digest = hashlib.sha256()
     for weights in sorted(path.glob("*.safetensors")):
-        with weights.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest.update(bytes.fromhex(_file_sha256(weights, cache)))
+    if cache != known:
+        # Forget files that are gone (tests write checkpoints to temporary folders).
+        cache = {key: value for key, value in cache.items() if Path(key.split("|", 1)[0]).exists()}
+        try:  # an unwritable cache only costs the hash next time
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            tmp.replace(cache_file)
+        except OSError:
+            pass
     return "sha256:" + digest.hexdigest()[:12]
+# --- end performance (issue 5) -------------------------------------------------------------------
 
 
 def _check_local_checkpoint(path: Path) -> bool:

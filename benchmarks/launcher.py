@@ -1,0 +1,40 @@
+"""Starts the benchmark's child processes from a small process and reports each one's own peak RSS.
+
+Linux carries a parent's peak RSS over fork+exec into the child's ``ru_maxrss``: a child forked
+from the benchmark process (which holds a loaded model) would report at least that process's
+peak. This launcher is started before the benchmark grows and runs every child itself.
+
+Protocol: one JSON request per stdin line ``{"argv", "env", "cwd", "log"}``; one JSON reply per
+stdout line ``{"started_at", "wall_s", "peak_rss_mb", "returncode"}``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def main() -> int:
+    for line in sys.stdin:
+        request = json.loads(line)
+        started_at = time.time()
+        t = time.perf_counter()
+        with open(request["log"], "w") as out:
+            proc = subprocess.Popen(
+                request["argv"], env=request["env"], cwd=request["cwd"], stdout=out, stderr=subprocess.STDOUT
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        reply = {
+            "started_at": started_at,
+            "wall_s": time.perf_counter() - t,
+            "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
+            "returncode": proc.returncode,
+        }
+        print(json.dumps(reply), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The naive peer: the plain script first planned, one model call per symbol and one INSERT per row.
+
+It reads the same sample bars, uses the same checkpoint, context and horizon as the pipeline, and
+writes the same ``ml_predictions`` rows (same key, so it replaces the pipeline's rows for the
+window). On its last stdout line it prints JSON with its own timings.
+
+    DATABASE_URL=... python benchmarks/naive.py --checkpoint DIR --cadence 1d --window 2026-03-02 \
+        --context 1024 --horizon 10 [--device cpu]
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import psycopg  # noqa: E402
+import torch  # noqa: E402
+from chronos import Chronos2Pipeline  # noqa: E402
+
+from forecasting_pipeline.calendars import next_bar_closes  # noqa: E402
+from forecasting_pipeline.features import engineer_covariates  # noqa: E402
+from forecasting_pipeline.forecasting import model_inputs  # noqa: E402
+from forecasting_pipeline.instruments import load_instruments  # noqa: E402
+from forecasting_pipeline.market_data.sample import sample_bars  # noqa: E402
+from workload import Workload  # noqa: E402
+
+INSERT = """
+INSERT INTO ml_predictions (symbol, timeframe, model_name, model_version, as_of, predictions, created_at)
+VALUES (%s, %s, 'chronos-2', %s, %s, %s::jsonb, now())
+ON CONFLICT (symbol, timeframe, model_name, as_of)
+DO UPDATE SET predictions = EXCLUDED.predictions, model_version = EXCLUDED.model_version, created_at = now()
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--cadence", required=True)
+    parser.add_argument("--window", required=True)
+    parser.add_argument("--context", type=int, required=True)
+    parser.add_argument("--horizon", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    work = Workload(args.cadence, args.window, args.context, args.horizon)
+    imported = time.perf_counter()
+
+    pipeline = Chronos2Pipeline.from_pretrained(args.checkpoint, device_map=args.device, dtype=torch.float32)
+    loaded = time.perf_counter()
+    conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+    predict_s = data_s = write_s = 0.0
+    rows = 0
+    for instrument in load_instruments():
+        t = time.perf_counter()
+        bars = sample_bars(instrument, work.cadence, work.window_end, work.context_length)
+        keys, inputs = model_inputs(engineer_covariates(bars), work.window, work.context_length)
+        data_s += time.perf_counter() - t
+        t = time.perf_counter()
+        quantiles, _ = pipeline.predict_quantiles(
+            inputs, prediction_length=work.horizon, quantile_levels=[0.1, 0.5, 0.9], context_length=work.context_length
+        )
+        predict_s += time.perf_counter() - t
+        t = time.perf_counter()
+        q = np.sort(quantiles[0][0].float().numpy().astype(np.float64), axis=-1)
+        as_of = keys[0].as_of
+        times = next_bar_closes(instrument.calendar, work.cadence, as_of, work.horizon)
+        steps = [
+            {"step": i + 1, "ts": ts.isoformat(), "p10": lo, "p50": mid, "p90": hi, "close": mid}
+            for i, (ts, (lo, mid, hi)) in enumerate(zip(times, q.tolist()))
+        ]
+        conn.execute(INSERT, (instrument.symbol, work.cadence, f"naive {args.checkpoint}", as_of, json.dumps(steps)))
+        rows += 1
+        write_s += time.perf_counter() - t
+    conn.close()
+    done = time.perf_counter()
+    print(json.dumps({
+        "rows": rows, "imports_s": imported - STARTED, "load_s": loaded - imported, "data_s": data_s,
+        "predict_s": predict_s, "write_s": write_s, "in_process_total_s": done - STARTED,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""Performance benchmark: the pipeline against the model's own cost, and the model against the machine.
+
+Measures in one run, on one machine, with one full-size random-weight Chronos-2 checkpoint
+(the published geometry, so the real compute cost):
+
+1. bare model: one batched ``predict_quantiles`` for the 23 instruments (target + 2 covariates);
+2. pipeline: one daily and one hourly window through Dagster's CLI against real PostgreSQL,
+   process start to rows committed, split into start-up, data, features, model and write;
+3. naive peer: ``benchmarks/naive.py``, one model call per symbol and one INSERT per row;
+4. backfill: 30 daily windows in one run, as ``BackfillPolicy.multi_run(30)`` groups them;
+5. machine limit: fp32/bf16 matmul GFLOP/s against the model's 2 x params x tokens / seconds;
+6. peak RSS of the pipeline and backfill processes; plus bfloat16 speed and p50 drift.
+
+    python benchmarks/run.py [--quick] [--json FILE] [--device cpu|cuda]
+
+``--quick`` shortens the context (daily 256, hourly 512 bars) for every measurement alike, so the
+ratios compare like with like; without it the cadences' configured contexts (1024, 2048) are used.
+PostgreSQL: ``DATABASE_URL`` when set, else an embedded server; a fresh database is created and
+dropped. The checkpoint and server data are cached in ``benchmarks/.cache/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = HERE / ".cache"
+CHECKPOINT = CACHE / "chronos2-full-random"
+BIN = Path(sys.executable).parent
+
+if __name__ == "__main__":
+    # Started before this process imports anything heavy: see launcher.py for why.
+    LAUNCHER = subprocess.Popen(
+        [sys.executable, str(HERE / "launcher.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from workload import (  # noqa: E402
+    BACKFILL_RANGE,
+    BACKFILL_WINDOWS,
+    PARAMETERS_FULL,
+    WINDOWS,
+    Workload,
+    tokens,
+    window_inputs,
+)
+
+from forecasting_pipeline.cadences import CADENCES  # noqa: E402
+
+QUICK_CONTEXT = {"1d": 256, "1h": 512}
+TARGETS = {
+    "pipeline_over_model": ("<=", 1.3),
+    "naive_over_pipeline": (">", 1.0),
+    "backfill_over_model": ("<=", 1.1),
+    "model_over_fp32_peak": (">=", 0.7),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- machine
+
+
+def machine(device: str) -> dict:
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def matmul_gflops(device: str, dtype_name: str, seconds: float) -> float:
+    """Best torch.mm throughput on square matrices, in GFLOP/s (2 n^3 per product)."""
+    import torch
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    n = 8192 if device == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        dt = time.perf_counter() - t
+        spent += dt
+        best = max(best, 2 * n**3 / dt / 1e9)
+    return best
+
+
+# ---------------------------------------------------------------- bare model
+
+
+def timed_predict(pipeline, inputs, work: Workload, device: str, reps: int) -> tuple[float, list[float], object]:
+    """Median seconds of ``reps`` warm calls (after one warm-up call), all times, and the last output."""
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    kwargs = dict(prediction_length=work.horizon, quantile_levels=[0.1, 0.5, 0.9], context_length=work.context_length)
+    pipeline.predict_quantiles(inputs, **kwargs)  # warm-up: oneDNN/cuBLAS set-up for these shapes
+    times, out = [], None
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        out, _ = pipeline.predict_quantiles(inputs, **kwargs)
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times, out
+
+
+def bare_model(works: dict[str, Workload], device: str, reps: int) -> dict:
+    import numpy as np
+
+    from forecasting_pipeline.chronos_model import load_chronos2
+
+    results: dict = {}
+    loaded = load_chronos2(str(CHECKPOINT), revision="benchmark", device=device, dtype="float32")
+    params = sum(p.numel() for p in loaded.pipeline.model.parameters())
+    results["parameters"] = params
+    p50_fp32 = None
+    for cadence, work in works.items():
+        _, inputs = window_inputs(work)
+        median, times, out = timed_predict(loaded.pipeline, inputs, work, device, reps)
+        n_tokens = tokens(inputs, work.context_length, work.horizon)
+        results[cadence] = {
+            "series": len(inputs), "context_length": work.context_length, "horizon": work.horizon,
+            "seconds": median, "all_seconds": times, "tokens": n_tokens,
+            "gflops": 2 * params * n_tokens / median / 1e9,
+        }
+        if cadence == "1d":
+            p50_fp32 = np.stack([q[0, :, 1].float().cpu().numpy() for q in out])
+            daily_inputs = inputs
+        log(f"bare model {cadence}: {median:.2f}s for {len(inputs)} series at context {work.context_length}")
+    del loaded
+
+    # bfloat16 on the same daily inputs: speed, and how far p50 moves from fp32.
+    bf16 = load_chronos2(str(CHECKPOINT), revision="benchmark", device=device, dtype="bfloat16")
+    median, times, out = timed_predict(bf16.pipeline, daily_inputs, works["1d"], device, reps)
+    p50_bf16 = np.stack([q[0, :, 1].float().cpu().numpy() for q in out])
+    rel = np.abs(p50_bf16 - p50_fp32) / np.abs(p50_fp32)
+    results["bf16_1d"] = {
+        "seconds": median, "all_seconds": times,
+        "speedup_over_fp32": results["1d"]["seconds"] / median,
+        "max_relative_p50_change": float(rel.max()),
+        "median_relative_p50_change": float(np.median(rel)),
+    }
+    log(f"bare model 1d bf16: {median:.2f}s, max relative p50 change {rel.max():.2e}")
+    del bf16
+    return results
+
+
+# ---------------------------------------------------------------- database and Dagster instance
+
+
+@contextmanager
+def database():
+    """A fresh, migrated database on DATABASE_URL's server or an embedded one; dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    from forecasting_pipeline.embedded_postgres import _with_database, embedded_server
+    from forecasting_pipeline.migrations import migrate
+
+    @contextmanager
+    def server():
+        given = os.environ.get("DATABASE_URL")
+        if given:
+            yield given
+        else:
+            with embedded_server(CACHE / "pgdata") as url:
+                yield url
+
+    with server() as server_url:
+        name = f"bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = _with_database(server_url, name)
+        try:
+            with psycopg.connect(url) as conn:
+                migrate(conn)
+            yield url
+        finally:
+            with psycopg.connect(server_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def child_env(database_url: str, dagster_home: Path, device: str) -> dict[str, str]:
+    from forecasting_pipeline.embedded_postgres import dagster_storage_url
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DAGSTER_PG_URL": dagster_storage_url(database_url),
+        "DAGSTER_HOME": str(dagster_home),
+        "CHRONOS2_MODEL": str(CHECKPOINT),
+        "CHRONOS2_DEVICE": device,
+        "TQDM_DISABLE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    env.pop("MARKET_DATA_SOURCE", None)  # the sample source, as in the bare model
+    return env
+
+
+def run_child(argv: list[str], env: dict[str, str], log_file: Path) -> dict:
+    """Run one process through the launcher: wall time from start to exit, its own peak RSS, exit code."""
+    LAUNCHER.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(REPO), "log": str(log_file)}) + "\n")
+    LAUNCHER.stdin.flush()
+    return json.loads(LAUNCHER.stdout.readline())
+
+
+def run_config(work: Workload) -> dict:
+    """Run config that sets the context only where it differs from the cadence default."""
+    cadence = CADENCES[work.cadence]
+    if work.context_length == cadence.context_length:
+        return {}
+    c = work.cadence
+    return {"ops": {
+        f"ohlcv_{c}": {"config": {"history_bars": work.context_length}},
+        f"chronos2_forecasts_{c}": {"config": {"context_length": work.context_length}},
+    }}
+
+
+def run_timeline(instance, started_at: float, cadence: str) -> dict:
+    """Split the latest run into phases from its event log and the forecasts asset's metadata."""
+    import dagster as dg
+
+    run = instance.get_runs(limit=1)[0]
+    if run.status != dg.DagsterRunStatus.SUCCESS:
+        raise RuntimeError(f"run {run.run_id} ended {run.status}")
+    steps: dict[str, dict[str, float]] = {}
+    metadata: dict[str, float] = {}
+    run_end = None
+    for record in instance.all_logs(run.run_id):
+        event = record.dagster_event
+        if event is None:
+            continue
+        kind = event.event_type_value
+        if kind in ("STEP_START", "STEP_SUCCESS"):
+            steps.setdefault(event.step_key, {})[kind] = record.timestamp
+        elif kind == "ASSET_MATERIALIZATION" and event.step_key in (f"chronos2_forecasts_{cadence}", f"ml_predictions_{cadence}"):
+            values = record.asset_materialization.metadata
+            for key in ("model_load_seconds", "predict_seconds", "series", "device", "rows"):
+                if key in values:
+                    metadata[key] = values[key].value
+        elif event.event_type == dg.DagsterEventType.RUN_SUCCESS:
+            run_end = record.timestamp
+
+    def span(step: str) -> float:
+        return steps[step]["STEP_SUCCESS"] - steps[step]["STEP_START"]
+
+    c = cadence
+    first_start = min(s["STEP_START"] for s in steps.values())
+    return {
+        "run_id": run.run_id,
+        "startup_s": first_start - started_at,
+        "data_s": span(f"ohlcv_{c}"),
+        "features_s": span(f"covariates_{c}"),
+        "model_s": span(f"chronos2_forecasts_{c}"),
+        "model_load_s": metadata.get("model_load_seconds"),
+        "predict_s": metadata.get("predict_seconds"),
+        "write_s": span(f"ml_predictions_{c}"),
+        "committed_s": steps[f"ml_predictions_{c}"]["STEP_SUCCESS"] - started_at,
+        "run_end_s": (run_end - started_at) if run_end else None,
+        "device": metadata.get("device"),
+        "series": metadata.get("series"),
+        # Rows written (upserted) by ml_predictions: one per instrument and window.
+        "rows": metadata.get("rows"),
+    }
+
+
+def pipeline_run(work: Workload, env: dict, home: Path, instance) -> dict:
+    argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "forecasting_pipeline.definitions",
+            "--select", f"group:chronos2_{work.cadence}", "--partition", work.window]
+    if run_config(work):
+        argv += ["--config-json", json.dumps(run_config(work))]
+    child = run_child(argv, env, home / f"pipeline_{work.cadence}.log")
+    if child["returncode"] != 0:
+        raise RuntimeError(f"pipeline {work.cadence} failed; see {home / f'pipeline_{work.cadence}.log'}")
+    return {**child, **run_timeline(instance, child["started_at"], work.cadence)}
+
+
+def backfill_run(env: dict, home: Path, instance, work: Workload) -> dict:
+    first, last = BACKFILL_RANGE
+    config = home / "config_backfill.yaml"
+    config.write_text(json.dumps(run_config(work) or {}))
+    # One run over the range, as the multi_run(30) backfill policy launches it (`dagster asset
+    # materialize --partition-range` only accepts single_run policies, so the job's range tags are used).
+    argv = [str(BIN / "dagster"), "job", "execute", "-m", "forecasting_pipeline.definitions",
+            "-j", "chronos2_1d_job", "-c", str(config), "--tags",
+            json.dumps({"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})]
+    child = run_child(argv, env, home / "backfill.log")
+    if child["returncode"] != 0:
+        raise RuntimeError(f"backfill failed; see {home / 'backfill.log'}")
+    return {**child, **run_timeline(instance, child["started_at"], "1d"), "windows": BACKFILL_WINDOWS}
+
+
+def naive_run(work: Workload, env: dict, home: Path, device: str) -> dict:
+    argv = [sys.executable, str(HERE / "naive.py"), "--checkpoint", str(CHECKPOINT), "--cadence", work.cadence,
+            "--window", work.window, "--context", str(work.context_length), "--horizon", str(work.horizon),
+            "--device", device]
+    log_file = home / f"naive_{work.cadence}.log"
+    child = run_child(argv, {**env, "PYTHONPATH": str(HERE)}, log_file)
+    if child["returncode"] != 0:
+        raise RuntimeError(f"naive script failed; see {log_file}")
+    return {**child, **json.loads(log_file.read_text().strip().splitlines()[-1])}
+
+
+# ---------------------------------------------------------------- report
+
+
+def ratios(r: dict) -> dict:
+    bare_1d = r["bare"]["1d"]["seconds"]
+    return {
+        "pipeline_over_model": r["pipeline"]["1d"]["wall_s"] / bare_1d,
+        "pipeline_over_model_1h": r["pipeline"]["1h"]["wall_s"] / r["bare"]["1h"]["seconds"],
+        "naive_over_pipeline": r["naive"]["1d"]["wall_s"] / r["pipeline"]["1d"]["wall_s"],
+        "backfill_over_model": r["backfill"]["wall_s"] / (BACKFILL_WINDOWS * bare_1d),
+        "model_over_fp32_peak": r["bare"]["1d"]["gflops"] / r["machine_limit"]["fp32_gflops"],
+        "model_over_fp32_peak_1h": r["bare"]["1h"]["gflops"] / r["machine_limit"]["fp32_gflops"],
+    }
+
+
+def verdict(key: str, value: float) -> str:
+    if key not in TARGETS:
+        return ""
+    op, bound = TARGETS[key]
+    ok = {"<=": value <= bound, ">": value > bound, ">=": value >= bound}[op]
+    return f"target {op} {bound}: {'met' if ok else 'MISSED'}"
+
+
+def f2(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def report(r: dict) -> str:
+    m = r["machine"]
+    label = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+    if m["device"] == "cuda":
+        label += f", GPU {m.get('gpu')}"
+    lines = [f"machine: {label}; load average at start {m['load_average_at_start'][0]:.2f}",
+             f"settings: {json.dumps(r['settings'])}", ""]
+    if m["load_average_at_start"][0] > 0.5 * m["cores"] or m["load_average_at_end"][0] > 0.5 * m["cores"]:
+        lines += [f"WARNING: other processes were busy (load average {m['load_average_at_start'][0]:.1f} at start, "
+                  f"{m['load_average_at_end'][0]:.1f} at end, {m['cores']} cores): CPU figures are unreliable.", ""]
+    lines += [ "| ratio | value | |", "|---|---|---|"]
+    for key, value in r["ratios"].items():
+        lines.append(f"| {key} | {value:.2f} | {verdict(key, value)} |")
+    lines += ["", "| measurement | seconds | peak RSS (MB) |", "|---|---|---|"]
+    for c in ("1d", "1h"):
+        b = r["bare"][c]
+        lines.append(f"| bare model {c} ({b['series']} series, context {b['context_length']}, "
+                     f"{b['tokens']} tokens, {b['gflops']:.0f} GFLOP/s) | {b['seconds']:.2f} | |")
+    bf = r["bare"]["bf16_1d"]
+    lines.append(f"| bare model 1d bfloat16 ({bf['speedup_over_fp32']:.2f}x fp32; max relative p50 change "
+                 f"{bf['max_relative_p50_change']:.1e}) | {bf['seconds']:.2f} | |")
+    for c in ("1d", "1h"):
+        p = r["pipeline"][c]
+        lines.append(f"| pipeline {c}, process start to exit ({p['rows']} rows) | {p['wall_s']:.2f} | {p['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| &nbsp; start-up {p['startup_s']:.2f} / data {p['data_s']:.2f} / features {p['features_s']:.2f} / "
+            f"model {p['model_s']:.2f} (load {f2(p['model_load_s'])}, predict {f2(p['predict_s'])}, on {p['device']}) / "
+            f"write {p['write_s']:.2f} / rows committed at {p['committed_s']:.2f} | | |")
+    n = r["naive"]["1d"]
+    lines.append(f"| naive peer 1d, process start to exit ({n['rows']} rows; predict {n['predict_s']:.2f}, "
+                 f"{n['rows']} INSERTs {n['write_s']:.2f}) | {n['wall_s']:.2f} | {n['peak_rss_mb']:.0f} |")
+    b = r["backfill"]
+    lines.append(f"| backfill, {b['windows']} daily windows in one run ({b['rows']} rows; predict {f2(b['predict_s'])}) "
+                 f"| {b['wall_s']:.2f} | {b['peak_rss_mb']:.0f} |")
+    ml = r["machine_limit"]
+    lines.append(f"| matmul peak: fp32 {ml['fp32_gflops']:.0f} GFLOP/s, bf16 {ml['bf16_gflops']:.0f} GFLOP/s | | |")
+    lines.append(f"| whole benchmark | {r['benchmark_seconds']:.0f} | |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short contexts (1d 256, 1h 512) and 1 timed repetition")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--reps", type=int, help="timed repetitions of the bare model (default: quick 1, else 3)")
+    args = parser.parse_args()
+    began = time.perf_counter()
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    reps = args.reps or (1 if args.quick else 3)
+    works = {
+        c: Workload(c, WINDOWS[c], QUICK_CONTEXT[c] if args.quick else CADENCES[c].context_length, CADENCES[c].horizon)
+        for c in ("1d", "1h")
+    }
+    backfill_work = Workload("1d", BACKFILL_RANGE[0], works["1d"].context_length, works["1d"].horizon)
+    CACHE.mkdir(exist_ok=True)
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(args.device),
+        "settings": {
+            "mode": "quick" if args.quick else "full", "device": args.device, "reps": reps,
+            "context_1d": works["1d"].context_length, "context_1h": works["1h"].context_length,
+            "horizon_1d": works["1d"].horizon, "horizon_1h": works["1h"].horizon,
+            "window_1d": works["1d"].window, "window_1h": works["1h"].window,
+            "backfill": f"{BACKFILL_RANGE[0]}...{BACKFILL_RANGE[1]} ({BACKFILL_WINDOWS} windows, one run)",
+            "token_formula": "variates x (ceil(context/16) + 1 REG + ceil(horizon/16)); variates = 3 per instrument",
+            "gflops_formula": "2 x parameters x tokens / seconds",
+        },
+    }
+    log(f"machine: {results['machine']}")
+    if not (CHECKPOINT / "config.json").exists():
+        from forecasting_pipeline.chronos_model import write_random_checkpoint
+
+        log(f"writing the full-size random checkpoint to {CHECKPOINT} (once)")
+        write_random_checkpoint(CHECKPOINT, "full")
+
+    quick_s = 1.0 if args.quick else 2.0
+    results["machine_limit"] = {
+        "fp32_gflops": matmul_gflops(args.device, "float32", quick_s),
+        "bf16_gflops": matmul_gflops(args.device, "bfloat16", quick_s),
+    }
+    log(f"matmul peak: {results['machine_limit']}")
+    results["bare"] = bare_model(works, args.device, reps)
+    # Measured again after the model: a busy moment elsewhere on the machine lowers one sample.
+    for dtype in ("float32", "bfloat16"):
+        key = {"float32": "fp32_gflops", "bfloat16": "bf16_gflops"}[dtype]
+        results["machine_limit"][key] = max(results["machine_limit"][key], matmul_gflops(args.device, dtype, quick_s))
+    log(f"matmul peak (best of two samples): {results['machine_limit']}")
+
+    with database() as database_url, tempfile.TemporaryDirectory(dir=CACHE, prefix="dagster_home_") as tmp:
+        home = Path(tmp)
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        env = child_env(database_url, home, args.device)
+        os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            results["pipeline"] = {}
+            for c in ("1d", "1h"):
+                results["pipeline"][c] = pipeline_run(works[c], env, home, instance)
+                log(f"pipeline {c}: {results['pipeline'][c]['wall_s']:.2f}s, {results['pipeline'][c]['rows']} rows")
+            results["naive"] = {"1d": naive_run(works["1d"], env, home, args.device)}
+            log(f"naive 1d: {results['naive']['1d']['wall_s']:.2f}s")
+            results["backfill"] = backfill_run(env, home, instance, backfill_work)
+            log(f"backfill: {results['backfill']['wall_s']:.2f}s, {results['backfill']['rows']} rows")
+            keep = CACHE / "last_logs"
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(home, keep, ignore=shutil.ignore_patterns("storage", "*.yaml"))
+
+    LAUNCHER.stdin.close()
+    LAUNCHER.wait()
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    results["ratios"] = ratios(results)
+    results.update({k: v for k, v in results["ratios"].items()})
+    results["benchmark_seconds"] = time.perf_counter() - began
+    print(report(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The benchmark's workload: which windows it runs and the model inputs they give.
+
+Every measurement (bare model, pipeline, naive peer, backfill) reads the same synthetic sample
+bars through the project's own functions, so the model sees identical inputs everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from forecasting_pipeline.cadences import CADENCES
+from forecasting_pipeline.features import engineer_covariates
+from forecasting_pipeline.forecasting import model_inputs
+from forecasting_pipeline.instruments import load_instruments
+from forecasting_pipeline.market_data.sample import sample_bars
+
+# Fixed windows, so runs on different days and machines measure the same data.
+WINDOWS = {"1d": "2026-03-02", "1h": "2026-03-02-15:00"}
+# 30 daily windows (inclusive range): one run, as BackfillPolicy.multi_run(30) groups them.
+BACKFILL_RANGE = ("2026-01-05", "2026-02-03")
+BACKFILL_WINDOWS = 30
+# Chronos-2 geometry that the token count depends on (config.json of amazon/chronos-2).
+PATCH_SIZE = 16
+PARAMETERS_FULL = 119_477_664
+
+
+@dataclass(frozen=True)
+class Workload:
+    cadence: str
+    window: str
+    context_length: int
+    horizon: int
+
+    @property
+    def window_end(self) -> datetime:
+        return CADENCES[self.cadence].partitions_def.time_window_for_partition_key(self.window).end
+
+
+def window_inputs(workload: Workload) -> tuple[list, list[dict]]:
+    """(keys, inputs) for one window: one input per instrument, target plus two past covariates."""
+    frames = [
+        sample_bars(instrument, workload.cadence, workload.window_end, workload.context_length)
+        for instrument in load_instruments()
+    ]
+    import polars as pl
+
+    covariates = engineer_covariates(pl.concat(frames))
+    return model_inputs(covariates, workload.window, workload.context_length)
+
+
+def tokens(inputs: list[dict], context_length: int, horizon: int) -> int:
+    """Tokens the encoder processes for one call.
+
+    Each variate (target or covariate) is one sequence of ceil(context/16) context patches, one
+    REG token and ceil(horizon/16) future patches (chronos2/model.py: ``encode`` concatenates
+    patched context, the REG embedding and the future patch embeddings).
+    """
+    per_variate = math.ceil(context_length / PATCH_SIZE) + 1 + math.ceil(horizon / PATCH_SIZE)
+    variates = sum(1 + len(x.get("past_covariates", {})) for x in inputs)
+    return variates * per_variate
