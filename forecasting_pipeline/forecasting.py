@@ -141,7 +141,7 @@ def shape_forecasts(
 def forecast_problems(forecasts: pl.DataFrame, horizon: int) -> list[str]:
     """Return what makes a forecast frame unfit to store (empty when it is fine)."""
     problems = []
-    counts = forecasts.group_by("window", "symbol").len()
+    counts = forecasts.group_by("window", "symbol").len().sort("window", "symbol")
     short = counts.filter(pl.col("len") != horizon)
     for row in short.iter_rows(named=True):
         problems.append(f"{row['window']}: {row['symbol']}: {row['len']} steps, expected {horizon}")

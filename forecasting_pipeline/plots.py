@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from matplotlib import dates as mdates
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
+# matplotlib is imported where a figure is drawn: importing it costs ~0.5 s, and every Dagster
+# process that loads the definitions (code server, each run) would pay that even when it draws nothing.
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     import dagster as dg
 
 logger = logging.getLogger(__name__)
@@ -158,14 +156,14 @@ def forecast_fan_png(
         )
 
     handles = [
-        Line2D([], [], color=_CLOSE_COLOR, linewidth=1.0, label="close"),
-        Patch(facecolor=_CHRONOS_COLOR, alpha=0.25, label="Chronos-2 p10-p90"),
-        Line2D([], [], color=_CHRONOS_COLOR, linewidth=1.3, label="Chronos-2 p50"),
+        _line_handle(color=_CLOSE_COLOR, linewidth=1.0, label="close"),
+        _patch_handle(facecolor=_CHRONOS_COLOR, alpha=0.25, label="Chronos-2 p10-p90"),
+        _line_handle(color=_CHRONOS_COLOR, linewidth=1.3, label="Chronos-2 p50"),
     ]
     # The Kronos entry only appears when a dashed line was actually drawn somewhere.
     if drew_overlay:
-        handles.append(Line2D([], [], color=_KRONOS_COLOR, linewidth=1.3, linestyle="--", label="Kronos p50"))
-    handles.append(Line2D([], [], color=_AS_OF_COLOR, linewidth=0.8, linestyle=":", label="as_of"))
+        handles.append(_line_handle(color=_KRONOS_COLOR, linewidth=1.3, linestyle="--", label="Kronos p50"))
+    handles.append(_line_handle(color=_AS_OF_COLOR, linewidth=0.8, linestyle=":", label="as_of"))
     _add_header(fig, title, handles, header_in=FAN_HEADER_IN)
     return _to_png(fig)
 
@@ -231,9 +229,9 @@ def rolling_scores_png(series: pl.DataFrame, title: str) -> bytes:
         ax.tick_params(labelsize=8)
         _concise_dates(ax, maxticks=8)
 
-    handles = [Line2D([], [], color=colors[model], linewidth=1.3, label=model) for model in models]
+    handles = [_line_handle(color=colors[model], linewidth=1.3, label=model) for model in models]
     if any(reference_level(metric) is not None for metric in metrics):
-        handles.append(Line2D([], [], color=_AS_OF_COLOR, linewidth=0.9, linestyle="--", label="reference"))
+        handles.append(_line_handle(color=_AS_OF_COLOR, linewidth=0.9, linestyle="--", label="reference"))
     _add_header(fig, title, handles, header_in=SCORES_HEADER_IN)
     return _to_png(fig)
 
@@ -362,8 +360,23 @@ def _grid_shape(n_panels: int, ncols: int) -> tuple[int, int]:
     return ncols_used, math.ceil(n_panels / ncols_used)
 
 
+def _line_handle(**style):
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], **style)
+
+
+def _patch_handle(**style):
+    from matplotlib.patches import Patch
+
+    return Patch(**style)
+
+
 def _new_figure(size_in: tuple[float, float]) -> Figure:
     """Create a figure bound to an Agg canvas, outside pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=size_in, dpi=FIGURE_DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -404,6 +417,8 @@ def _add_header(fig: Figure, title: str, handles: list, *, header_in: float) -> 
 
 def _concise_dates(ax, *, maxticks: int) -> None:
     """Use few, short date tick labels (``Mar``, ``12``, ``14:00``) on the x axis."""
+    from matplotlib import dates as mdates
+
     locator = mdates.AutoDateLocator(minticks=2, maxticks=maxticks)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))

@@ -128,7 +128,10 @@ class Chronos2Resource(dg.ConfigurableResource):
         "cuda: CUDA without the free-memory test; cpu: never the GPU (CHRONOS2_DEVICE).",
     )
     dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Weights precision; bfloat16 is opt-in (CHRONOS2_DTYPE).")
-    batch_size: int = Field(default=256, description="Series (targets + covariates) per forward pass.")
+    batch_size: int | None = Field(
+        default=None,
+        description="Series (targets + covariates) per forward pass; unset: 256 on CUDA, 138 on the CPU.",
+    )
     num_threads: int | None = Field(default=None, description="torch CPU threads (torch's default when unset).")
     min_free_memory_gb: float = Field(
         default=1.5, description="auto uses CUDA only with at least this much free GPU memory (CHRONOS2_MIN_FREE_GPU_GB)."
@@ -140,6 +143,12 @@ class Chronos2Resource(dg.ConfigurableResource):
     lock_database_url: str | None = Field(
         default=None, description="Database of the GPU advisory lock, the ml_predictions one (a secret; EnvVar DATABASE_URL)."
     )
+
+    def batch_size_for(self, device: str) -> int:
+        # On the 2-core CPU, backfills in passes of 256 series ran ~20% slower per token than passes
+        # of 69-138 (46 instruments), the same work in smaller, cache-friendlier tensors; a GPU wants
+        # the larger batch.
+        return self.batch_size or (256 if device == "cuda" else 138)
 
     def gpu_settings(self) -> GpuSettings:
         return GpuSettings(self.device, self.min_free_memory_gb, self.lock_timeout_s, lock_key=self.lock_key)
@@ -174,7 +183,7 @@ class Chronos2Resource(dg.ConfigurableResource):
             started = time.perf_counter()
             loaded = self.load(device)
             loaded_at = time.perf_counter()
-            quantiles = predict_quantiles(loaded.pipeline, inputs, horizon, context_length, self.batch_size)
+            quantiles = predict_quantiles(loaded.pipeline, inputs, horizon, context_length, self.batch_size_for(device))
             timings = {"model_load_seconds": loaded_at - started, "predict_seconds": time.perf_counter() - loaded_at}
             return quantiles, loaded, timings
 

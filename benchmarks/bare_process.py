@@ -1,0 +1,55 @@
+"""The bare model in a fresh process: import torch and chronos, load the checkpoint, one batched call.
+
+This is what the model itself costs a scheduled job that starts from nothing, so the pipeline's
+process-start-to-commit time can be held against it as well as against a warm call. Building
+the inputs is timed apart and left out. Prints JSON on its last stdout line.
+
+    python benchmarks/bare_process.py --checkpoint DIR --cadence 1d --window 2026-03-02 --context 1024 --horizon 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from workload import Workload, window_inputs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--cadence", required=True)
+    parser.add_argument("--window", required=True)
+    parser.add_argument("--context", type=int, required=True)
+    parser.add_argument("--horizon", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    work = Workload(args.cadence, args.window, args.context, args.horizon)
+    started = time.perf_counter()
+    _, inputs = window_inputs(work)
+    data_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    import torch
+    from chronos import Chronos2Pipeline
+
+    imported = time.perf_counter()
+    pipeline = Chronos2Pipeline.from_pretrained(args.checkpoint, device_map=args.device, dtype=torch.float32)
+    loaded = time.perf_counter()
+    pipeline.predict_quantiles(
+        inputs, prediction_length=work.horizon, quantile_levels=[0.1, 0.5, 0.9], context_length=work.context_length
+    )
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    done = time.perf_counter()
+    print(json.dumps({
+        "data_s": data_s, "imports_s": imported - started, "load_s": loaded - imported,
+        "first_call_s": done - loaded, "model_process_s": done - started,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
