@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -133,6 +134,77 @@ def measure(checkpoint: Path, dtype: str, inputs: list[dict], horizon: int, cont
     }
 
 
+PARAMETERS_FULL = 119_477_664
+
+
+def model_tokens(inputs: list[dict], context_length: int, horizon: int) -> int:
+    """Encoder tokens of one call: per variate, ceil(context/16) patches + 1 REG + ceil(horizon/16)."""
+    per_variate = math.ceil(context_length / 16) + 1 + math.ceil(horizon / 16)
+    return sum(1 + len(x["past_covariates"]) for x in inputs) * per_variate
+
+
+def matmul_tflops(dtype, n: int = 8192, reps: int = 10) -> float:
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e12
+
+
+def batching(checkpoint: Path, inputs: list[dict], horizon: int, context_length: int, runs: int, device: str = "cuda") -> dict:
+    """fp32 on CUDA: one batched call vs one call per instrument, and 30 windows in one call vs 30 calls."""
+    import torch
+
+    from forecasting_pipeline.chronos_model import load_chronos2
+    from forecasting_pipeline.forecasting import predict_quantiles
+
+    loaded = load_chronos2(str(checkpoint), device=device, dtype="float32")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        fn()  # warm-up for these shapes
+        sync()
+        seconds = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            fn()
+            sync()
+            seconds.append(time.perf_counter() - started)
+        return statistics.median(seconds)
+
+    batched = timed(lambda: predict_quantiles(loaded.pipeline, inputs, horizon, context_length))
+    one_by_one = timed(lambda: [predict_quantiles(loaded.pipeline, [x], horizon, context_length) for x in inputs])
+    windows = inputs * 30
+    backfill = timed(lambda: predict_quantiles(loaded.pipeline, windows, horizon, context_length, batch_size=256))
+    tokens = model_tokens(inputs, context_length, horizon)
+    fp32_peak, bf16_peak = (
+        (matmul_tflops(torch.float32), matmul_tflops(torch.bfloat16)) if device == "cuda" else (float("nan"),) * 2
+    )
+    del loaded
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "batched_seconds": batched,
+        "one_by_one_seconds": one_by_one,
+        "one_by_one_over_batched": one_by_one / batched,
+        "backfill_30_windows_seconds": backfill,
+        "backfill_over_30_batched": backfill / (30 * batched),
+        "tokens": tokens,
+        "model_tflops": 2 * PARAMETERS_FULL * tokens / batched / 1e12,
+        "model_tflops_backfill": 2 * PARAMETERS_FULL * tokens * 30 / backfill / 1e12,
+        "matmul_fp32_tflops": fp32_peak,
+        "matmul_bf16_tflops": bf16_peak,
+    }
+
+
 def force_oom(checkpoint: Path, inputs: list[dict], horizon: int, context_length: int, weights_mib: float) -> dict:
     """Cap this process's GPU memory just above the weights and run through gpu.run_on_device."""
     import torch
@@ -217,15 +289,17 @@ def main(argv: list[str] | None = None) -> int:
             # How far bf16 moves the stored p50 (relative to price), to judge it as a speed option.
             p50_32, p50_16 = by_dtype["float32"][..., 1], by_dtype["bfloat16"][..., 1]
             results[-1]["bf16_max_rel_diff_p50"] = float(abs(p50_16 - p50_32).max() / abs(p50_32).max())
+        batch = batching(checkpoint, inputs["1d"], CASES["1d"]["horizon"], CASES["1d"]["context_length"], args.runs)
         weights_fp32 = next(r["weights_mib"] for r in results if r["dtype"] == "float32")
         oom = force_oom(checkpoint, inputs["1d"], CASES["1d"]["horizon"], CASES["1d"]["context_length"], weights_fp32)
-    report.update(results=results, oom_fallback=oom, total_seconds=round(time.perf_counter() - started, 1))
+    report.update(results=results, batching_1d_fp32=batch, oom_fallback=oom, total_seconds=round(time.perf_counter() - started, 1))
 
     print(f"\n{props.name}, torch {torch.__version__}, {len(inputs['1d'])} instruments, random full-size weights")
     print(f"{'cadence':<7} {'dtype':<9} {'context':>7} {'H':>3} {'median s':>9} {'weights MiB':>11} {'peak MiB':>9} {'<1.5GiB':>7}")
     for r in results:
         print(f"{r['cadence']:<7} {r['dtype']:<9} {r['context_length']:>7} {r['horizon']:>3} {r['median_seconds']:>9.4f} "
               f"{r['weights_mib']:>11.1f} {r['peak_allocated_mib']:>9.1f} {str(r['peak_under_1_5_gib']):>7}")
+    print("1d fp32 batching: " + ", ".join(f"{k} {v:.4g}" for k, v in batch.items()))
     print(f"OOM path (cap {oom['cap_mib']} MiB): ran on {oom['device_used']}, fell_back={oom['fell_back']}, "
           f"{oom['wall_seconds']} s; reason: {oom['reason']}")
     print(f"total {report['total_seconds']} s")
