@@ -9,24 +9,15 @@ the inputs is timed apart and left out. Prints JSON on its last stdout line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
-from workload import Workload, window_inputs
+from workload import script_arguments, window_inputs
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--cadence", required=True)
-    parser.add_argument("--window", required=True)
-    parser.add_argument("--context", type=int, required=True)
-    parser.add_argument("--horizon", type=int, required=True)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    work = Workload(args.cadence, args.window, args.context, args.horizon)
+    args, work = script_arguments(__doc__)
     started = time.perf_counter()
     _, inputs = window_inputs(work)
     data_s = time.perf_counter() - started

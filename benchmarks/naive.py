@@ -14,7 +14,6 @@ import time
 
 STARTED = time.perf_counter()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -29,7 +28,7 @@ from forecasting_pipeline.features import engineer_covariates  # noqa: E402
 from forecasting_pipeline.forecasting import model_inputs  # noqa: E402
 from forecasting_pipeline.instruments import load_instruments  # noqa: E402
 from forecasting_pipeline.market_data.sample import sample_bars  # noqa: E402
-from workload import Workload  # noqa: E402
+from workload import script_arguments  # noqa: E402
 
 INSERT = """
 INSERT INTO ml_predictions (symbol, timeframe, model_name, model_version, as_of, predictions, created_at)
@@ -40,15 +39,7 @@ DO UPDATE SET predictions = EXCLUDED.predictions, model_version = EXCLUDED.model
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--cadence", required=True)
-    parser.add_argument("--window", required=True)
-    parser.add_argument("--context", type=int, required=True)
-    parser.add_argument("--horizon", type=int, required=True)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    work = Workload(args.cadence, args.window, args.context, args.horizon)
+    args, work = script_arguments(__doc__)
     imported = time.perf_counter()
 
     pipeline = Chronos2Pipeline.from_pretrained(args.checkpoint, device_map=args.device, dtype=torch.float32)

@@ -336,25 +336,15 @@ def backfill_run(env: dict, home: Path, instance, work: Workload) -> dict:
     return {**child, **run_timeline(instance, child["started_at"], "1d"), "windows": BACKFILL_WINDOWS}
 
 
-def bare_process_run(work: Workload, env: dict, home: Path, device: str) -> dict:
-    argv = [sys.executable, str(HERE / "bare_process.py"), "--checkpoint", str(CHECKPOINT), "--cadence", work.cadence,
+def script_run(script: str, work: Workload, env: dict, home: Path, device: str) -> dict:
+    """Run one of the plain benchmark scripts (bare_process.py, naive.py) and read its JSON line."""
+    argv = [sys.executable, str(HERE / script), "--checkpoint", str(CHECKPOINT), "--cadence", work.cadence,
             "--window", work.window, "--context", str(work.context_length), "--horizon", str(work.horizon),
             "--device", device]
-    log_file = home / f"bare_process_{work.cadence}.log"
+    log_file = home / f"{Path(script).stem}_{work.cadence}.log"
     child = run_child(argv, {**env, "PYTHONPATH": str(HERE)}, log_file)
     if child["returncode"] != 0:
-        raise RuntimeError(f"bare-process script failed; see {log_file}")
-    return {**child, **json.loads(log_file.read_text().strip().splitlines()[-1])}
-
-
-def naive_run(work: Workload, env: dict, home: Path, device: str) -> dict:
-    argv = [sys.executable, str(HERE / "naive.py"), "--checkpoint", str(CHECKPOINT), "--cadence", work.cadence,
-            "--window", work.window, "--context", str(work.context_length), "--horizon", str(work.horizon),
-            "--device", device]
-    log_file = home / f"naive_{work.cadence}.log"
-    child = run_child(argv, {**env, "PYTHONPATH": str(HERE)}, log_file)
-    if child["returncode"] != 0:
-        raise RuntimeError(f"naive script failed; see {log_file}")
+        raise RuntimeError(f"{script} failed; see {log_file}")
     return {**child, **json.loads(log_file.read_text().strip().splitlines()[-1])}
 
 
@@ -500,9 +490,9 @@ def main() -> int:
             for c in ("1d", "1h"):
                 results["pipeline"][c] = pipeline_run(works[c], env, home, instance)
                 log(f"pipeline {c}: {results['pipeline'][c]['wall_s']:.2f}s, {results['pipeline'][c]['rows']} rows")
-            results["bare_process"] = {c: bare_process_run(works[c], env, home, args.device) for c in ("1d", "1h")}
+            results["bare_process"] = {c: script_run("bare_process.py", works[c], env, home, args.device) for c in ("1d", "1h")}
             log(f"bare model in a fresh process 1d: {results['bare_process']['1d']['model_process_s']:.2f}s")
-            results["naive"] = {"1d": naive_run(works["1d"], env, home, args.device)}
+            results["naive"] = {"1d": script_run("naive.py", works["1d"], env, home, args.device)}
             log(f"naive 1d: {results['naive']['1d']['wall_s']:.2f}s")
             results["backfill"] = backfill_run(env, home, instance, backfill_work)
             log(f"backfill: {results['backfill']['wall_s']:.2f}s, {results['backfill']['rows']} rows")

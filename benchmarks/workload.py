@@ -6,6 +6,7 @@ bars through the project's own functions, so the model sees identical inputs eve
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,3 +61,16 @@ def tokens(inputs: list[dict], context_length: int, horizon: int) -> int:
     per_variate = math.ceil(context_length / PATCH_SIZE) + 1 + math.ceil(horizon / PATCH_SIZE)
     variates = sum(1 + len(x.get("past_covariates", {})) for x in inputs)
     return variates * per_variate
+
+
+def script_arguments(description: str) -> tuple[argparse.Namespace, Workload]:
+    """The command line shared by the plain benchmark scripts: checkpoint, window, context, horizon, device."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--cadence", required=True)
+    parser.add_argument("--window", required=True)
+    parser.add_argument("--context", type=int, required=True)
+    parser.add_argument("--horizon", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    return args, Workload(args.cadence, args.window, args.context, args.horizon)

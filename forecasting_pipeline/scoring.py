@@ -49,6 +49,8 @@ from datetime import datetime
 
 import polars as pl
 
+from forecasting_pipeline.forecasting import FORECAST_SCHEMA
+
 logger = logging.getLogger(__name__)
 
 BASELINE_RANDOM_WALK = "baseline-random-walk"
@@ -140,16 +142,7 @@ ROLLING_COVERAGE_WINDOW = 20
 """Forecast dates pooled into each point of the rolling coverage series (same span as ``CANARY_WINDOW``)."""
 
 _FORECAST_COLUMNS = ("model_name", "symbol", "as_of", "step", "ts", "p10", "p50", "p90")
-_FORECAST_SCHEMA = {
-    "model_name": pl.String,
-    "symbol": pl.String,
-    "as_of": pl.Datetime("us", "UTC"),
-    "step": pl.Int32,
-    "ts": pl.Datetime("us", "UTC"),
-    "p10": pl.Float64,
-    "p50": pl.Float64,
-    "p90": pl.Float64,
-}
+_FORECAST_SCHEMA = {"model_name": pl.String, **FORECAST_SCHEMA}
 
 
 @dataclass(frozen=True)
