@@ -11,8 +11,9 @@ TORCH_VERSION ?= 2.13.0
 export DAGSTER_HOME ?= $(CURDIR)
 export TQDM_DISABLE := 1
 export PYTHONUNBUFFERED := 1
-# platformdirs (via pgserver) warns on every start without it.
-export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
+# platformdirs (via pgserver) warns on every start without a private runtime folder.
+export XDG_RUNTIME_DIR ?= $(CURDIR)/.xdg-runtime
+$(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
 .PHONY: install run dev test migrate clean-db browser
 
