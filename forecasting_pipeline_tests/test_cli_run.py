@@ -23,6 +23,8 @@ def test_when_the_main_job_runs_then_23_rows_are_written_and_summarised(empty_da
         "CHRONOS2_MODEL": str(tiny_checkpoint),
     }
 
+    sessions_before = _sessions(empty_database_url)
+
     done = subprocess.run(
         [sys.executable, "-m", "forecasting_pipeline.cli", "run", "--cadence", "1d", "--partition", "2025-06-02"],
         env=env, capture_output=True, text=True, timeout=240,
@@ -38,3 +40,13 @@ def test_when_the_main_job_runs_then_23_rows_are_written_and_summarised(empty_da
     assert rows == 23
     assert slots == 1
     assert runs == 1
+    # Dagster's storages hold their connections (dagster_storage.py): about 70 here, on a database
+    # whose Dagster tables this run creates; with one connection per storage call, over 400.
+    assert _sessions(empty_database_url) - sessions_before - 1 < 150
+
+
+def _sessions(url: str) -> int:
+    """Connections ever opened to the database (this query's own included)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        return conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
