@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.xdg-runtime
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: install run dev test migrate clean-db browser
+.PHONY: install run dev test migrate clean-db browser model-server
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ run: install
 # Dagster UI (and daemon, for schedules and backfills) on the same instance and database as `make run`.
 dev: install
 	$(BIN)/forecasting-pipeline with-db -- sh -c '$(BIN)/forecasting-pipeline migrate && $(BIN)/forecasting-pipeline setup-instance && $(BIN)/dagster dev -h 127.0.0.1 -p 3000'
+
+# Optional: one process that keeps Chronos-2 loaded for every run. Runs use it when CHRONOS2_SERVER
+# names its socket, in their environment too (e.g. `CHRONOS2_SERVER=$PWD/.chronos2.sock make dev`).
+model-server: install
+	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline model-server
 
 # Debian's chromium + chromium-driver for the real-browser test (a downloaded browser does not run
 # here). Skipped when present; when apt cannot install them the target still succeeds and that

@@ -8,7 +8,6 @@ are thin: the work is in features, forecasting and ml_predictions.
 
 # No `from __future__ import annotations` here: Dagster reads these annotations (config, resources) at decoration time.
 import os
-import time
 from datetime import datetime
 
 import dagster as dg
@@ -225,16 +224,16 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
             keys += k
             inputs += x
         # --- device placement and the model call (issue 3: gpu.py decides CUDA or CPU, with fallback) ---
-        quantiles, loaded, timings, device_run = chronos2.predict_quantiles(inputs, horizon, context_length)
+        quantiles, model, timings, device_run = chronos2.predict_quantiles(inputs, horizon, context_length)
         load_s, predict_s = timings["model_load_seconds"], timings["predict_seconds"]
         if device_run.fell_back:
             context.log.warning(f"ran on the CPU instead of the GPU: {device_run.reason}")
-        context.log.info(f"forecast {len(inputs)} series x {horizon} steps in {predict_s:.2f}s on {loaded.device}")
+        context.log.info(f"forecast {len(inputs)} series x {horizon} steps in {predict_s:.2f}s on {model.device} ({device_run.model_process})")
         # --- end of device placement ---
 
         forecasts = shape_forecasts(
             keys, quantiles, lambda symbol, as_of, n: next_bar_closes(calendar_of[symbol], c, as_of, n)
-        ).with_columns(pl.lit(loaded.version).alias("model_version"))
+        ).with_columns(pl.lit(model.version).alias("model_version"))
         problems = forecast_problems(forecasts, horizon)
         out = {
             window: forecasts.filter(pl.col("window") == window).drop("window") for window in covariates
@@ -242,9 +241,9 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
         yield dg.Output(
             out,
             metadata={
-                "model_version": loaded.version,
-                "device": loaded.device,
-                "dtype": loaded.dtype,
+                "model_version": model.version,
+                "device": model.device,
+                "dtype": model.dtype,
                 "context_length": context_length,
                 "horizon": horizon,
                 "quantiles": dg.MetadataValue.json(list(QUANTILE_LEVELS)),

@@ -50,6 +50,15 @@ class ModelUnavailableError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ModelIdentity:
+    """What a forecast records about the model that made it; the same whether it ran here or in the model server."""
+
+    version: str
+    device: str
+    dtype: str
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     pipeline: "Chronos2Pipeline"
     model_id: str
@@ -63,6 +72,10 @@ class LoadedModel:
         """What ``model_version`` records: package version, model id and revision."""
         tag = " RANDOM-WEIGHTS" if self.random_weights else ""
         return f"chronos-forecasting=={version('chronos-forecasting')} {self.model_id}@{self.revision}{tag}"
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.version, self.device, self.dtype)
 
 
 def write_random_checkpoint(directory: str | Path, size: Literal["tiny", "full"], seed: int = 0) -> Path:

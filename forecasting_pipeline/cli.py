@@ -7,6 +7,7 @@
     forecasting-pipeline init-model          write a RANDOM-WEIGHT Chronos-2 checkpoint (tests, benchmarks, offline demos)
     forecasting-pipeline backfill            submit an asset backfill of a cadence's chain (the daemon of `make dev` runs it)
     forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
+    forecasting-pipeline model-server        keep Chronos-2 loaded and forecast for every run that sets CHRONOS2_SERVER
 """
 
 from __future__ import annotations
@@ -202,6 +203,19 @@ def cmd_latest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_server(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.definitions import default_resources
+    from forecasting_pipeline.model_server import serve
+
+    socket_path = args.socket or os.environ.get("CHRONOS2_SERVER")
+    if not socket_path:
+        sys.exit("model-server needs a socket path: --socket PATH or CHRONOS2_SERVER")
+    # The same settings, read from the same environment, as the runs' chronos2 resource.
+    resource = default_resources()["chronos2"].process_config_and_initialize()
+    serve(resource, socket_path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecasting-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeframe", choices=["1h", "1d"], default="1d")
     p.add_argument("--model", default="kronos-base", help="model_name to read (default: kronos-base, as the gateway)")
     p.set_defaults(func=cmd_latest)
+
+    p = sub.add_parser("model-server", help="keep Chronos-2 loaded; runs with CHRONOS2_SERVER set forecast through it")
+    p.add_argument("--socket", help="Unix socket to listen on (default: CHRONOS2_SERVER)")
+    p.set_defaults(func=cmd_model_server)
     return parser
 
 

@@ -49,6 +49,7 @@ def default_resources() -> dict[str, object]:
             min_free_memory_gb=float(os.environ.get("CHRONOS2_MIN_FREE_GPU_GB", "1.5")),
             lock_timeout_s=float(os.environ.get("CHRONOS2_GPU_LOCK_TIMEOUT_S", "60")),
             lock_database_url=dg.EnvVar("DATABASE_URL"),
+            server_socket=_env_or("CHRONOS2_SERVER", None),
         ),
         FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=str(frames_dir)),
     }

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ class DeviceRun:
     peak_gpu_memory_bytes: int | None = None
     free_gpu_memory_bytes: int | None = None
     other_gpu_processes: list[GpuProcess] | None = field(default=None)
+    # "this run", or the model server that ran it (model_server.py).
+    model_process: str = "this run"
 
     def metadata(self) -> dict[str, object]:
         """Plain values for Dagster metadata; peak memory only when CUDA was used."""
@@ -175,6 +177,7 @@ class DeviceRun:
             "device_fell_back": self.fell_back,
             "device_reason": self.reason,
             "device_wall_seconds": round(self.wall_seconds, 3),
+            "model_process": self.model_process,
         }
         if self.lock_wait_seconds is not None:
             out["gpu_lock_wait_seconds"] = round(self.lock_wait_seconds, 3)
@@ -185,6 +188,14 @@ class DeviceRun:
         if self.other_gpu_processes is not None:
             out["other_gpu_processes"] = len(self.other_gpu_processes)
         return out
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> DeviceRun:
+        processes = data.get("other_gpu_processes")
+        return cls(**{**data, "other_gpu_processes": None if processes is None else [GpuProcess(**p) for p in processes]})
 
 
 @contextmanager

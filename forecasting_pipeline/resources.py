@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -17,7 +18,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID, LoadedModel, load_chronos2
+from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID, LoadedModel, ModelIdentity, load_chronos2
 from forecasting_pipeline.database import connect
 from forecasting_pipeline.forecasting import predict_quantiles
 from forecasting_pipeline.gpu import GPU_LOCK_KEY, Cuda, DeviceRun, GpuSettings, run_on_device
@@ -143,6 +144,11 @@ class Chronos2Resource(dg.ConfigurableResource):
     lock_database_url: str | None = Field(
         default=None, description="Database of the GPU advisory lock, the ml_predictions one (a secret; EnvVar DATABASE_URL)."
     )
+    server_socket: str | None = Field(
+        default=None,
+        description="Unix socket of a running `forecasting-pipeline model-server` (CHRONOS2_SERVER): runs send their "
+        "batch there instead of loading the model; when none answers, the run loads it itself.",
+    )
 
     def batch_size_for(self, device: str) -> int:
         # On the 2-core CPU, backfills in passes of 256 series ran ~20% slower per token than passes
@@ -172,12 +178,30 @@ class Chronos2Resource(dg.ConfigurableResource):
 
     def predict_quantiles(
         self, inputs: list[dict], horizon: int, context_length: int, cuda: Cuda | None = None
-    ) -> tuple[np.ndarray, LoadedModel, dict[str, float], DeviceRun]:
-        """Load and run the model on the chosen device, falling back to the CPU (gpu.run_on_device).
+    ) -> tuple[np.ndarray, ModelIdentity, dict[str, float], DeviceRun]:
+        """Forecast in the model server when one is configured and answers, else in this process.
 
-        Returns quantiles (n_series, horizon, 3), the model, load/predict seconds of the attempt that
-        produced them, and where it ran. ``cuda`` replaces the real CUDA runtime in tests only.
+        Returns quantiles (n_series, horizon, 3), the model that made them, load/predict seconds,
+        and where it ran. ``cuda`` replaces the real CUDA runtime in tests only.
         """
+        if self.server_socket:
+            from forecasting_pipeline.model_server import ModelServerUnavailable, model_key, request_forecast
+
+            try:
+                served = request_forecast(
+                    self.server_socket, model_key(self.model, self.revision, self.dtype), inputs, horizon, context_length
+                )
+                return served.quantiles, served.model, served.timings, served.device_run
+            except ModelServerUnavailable as exc:
+                logger.warning("%s; loading the model in this run", exc)
+                quantiles, model, timings, record = self.predict_here(inputs, horizon, context_length, cuda)
+                return quantiles, model, timings, replace(record, model_process=f"this run ({exc})")
+        return self.predict_here(inputs, horizon, context_length, cuda)
+
+    def predict_here(
+        self, inputs: list[dict], horizon: int, context_length: int, cuda: Cuda | None = None
+    ) -> tuple[np.ndarray, ModelIdentity, dict[str, float], DeviceRun]:
+        """Load and run the model in this process on the chosen device, falling back to the CPU (gpu.run_on_device)."""
 
         def work(device: str) -> tuple[np.ndarray, LoadedModel, dict[str, float]]:
             started = time.perf_counter()
@@ -192,4 +216,4 @@ class Chronos2Resource(dg.ConfigurableResource):
             work, self.gpu_settings(), database_url=self.lock_database_url, cuda=cuda,
             release_cuda=lambda: self.release("cuda"),
         )
-        return quantiles, loaded, timings, record
+        return quantiles, loaded.identity, timings, record

@@ -7,11 +7,17 @@ server and sets it), or on a pgserver started here when DATABASE_URL is unset.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import psycopg
 import pytest
 from psycopg import sql
@@ -20,9 +26,17 @@ from forecasting_pipeline.assets import FRAMES_IO_MANAGER
 from forecasting_pipeline.chronos_model import write_random_checkpoint
 from forecasting_pipeline.database import PostgresResource
 from forecasting_pipeline.embedded_postgres import _with_database, embedded_server
+from forecasting_pipeline.cadences import DAILY
+from forecasting_pipeline.features import engineer_covariates
+from forecasting_pipeline.forecasting import model_inputs
 from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
+from forecasting_pipeline.instruments import load_instruments
+from forecasting_pipeline.market_data.sample import sample_bars
 from forecasting_pipeline.migrations import migrate
+from forecasting_pipeline.model_server import describe
 from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+
+MODEL_CONTEXT = 64
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,6 +103,43 @@ def resources(database_url, tiny_checkpoint, tmp_path) -> dict[str, object]:
         "chronos2": Chronos2Resource(model=str(tiny_checkpoint)),
         FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=str(tmp_path / "frames")),
     }
+
+
+@pytest.fixture(scope="module")
+def daily_inputs() -> list[dict]:
+    """Model inputs (target + 2 covariates, 64 bars) for the 23 instruments of one daily window of the sample source."""
+    end = DAILY.partitions_def.time_window_for_partition_key("2025-06-02").end
+    frames = [engineer_covariates(sample_bars(i, "1d", end, MODEL_CONTEXT)) for i in load_instruments()]
+    _keys, model_in = model_inputs(pl.concat(frames), "2025-06-02", MODEL_CONTEXT)
+    return model_in
+
+
+@dataclass
+class ModelServerProcess:
+    socket: str
+    process: subprocess.Popen
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def model_server(server_url, tiny_checkpoint, tmp_path_factory) -> Iterator[ModelServerProcess]:
+    """`forecasting-pipeline model-server` in its own process, serving the tiny checkpoint on the CPU."""
+    folder = Path(tempfile.mkdtemp(prefix="ms-"))  # short: a Unix socket path is limited to 107 bytes
+    socket_path = str(folder / "chronos2.sock")
+    log = tmp_path_factory.mktemp("model_server") / "server.log"
+    env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint), "CHRONOS2_DEVICE": "cpu"}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", socket_path],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        describe(socket_path, wait_s=120)
+        yield ModelServerProcess(socket_path, process, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from forecasting_pipeline.chronos_model import (
     GEOMETRIES,
     ModelUnavailableError,
     load_chronos2,
-    write_random_checkpoint,
 )
 from forecasting_pipeline.cli import main
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import polars as pl
 import psycopg
 import pytest
 import torch
@@ -19,16 +18,12 @@ from forecasting_pipeline import cli
 from forecasting_pipeline.assets import build_chain
 from forecasting_pipeline.cadences import DAILY, HOURLY
 from forecasting_pipeline.embedded_postgres import dagster_storage_url
-from forecasting_pipeline.features import engineer_covariates
-from forecasting_pipeline.forecasting import model_inputs
 from forecasting_pipeline.gpu import GPU_LOCK_KEY, GIB, GpuProcess, GpuSettings, advisory_lock, run_on_device
-from forecasting_pipeline.instruments import load_instruments
-from forecasting_pipeline.market_data.sample import sample_bars
 from forecasting_pipeline.resources import _MODEL_CACHE, Chronos2Resource
 
 REPO = Path(__file__).resolve().parents[1]
 HORIZON = 10
-CONTEXT = 64
+CONTEXT = 64  # the daily_inputs fixture's length (conftest.py)
 
 
 class FakeCuda:
@@ -75,15 +70,6 @@ def _lock_is_free(url: str) -> bool:
         return taken
 
 
-@pytest.fixture(scope="module")
-def inputs() -> list[dict]:
-    """Model inputs for the 23 instruments of one daily window of the sample source."""
-    end = DAILY.partitions_def.time_window_for_partition_key("2025-06-02").end
-    frames = [engineer_covariates(sample_bars(i, "1d", end, CONTEXT)) for i in load_instruments()]
-    _keys, model_in = model_inputs(pl.concat(frames), "2025-06-02", CONTEXT)
-    return model_in
-
-
 @pytest.fixture
 def held_gpu_lock(empty_database_url):
     """Another session (Kronos, say) holding the GPU lock in the test database."""
@@ -97,10 +83,10 @@ def test_when_settings_name_an_unknown_device_then_they_are_refused():
         GpuSettings(device="tpu")
 
 
-def test_when_cuda_is_absent_then_auto_runs_the_real_model_on_cpu_without_a_fallback(tiny_checkpoint, inputs):
+def test_when_cuda_is_absent_then_auto_runs_the_real_model_on_cpu_without_a_fallback(tiny_checkpoint, daily_inputs):
     resource = Chronos2Resource(model=str(tiny_checkpoint), device="auto")
 
-    quantiles, loaded, _timings, record = resource.predict_quantiles(inputs, HORIZON, CONTEXT, cuda=FakeCuda(False))
+    quantiles, loaded, _timings, record = resource.predict_quantiles(daily_inputs, HORIZON, CONTEXT, cuda=FakeCuda(False))
 
     assert quantiles.shape == (23, HORIZON, 3)
     assert loaded.device == "cpu"
@@ -184,14 +170,14 @@ def test_when_one_connection_holds_the_key_then_another_gets_it_only_after_relea
 
 
 def test_when_another_connection_holds_the_gpu_lock_then_the_resource_runs_on_cpu_after_the_timeout(
-    tiny_checkpoint, inputs, held_gpu_lock
+    tiny_checkpoint, daily_inputs, held_gpu_lock
 ):
     cuda = FakeCuda(True, free_gb=8.0)
     resource = Chronos2Resource(
         model=str(tiny_checkpoint), device="auto", lock_timeout_s=0.5, lock_database_url=held_gpu_lock
     )
 
-    quantiles, loaded, _timings, record = resource.predict_quantiles(inputs, HORIZON, CONTEXT, cuda=cuda)
+    quantiles, loaded, _timings, record = resource.predict_quantiles(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
 
     assert quantiles.shape == (23, HORIZON, 3)
     assert loaded.device == "cpu"
@@ -210,14 +196,14 @@ def test_when_the_lock_database_is_unreachable_then_auto_runs_on_cpu():
 
 
 def test_when_cuda_runs_out_of_memory_then_the_same_batch_runs_on_cpu_and_the_run_succeeds(
-    tiny_checkpoint, inputs, empty_database_url
+    tiny_checkpoint, daily_inputs, empty_database_url
 ):
     cuda = FakeCuda(True, free_gb=8.0, oom_on_first_run=True)
     resource = Chronos2Resource(model=str(tiny_checkpoint), device="auto", lock_database_url=empty_database_url)
     cpu_only = Chronos2Resource(model=str(tiny_checkpoint), device="cpu")
 
-    quantiles, loaded, _timings, record = resource.predict_quantiles(inputs, HORIZON, CONTEXT, cuda=cuda)
-    expected, *_ = cpu_only.predict_quantiles(inputs, HORIZON, CONTEXT)
+    quantiles, loaded, _timings, record = resource.predict_quantiles(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+    expected, *_ = cpu_only.predict_quantiles(daily_inputs, HORIZON, CONTEXT)
 
     assert loaded.device == "cpu"
     np.testing.assert_array_equal(quantiles, expected)

@@ -1,0 +1,126 @@
+"""The model server: runs forecast through one long-lived process that keeps Chronos-2 loaded.
+
+A real `forecasting-pipeline model-server` process (conftest.py) serves the tiny checkpoint over
+its Unix socket; runs are real Dagster materialisations against the real database.
+"""
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from forecasting_pipeline.assets import build_chain
+from forecasting_pipeline.cadences import DAILY
+from forecasting_pipeline.ml_predictions import read_predictions
+from forecasting_pipeline.model_server import ModelServerError, describe
+from forecasting_pipeline.resources import Chronos2Resource
+
+HORIZON = 10
+CONTEXT = 64  # the daily_inputs fixture's length (conftest.py)
+
+
+def _served(resource: Chronos2Resource, socket_path: str) -> Chronos2Resource:
+    return Chronos2Resource(**{**resource.model_dump(), "server_socket": socket_path})
+
+
+def test_when_a_run_forecasts_through_the_server_then_it_gets_what_the_model_gives_in_process(
+    model_server, tiny_checkpoint, daily_inputs
+):
+    here = Chronos2Resource(model=str(tiny_checkpoint), device="cpu")
+    served_before = describe(model_server.socket)["served"]
+
+    quantiles, model, timings, record = _served(here, model_server.socket).predict_quantiles(daily_inputs, HORIZON, CONTEXT)
+    expected, expected_model, _, local = here.predict_quantiles(daily_inputs, HORIZON, CONTEXT)
+
+    np.testing.assert_array_equal(quantiles, expected)
+    assert model == expected_model
+    assert record.model_process == f"model server pid {model_server.process.pid} at {model_server.socket}"
+    assert local.model_process == "this run"
+    assert timings["predict_seconds"] > 0
+    assert describe(model_server.socket)["served"] == served_before + 1
+
+
+def test_when_the_chain_runs_with_a_server_then_its_rows_are_stored_and_say_where_the_model_ran(
+    model_server, resources, instance, conn
+):
+    resources = {**resources, "chronos2": _served(resources["chronos2"], model_server.socket)}
+
+    result = dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+
+    assert result.success
+    assert read_predictions(conn, "1d")["symbol"].n_unique() == 23
+    metadata = result.asset_materializations_for_node("chronos2_forecasts_1d")[0].metadata
+    assert metadata["model_process"].value.startswith(f"model server pid {model_server.process.pid}")
+    assert metadata["model_version"].value.endswith("RANDOM-WEIGHTS")
+
+
+def test_when_no_server_answers_then_the_run_loads_the_model_itself_and_says_why(
+    tiny_checkpoint, daily_inputs, tmp_path, caplog
+):
+    missing = str(tmp_path / "nobody.sock")
+    resource = Chronos2Resource(model=str(tiny_checkpoint), device="cpu", server_socket=missing)
+
+    quantiles, _model, _timings, record = resource.predict_quantiles(daily_inputs, HORIZON, CONTEXT)
+
+    assert quantiles.shape == (23, HORIZON, 3)
+    assert record.model_process.startswith(f"this run (no model server at {missing}")
+    assert f"no model server at {missing}" in caplog.text
+
+
+def test_when_the_server_runs_another_model_then_the_run_fails_naming_both_and_the_server_goes_on(
+    model_server, tiny_checkpoint, daily_inputs
+):
+    wants_bf16 = Chronos2Resource(
+        model=str(tiny_checkpoint), device="cpu", dtype="bfloat16", server_socket=model_server.socket
+    )
+
+    with pytest.raises(ModelServerError, match=r"this server runs .*'float32'.*the run asked for .*'bfloat16'"):
+        wants_bf16.predict_quantiles(daily_inputs, HORIZON, CONTEXT)
+
+    assert describe(model_server.socket)["pid"] == model_server.process.pid
+
+
+def test_when_a_request_is_malformed_then_the_server_refuses_it_and_keeps_serving(model_server):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(model_server.socket)
+        garbage = b"{not json"
+        client.sendall(struct.pack(">Q", len(garbage)) + garbage)
+        reply = client.recv(4096)
+
+    assert b"malformed request: header is not JSON" in reply
+    assert describe(model_server.socket)["pid"] == model_server.process.pid
+
+
+def test_when_the_socket_is_taken_then_a_second_server_refuses_to_start(model_server, server_url, tiny_checkpoint):
+    env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint)}
+
+    second = subprocess.run(
+        [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", model_server.socket],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+
+    assert second.returncode != 0
+    assert f"a model server already listens at {model_server.socket}" in second.stderr
+    assert describe(model_server.socket)["pid"] == model_server.process.pid
+
+
+def test_when_the_server_is_stopped_then_it_removes_its_socket(server_url, tiny_checkpoint, tmp_path):
+    socket_path = str(tmp_path / "s.sock")
+    env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint), "CHRONOS2_DEVICE": "cpu"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", socket_path], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    describe(socket_path, wait_s=120)
+    assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o600)
+
+    server.send_signal(signal.SIGTERM)
+
+    assert server.wait(timeout=30) == 0
+    assert not os.path.exists(socket_path)
