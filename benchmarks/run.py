@@ -5,7 +5,9 @@ Measures in one run, on one machine, with one full-size random-weight Chronos-2 
 
 1. bare model: one batched ``predict_quantiles`` for the 23 instruments (target + 2 covariates);
 2. pipeline: one daily and one hourly window through Dagster's CLI against real PostgreSQL,
-   process start to rows committed, split into start-up, data, features, model and write;
+   process start to rows committed, split into start-up, data, features, model and write; once
+   with the model loaded in the run (as ``make run``), once through a warm model server
+   (``forecasting-pipeline model-server``), and Dagster's own floor (one no-op asset, same CLI);
 3. naive peer: ``benchmarks/naive.py``, one model call per symbol and one INSERT per row;
 4. backfill: 30 daily windows in one run, as ``BackfillPolicy.multi_run(30)`` groups them;
 5. machine limit: fp32/bf16 matmul GFLOP/s against the model's 2 x params x tokens / seconds;
@@ -14,7 +16,8 @@ Measures in one run, on one machine, with one full-size random-weight Chronos-2 
     python benchmarks/run.py [--quick] [--json FILE] [--device cpu|cuda]
 
 ``--quick`` shortens the context (daily 256, hourly 512 bars) for every measurement alike, so the
-ratios compare like with like; without it the cadences' configured contexts (1024, 2048) are used.
+ratios compare like with like, and leaves out the hourly in-run pipeline and hourly fresh-process
+model; without it the cadences' configured contexts (1024, 2048) are used.
 PostgreSQL: ``DATABASE_URL`` when set, else an embedded server; a fresh database is created and
 dropped. The checkpoint and server data are cached in ``benchmarks/.cache/``.
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -56,7 +58,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from workload import (  # noqa: E402
     BACKFILL_RANGE,
     BACKFILL_WINDOWS,
-    PARAMETERS_FULL,
     WINDOWS,
     Workload,
     tokens,
@@ -68,7 +69,11 @@ from forecasting_pipeline.cadences import CADENCES  # noqa: E402
 QUICK_CONTEXT = {"1d": 256, "1h": 512}
 TARGETS = {
     "pipeline_over_model": ("<=", 1.3),
+    "pipeline_over_model_1h": ("<=", 1.3),
+    "pipeline_served_over_model": ("<=", 1.3),
+    "pipeline_served_over_model_1h": ("<=", 1.3),
     "naive_over_pipeline": (">", 1.0),
+    "naive_over_pipeline_served": (">", 1.0),
     "backfill_over_model": ("<=", 1.1),
     "model_over_fp32_peak": (">=", 0.7),
 }
@@ -310,15 +315,74 @@ def run_timeline(instance, started_at: float, cadence: str) -> dict:
     }
 
 
-def pipeline_run(work: Workload, env: dict, home: Path, instance) -> dict:
+def pipeline_run(work: Workload, env: dict, home: Path, instance, label: str = "pipeline") -> dict:
     argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "forecasting_pipeline.definitions",
             "--select", f"group:chronos2_{work.cadence}", "--partition", work.window]
     if run_config(work):
         argv += ["--config-json", json.dumps(run_config(work))]
-    child = run_child(argv, env, home / f"pipeline_{work.cadence}.log")
+    log_file = home / f"{label}_{work.cadence}.log"
+    child = run_child(argv, env, log_file)
     if child["returncode"] != 0:
-        raise RuntimeError(f"pipeline {work.cadence} failed; see {home / f'pipeline_{work.cadence}.log'}")
+        raise RuntimeError(f"{label} {work.cadence} failed; see {log_file}")
     return {**child, **run_timeline(instance, child["started_at"], work.cadence)}
+
+
+def dagster_floor(env: dict, home: Path, instance) -> dict:
+    """One no-op asset through the same CLI, executor and instance: process start to its step's end."""
+    import dagster as dg
+
+    argv = [str(BIN / "dagster"), "asset", "materialize", "-f", str(HERE / "dagster_floor.py"), "--select", "noop"]
+    child = run_child(argv, env, home / "dagster_floor.log")
+    if child["returncode"] != 0:
+        raise RuntimeError(f"the no-op Dagster run failed; see {home / 'dagster_floor.log'}")
+    run = instance.get_runs(limit=1)[0]
+    done = max(
+        r.timestamp for r in instance.all_logs(run.run_id)
+        if r.dagster_event and r.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS
+    )
+    return {**child, "step_done_s": done - child["started_at"]}
+
+
+@contextmanager
+def model_server(env: dict, home: Path, works: dict[str, Workload]):
+    """A ``forecasting-pipeline model-server`` on the checkpoint, warmed by one batch per cadence.
+
+    The warm-up batch is the one the bare model's untimed first call is: a server that has served
+    the previous hourly or daily run has seen these shapes.
+    """
+    from forecasting_pipeline.model_server import describe, model_key, request_forecast
+
+    socket_path = str(home / "chronos2.sock")
+    with (home / "model_server.log").open("w") as log_file:
+        server = subprocess.Popen(
+            [str(BIN / "forecasting-pipeline"), "model-server", "--socket", socket_path],
+            env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    info: dict = {}
+    try:
+        started = time.perf_counter()
+        describe(socket_path, wait_s=300)
+        info["start_s"] = time.perf_counter() - started
+        for work in works.values():
+            _, inputs = window_inputs(work)
+            request_forecast(socket_path, model_key(str(CHECKPOINT), None, "float32"), inputs, work.horizon,
+                             work.context_length)
+        yield socket_path, info
+    finally:
+        info["peak_rss_mb"] = _peak_rss_mb(server.pid)
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """A running process's own peak RSS (VmHWM), which exec reset: unlike ru_maxrss, not its parent's."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def backfill_run(env: dict, home: Path, instance, work: Workload) -> dict:
@@ -356,12 +420,24 @@ def ratios(r: dict) -> dict:
     # follows the commit (the fan chart, Dagster's run-end events, interpreter exit) is left out.
     bare_1d = r["bare"]["1d"]["seconds"]
     pipeline_1d = r["pipeline"]["1d"]["committed_s"]
+    served_1d = r["pipeline_served"]["1d"]["committed_s"]
+    floor = r["dagster_floor"]["step_done_s"]
     return {
         "pipeline_over_model": pipeline_1d / bare_1d,
-        "pipeline_over_model_1h": r["pipeline"]["1h"]["committed_s"] / r["bare"]["1h"]["seconds"],
+        "pipeline_served_over_model": served_1d / bare_1d,
+        "pipeline_served_over_model_1h": r["pipeline_served"]["1h"]["committed_s"] / r["bare"]["1h"]["seconds"],
+        # No pipeline through Dagster's CLI can beat the model plus a no-op run.
+        "floor_over_model": (bare_1d + floor) / bare_1d,
+        "floor_over_model_1h": (r["bare"]["1h"]["seconds"] + floor) / r["bare"]["1h"]["seconds"],
         "pipeline_over_model_process": pipeline_1d / r["bare_process"]["1d"]["model_process_s"],
-        "pipeline_over_model_process_1h": r["pipeline"]["1h"]["committed_s"] / r["bare_process"]["1h"]["model_process_s"],
+        # Quick mode leaves out the hourly in-run pipeline and fresh-process model (see main).
+        **({
+            "pipeline_over_model_1h": r["pipeline"]["1h"]["committed_s"] / r["bare"]["1h"]["seconds"],
+            "pipeline_over_model_process_1h":
+                r["pipeline"]["1h"]["committed_s"] / r["bare_process"]["1h"]["model_process_s"],
+        } if "1h" in r["pipeline"] else {}),
         "naive_over_pipeline": r["naive"]["1d"]["wall_s"] / pipeline_1d,
+        "naive_over_pipeline_served": r["naive"]["1d"]["wall_s"] / served_1d,
         "backfill_over_model": r["backfill"]["committed_s"] / (BACKFILL_WINDOWS * bare_1d),
         "model_over_fp32_peak": r["bare"]["1d"]["gflops"] / r["machine_limit"]["fp32_gflops"],
         "model_over_fp32_peak_1h": r["bare"]["1h"]["gflops"] / r["machine_limit"]["fp32_gflops"],
@@ -402,7 +478,7 @@ def report(r: dict) -> str:
     bf = r["bare"]["bf16_1d"]
     lines.append(f"| bare model 1d bfloat16 ({bf['speedup_over_fp32']:.2f}x fp32; max relative p50 change "
                  f"{bf['max_relative_p50_change']:.1e}) | {bf['seconds']:.2f} | |")
-    for c in ("1d", "1h"):
+    for c in r["pipeline"]:
         p = r["pipeline"][c]
         lines.append(f"| pipeline {c}, process start to exit ({p['rows']} rows) | {p['wall_s']:.2f} | {p['peak_rss_mb']:.0f} |")
         lines.append(
@@ -410,6 +486,19 @@ def report(r: dict) -> str:
             f"model {p['model_s']:.2f} (load {f2(p['model_load_s'])}, predict {f2(p['predict_s'])}, on {p['device']}) / "
             f"write {p['write_s']:.2f} / rows committed at {p['committed_s']:.2f} | | |")
     for c in ("1d", "1h"):
+        p = r["pipeline_served"][c]
+        lines.append(f"| pipeline {c} through the warm model server, process start to exit ({p['rows']} rows) "
+                     f"| {p['wall_s']:.2f} | {p['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| &nbsp; start-up {p['startup_s']:.2f} / data {p['data_s']:.2f} / features {p['features_s']:.2f} / "
+            f"model {p['model_s']:.2f} (predict {f2(p['predict_s'])} in the server) / "
+            f"write {p['write_s']:.2f} / rows committed at {p['committed_s']:.2f} | | |")
+    ms = r["model_server"]
+    lines.append(f"| model server: start to ready (imports + load, once) | {ms['start_s']:.2f} | {f2(ms['peak_rss_mb'])} |")
+    fl = r["dagster_floor"]
+    lines.append(f"| Dagster's floor: one no-op asset through the same CLI, process start to step done "
+                 f"(exit {fl['wall_s']:.2f}) | {fl['step_done_s']:.2f} | {fl['peak_rss_mb']:.0f} |")
+    for c in r["bare_process"]:
         bp = r["bare_process"][c]
         lines.append(f"| bare model {c} in a fresh process: import {bp['imports_s']:.2f} + load {bp['load_s']:.2f} "
                      f"+ first call {bp['first_call_s']:.2f} | {bp['model_process_s']:.2f} | {bp['peak_rss_mb']:.0f} |")
@@ -486,11 +575,23 @@ def main() -> int:
         import dagster as dg
 
         with dg.DagsterInstance.get() as instance:
+            # --quick keeps under 3 minutes by leaving out the hourly in-run pipeline and hourly
+            # fresh-process model; the hourly pipeline still runs through the model server.
+            in_run = ("1d",) if args.quick else ("1d", "1h")
             results["pipeline"] = {}
-            for c in ("1d", "1h"):
+            for c in in_run:
                 results["pipeline"][c] = pipeline_run(works[c], env, home, instance)
                 log(f"pipeline {c}: {results['pipeline'][c]['wall_s']:.2f}s, {results['pipeline'][c]['rows']} rows")
-            results["bare_process"] = {c: script_run("bare_process.py", works[c], env, home, args.device) for c in ("1d", "1h")}
+            results["dagster_floor"] = dagster_floor(env, home, instance)
+            log(f"Dagster floor: {results['dagster_floor']['step_done_s']:.2f}s")
+            with model_server(env, home, works) as (socket_path, server_info):
+                served_env = {**env, "CHRONOS2_SERVER": socket_path}
+                results["pipeline_served"] = {}
+                for c in ("1d", "1h"):
+                    results["pipeline_served"][c] = pipeline_run(works[c], served_env, home, instance, "pipeline_served")
+                    log(f"pipeline {c} through the model server: {results['pipeline_served'][c]['wall_s']:.2f}s")
+            results["model_server"] = server_info
+            results["bare_process"] = {c: script_run("bare_process.py", works[c], env, home, args.device) for c in in_run}
             log(f"bare model in a fresh process 1d: {results['bare_process']['1d']['model_process_s']:.2f}s")
             results["naive"] = {"1d": script_run("naive.py", works["1d"], env, home, args.device)}
             log(f"naive 1d: {results['naive']['1d']['wall_s']:.2f}s")
