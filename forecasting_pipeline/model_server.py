@@ -285,11 +285,15 @@ def serve(resource: Chronos2Resource, socket_path: str | Path) -> None:
     server = _UnixServer(str(path), resource)
 
     def stop(signum, _frame) -> None:
+        # A second signal (Ctrl-C reaches `with-db` and this process alike) must not cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         logger.info("stopping on signal %d", signum)
         # shutdown() waits for serve_forever to return, which runs in this thread: raise instead.
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     logger.info("serving at %s (pid %d)", path, os.getpid())
     try:
         server.serve_forever()
