@@ -268,6 +268,8 @@ class _UnixServer(socketserver.UnixStreamServer):
 def serve(resource: Chronos2Resource, socket_path: str | Path) -> None:
     """Load the model on the CPU, then answer requests at ``socket_path`` until SIGTERM or SIGINT."""
     path = Path(socket_path)
+    if path.exists() and not path.is_socket():
+        raise SystemExit(f"{path} exists and is not a socket: choose another path for the model server")
     if path.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

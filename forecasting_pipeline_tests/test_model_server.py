@@ -124,3 +124,20 @@ def test_when_the_server_is_stopped_then_it_removes_its_socket(server_url, tiny_
 
     assert server.wait(timeout=30) == 0
     assert not os.path.exists(socket_path)
+
+
+def test_when_the_socket_path_is_a_file_then_the_server_refuses_to_start_and_leaves_it(
+    server_url, tiny_checkpoint, tmp_path
+):
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint)}
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", str(precious)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+
+    assert refused.returncode != 0
+    assert f"{precious} exists and is not a socket" in refused.stderr
+    assert precious.read_text() == "keep me"
