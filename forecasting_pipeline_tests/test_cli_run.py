@@ -1,4 +1,4 @@
-"""`forecasting-pipeline run`, the command behind `make run`, in a real process on a real instance and database."""
+"""`forecasting-pipeline run` (behind `make run`) and `backfill`, in real processes on a real instance and database."""
 
 import os
 import shutil
@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import psycopg
+from dagster._core.execution.backfill import BulkActionStatus
 
 from forecasting_pipeline.embedded_postgres import dagster_storage_url
 
@@ -50,3 +52,29 @@ def _sessions(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_force_next_flush()")
         return conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+
+def test_when_a_backfill_is_submitted_from_the_command_line_then_the_instance_holds_it_for_the_daemon(
+    empty_database_url, tmp_path, monkeypatch
+):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "forecasting_pipeline.cli", "backfill", "--cadence", "1d",
+         "--from", "2025-06-02", "--to", "2025-06-06"],
+        env=os.environ, capture_output=True, text=True, timeout=240,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "5 1d windows 2025-06-02...2025-06-06 as 1 run(s)" in done.stdout
+    backfill_id = done.stdout.split()[1].rstrip(":")
+    with dg.DagsterInstance.get() as instance:
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill.status == BulkActionStatus.REQUESTED
+        targets = backfill.asset_backfill_data.target_subset
+        assert sorted(targets.get_partitions_subset(dg.AssetKey("ml_predictions_1d")).get_partition_keys()) == [
+            "2025-06-02", "2025-06-03", "2025-06-04", "2025-06-05", "2025-06-06"
+        ]
