@@ -47,6 +47,14 @@ CACHE = HERE / ".cache"
 CHECKPOINT = CACHE / "chronos2-full-random"
 BIN = Path(sys.executable).parent
 
+
+def command(name: str) -> str:
+    """A console script beside this interpreter (the venv), else on PATH (see gpu_machine.sh)."""
+    found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        sys.exit(f"{name} is neither beside {sys.executable} nor on PATH")
+    return found
+
 if __name__ == "__main__":
     # Started before this process imports anything heavy: see launcher.py for why.
     LAUNCHER = subprocess.Popen(
@@ -264,6 +272,15 @@ def run_child(argv: list[str], env: dict[str, str], log_file: Path) -> dict:
     return json.loads(LAUNCHER.stdout.readline())
 
 
+def failed(what: str, log_file: Path) -> RuntimeError:
+    """The error for a child that failed, with its log's tail: the log's folder is deleted on the way out."""
+    try:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-40:])
+    except OSError:
+        tail = "(no log)"
+    return RuntimeError(f"{what} failed; the end of {log_file.name}:\n{tail}")
+
+
 def run_config(work: Workload) -> dict:
     """Run config that sets the context only where it differs from the cadence default."""
     cadence = CADENCES[work.cadence]
@@ -328,14 +345,14 @@ def run_timeline(instance, started_at: float, cadence: str) -> dict:
 
 
 def pipeline_run(work: Workload, env: dict, home: Path, instance, label: str = "pipeline") -> dict:
-    argv = [str(BIN / "dagster"), "asset", "materialize", "-m", "forecasting_pipeline.definitions",
+    argv = [command("dagster"), "asset", "materialize", "-m", "forecasting_pipeline.definitions",
             "--select", f"group:chronos2_{work.cadence}", "--partition", work.window]
     if run_config(work):
         argv += ["--config-json", json.dumps(run_config(work))]
     log_file = home / f"{label}_{work.cadence}.log"
     child = run_child(argv, env, log_file)
     if child["returncode"] != 0:
-        raise RuntimeError(f"{label} {work.cadence} failed; see {log_file}")
+        raise failed(f"{label} {work.cadence}", log_file)
     return {**child, **run_timeline(instance, child["started_at"], work.cadence)}
 
 
@@ -349,10 +366,10 @@ def dagster_floor(env: dict, home: Path, instance) -> dict:
     """One no-op asset through the same CLI, executor and instance: process start to its step's end."""
     import dagster as dg
 
-    argv = [str(BIN / "dagster"), "asset", "materialize", "-f", str(HERE / "dagster_floor.py"), "--select", "noop"]
+    argv = [command("dagster"), "asset", "materialize", "-f", str(HERE / "dagster_floor.py"), "--select", "noop"]
     child = run_child(argv, env, home / "dagster_floor.log")
     if child["returncode"] != 0:
-        raise RuntimeError(f"the no-op Dagster run failed; see {home / 'dagster_floor.log'}")
+        raise failed("the no-op Dagster run", home / "dagster_floor.log")
     run = instance.get_runs(limit=1)[0]
     done = max(
         r.timestamp for r in instance.all_logs(run.run_id)
@@ -373,7 +390,7 @@ def model_server(env: dict, home: Path, works: dict[str, Workload]):
     socket_path = str(home / "chronos2.sock")
     with (home / "model_server.log").open("w") as log_file:
         server = subprocess.Popen(
-            [str(BIN / "forecasting-pipeline"), "model-server", "--socket", socket_path],
+            [command("forecasting-pipeline"), "model-server", "--socket", socket_path],
             env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
         )
     info: dict = {}
@@ -409,12 +426,12 @@ def backfill_run(env: dict, home: Path, instance, work: Workload) -> dict:
     config.write_text(json.dumps(run_config(work) or {}))
     # One run over the range, as the multi_run(30) backfill policy launches it (`dagster asset
     # materialize --partition-range` only accepts single_run policies, so the job's range tags are used).
-    argv = [str(BIN / "dagster"), "job", "execute", "-m", "forecasting_pipeline.definitions",
+    argv = [command("dagster"), "job", "execute", "-m", "forecasting_pipeline.definitions",
             "-j", "chronos2_1d_job", "-c", str(config), "--tags",
             json.dumps({"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})]
     child = run_child(argv, env, home / "backfill.log")
     if child["returncode"] != 0:
-        raise RuntimeError(f"backfill failed; see {home / 'backfill.log'}")
+        raise failed("the backfill", home / "backfill.log")
     return {**child, **run_timeline(instance, child["started_at"], "1d"), "windows": BACKFILL_WINDOWS}
 
 
@@ -424,9 +441,10 @@ def script_run(script: str, work: Workload, env: dict, home: Path, device: str) 
             "--window", work.window, "--context", str(work.context_length), "--horizon", str(work.horizon),
             "--device", device]
     log_file = home / f"{Path(script).stem}_{work.cadence}.log"
-    child = run_child(argv, {**env, "PYTHONPATH": str(HERE)}, log_file)
+    pythonpath = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    child = run_child(argv, {**env, "PYTHONPATH": pythonpath}, log_file)
     if child["returncode"] != 0:
-        raise RuntimeError(f"{script} failed; see {log_file}")
+        raise failed(script, log_file)
     return {**child, **json.loads(log_file.read_text().strip().splitlines()[-1])}
 
 
