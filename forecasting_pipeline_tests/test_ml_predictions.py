@@ -1,0 +1,70 @@
+"""Reading ml_predictions back: every stored value returns exactly, through the filters a caller gives."""
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import polars as pl
+
+from forecasting_pipeline.ml_predictions import PredictionRow, read_predictions, upsert_window
+
+AS_OF = datetime(2026, 3, 2, 15, 0, 0, 123456, tzinfo=timezone.utc)
+# Digits a float32 round trip or a short text format would lose.
+P50 = 187.12345678901234
+VERSION = 'chronos-forecasting==2.3.2 "local", rev a,b'
+
+
+def chronos_row(symbol: str, as_of: datetime, steps: int = 3) -> PredictionRow:
+    return PredictionRow(symbol, "1h", "chronos-2", VERSION, as_of, [
+        {"step": s, "ts": (as_of + timedelta(hours=s)).isoformat(), "p10": P50 - s, "p50": P50 + s * 1e-9,
+         "p90": P50 + s, "close": P50 + s * 1e-9}
+        for s in range(1, steps + 1)
+    ])
+
+
+def test_when_a_forecast_is_read_back_then_instants_floats_and_text_are_exact(conn):
+    upsert_window(conn, [chronos_row("AAPL", AS_OF)])
+
+    stored = read_predictions(conn, "1h")
+
+    assert stored.schema["as_of"] == pl.Datetime("us", "UTC")
+    assert stored.schema["ts"] == pl.Datetime("us", "UTC")
+    assert stored["step"].to_list() == [1, 2, 3]
+    assert stored["as_of"].to_list() == [AS_OF] * 3
+    assert stored["ts"].to_list() == [AS_OF + timedelta(hours=s) for s in (1, 2, 3)]
+    assert stored["p50"].to_list() == [P50 + s * 1e-9 for s in (1, 2, 3)]
+    assert stored["p10"].to_list() == [P50 - s for s in (1, 2, 3)]
+    assert stored["model_version"].unique().to_list() == [VERSION]
+
+
+def test_when_symbols_and_as_of_bounds_are_given_then_only_those_forecasts_are_read(conn):
+    rows = [chronos_row(symbol, AS_OF + timedelta(hours=h)) for symbol in ("AAPL", "MSFT", "EURUSD") for h in range(3)]
+    upsert_window(conn, rows)
+
+    stored = read_predictions(conn, "1h", symbols=["AAPL", "EURUSD"], as_of_from=AS_OF + timedelta(hours=1),
+                              as_of_to=AS_OF + timedelta(hours=2))
+
+    assert sorted(stored["symbol"].unique().to_list()) == ["AAPL", "EURUSD"]
+    assert sorted(stored["as_of"].unique().to_list()) == [AS_OF + timedelta(hours=1), AS_OF + timedelta(hours=2)]
+    assert stored.height == 2 * 2 * 3
+
+
+def test_when_kronos_rows_hold_only_closes_then_p50_is_the_close_and_the_band_is_null(conn):
+    steps = [{"ts": (AS_OF + timedelta(hours=s)).isoformat(), "close": 100.0 + s} for s in (1, 2)]
+    conn.execute("INSERT INTO ml_predictions (symbol, timeframe, predictions) VALUES ('AAPL', '1h', %s::jsonb)",
+                 (json.dumps(steps),))
+
+    stored = read_predictions(conn, "1h", model_name="kronos-base")
+
+    assert stored["p50"].to_list() == [101.0, 102.0]
+    assert stored["p10"].null_count() == 2 and stored["p90"].null_count() == 2
+    assert stored["as_of"].null_count() == 2
+    assert stored["model_version"].null_count() == 2
+
+
+def test_when_nothing_is_stored_then_the_frame_is_empty_with_the_full_schema(conn):
+    stored = read_predictions(conn, "1d")
+
+    assert stored.height == 0
+    assert stored.columns == ["model_name", "model_version", "symbol", "as_of", "created_at", "step", "ts",
+                              "p10", "p50", "p90"]
+    assert stored.schema["created_at"] == pl.Datetime("us", "UTC")
