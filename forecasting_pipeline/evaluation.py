@@ -143,12 +143,16 @@ def stored_model_names(conn: psycopg.Connection, timeframe: str) -> list[str]:
     return [name for (name,) in rows]
 
 
-def read_all_forecasts(conn: psycopg.Connection, timeframe: str) -> pl.DataFrame:
+def read_all_forecasts(conn: psycopg.Connection, timeframe: str, since: datetime | None = None) -> pl.DataFrame:
     """Every stored forecast of ``timeframe``, all models, as long rows (``ml_predictions.read_predictions`` columns).
 
-    Models whose rows hold only ``{"ts", "close"}`` steps (Kronos) read with p50 = close and null p10/p90.
+    With ``since``, only forecasts made at or after it (``as_of``, else ``created_at``). Models
+    whose rows hold only ``{"ts", "close"}`` steps (Kronos) read with p50 = close and null p10/p90.
     """
-    frames = [read_predictions(conn, timeframe, model_name=name) for name in stored_model_names(conn, timeframe)]
+    frames = [
+        read_predictions(conn, timeframe, model_name=name, as_of_from=since)
+        for name in stored_model_names(conn, timeframe)
+    ]
     frames = [f for f in frames if f.height]
     if not frames:
         return read_predictions(conn, timeframe)  # the empty frame, with the schema
@@ -201,6 +205,13 @@ def complete_as_of(forecasts: pl.DataFrame, bars: pl.DataFrame) -> tuple[pl.Data
     )
     merged = merged.join(latest, on=["model_name", "symbol", "as_of", "created_at"], how="semi")
     return merged.select(_FORECAST_COLUMNS).sort("model_name", "symbol", "as_of", "step"), dropped
+
+
+def scoring_since(until: datetime, lookback_days: int | None) -> datetime | None:
+    """The earliest forecast time to score: ``lookback_days`` before ``until``; None (or 0) scores all."""
+    if lookback_days is not None and lookback_days < 0:
+        raise ValueError(f"lookback_days must be 0 (all forecasts) or positive, got {lookback_days}")
+    return until - timedelta(days=lookback_days) if lookback_days else None
 
 
 def bars_to_read(earliest_as_of: datetime, until: datetime, bar: timedelta, vol_window: int = DEFAULT_VOL_WINDOW) -> int:

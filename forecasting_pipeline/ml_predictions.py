@@ -105,8 +105,8 @@ COPY (
     FROM ml_predictions p, jsonb_array_elements(p.predictions) WITH ORDINALITY AS s(value, ordinality)
     WHERE p.timeframe = %(timeframe)s AND p.model_name = %(model)s
       AND (%(symbols)s::text[] IS NULL OR p.symbol = ANY(%(symbols)s::text[]))
-      AND (%(from)s::timestamptz IS NULL OR p.as_of >= %(from)s)
-      AND (%(to)s::timestamptz IS NULL OR p.as_of <= %(to)s)
+      AND (%(from)s::timestamptz IS NULL OR COALESCE(p.as_of, p.created_at) >= %(from)s)
+      AND (%(to)s::timestamptz IS NULL OR COALESCE(p.as_of, p.created_at) <= %(to)s)
     ORDER BY p.symbol, p.as_of, s.ordinality
 ) TO STDOUT (FORMAT csv)
 """
@@ -128,7 +128,8 @@ def read_predictions(
 ) -> pl.DataFrame:
     """Read stored forecasts back as long rows: model_name, model_version, symbol, as_of, step, ts, p10, p50, p90.
 
-    ``as_of`` bounds are inclusive. Steps without p10/p90 (central-only models) read as nulls.
+    ``as_of`` bounds are inclusive; a row without ``as_of`` (Kronos) is bounded by its
+    ``created_at``. Steps without p10/p90 (central-only models) read as nulls.
     """
     params = {"timeframe": timeframe, "model": model_name, "symbols": list(symbols) if symbols else None,
               "from": as_of_from, "to": as_of_to}

@@ -1,8 +1,9 @@
 """The scoring asset of one cadence, its two canary checks, and its own job and schedule.
 
 ``forecast_scores_<cadence>`` scores every model found in ``ml_predictions`` (and the two
-baselines) on every forecast whose whole horizon has been realised, and rewrites the cadence's
-rows of ``forecast_scores``. It is unpartitioned (it pools all windows) and outside the ``gpu``
+baselines) on every forecast whose whole horizon has been realised, within a lookback (hourly:
+90 days by default) because each run rereads what it scores, and rewrites the cadence's rows of
+``forecast_scores``. It is unpartitioned (it pools all windows) and outside the ``gpu``
 pool, in a group and job of its own: the forecast chain's job is partitioned by window and
 must not wait for, or re-run, scoring. The work is in ``evaluation`` and ``scoring``.
 """
@@ -25,6 +26,7 @@ from forecasting_pipeline.evaluation import (
     evaluate,
     read_all_forecasts,
     replace_scores,
+    scoring_since,
 )
 from forecasting_pipeline.plots import png_metadata, rolling_scores_png
 from forecasting_pipeline.resources import InstrumentsResource, MarketDataResource
@@ -45,6 +47,13 @@ class ScoresConfig(dg.Config):
     until: str | None = Field(
         default=None,
         description="Score against bars closed at or before this UTC time (ISO 8601); now when unset.",
+    )
+    lookback_days: int | None = Field(
+        default=None, ge=0,
+        description=(
+            "Score the forecasts made in this many days before `until` (Kronos rows: created in them). "
+            "Unset: the cadence's default (1h: 90 days, 1d: every forecast). 0: every stored forecast."
+        ),
     )
 
 
@@ -102,8 +111,10 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
     ):
         """Scores of every stored model and both baselines against realised closes, per instrument and horizon step."""
         until = _until(config)
+        lookback = config.lookback_days if config.lookback_days is not None else cadence.scores_lookback_days
+        since = scoring_since(until, lookback)
         with database.connection() as conn:
-            stored = read_all_forecasts(conn, c)
+            stored = read_all_forecasts(conn, c, since=since)
         if stored.is_empty():
             bars = pl.DataFrame(schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "close": pl.Float64})
             unreadable: dict[str, str] = {}
@@ -127,6 +138,7 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
 
         metadata = {
             "scored_through": until.isoformat(),
+            "scored_since": since.isoformat() if since else "every stored forecast",
             "rows": written,
             "forecasts_scored": dg.MetadataValue.json(result.forecasts_scored),
             "forecasts_awaiting_realisation": dg.MetadataValue.json(result.forecasts_pending),
