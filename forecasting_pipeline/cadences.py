@@ -42,8 +42,8 @@ HOURLY = Cadence(
     # 30 days of hourly windows in 6 runs, each loading the model once. A run holds ~0.5 GB of
     # frames; on the GPU its model calls take seconds, on the CPU fallback ~13 s per window.
     windows_per_backfill_run=120,
-    # Scoring rereads what it scores: 90 days of hourly forecasts of two models took 37 s and
-    # 3.2 GB at peak, growing linearly (benchmarks/scoring_scale.py); all history would not fit
+    # Scoring rereads what it scores: 90 days of hourly forecasts of two models took 26 s and
+    # 2.7 GB at peak, growing linearly (benchmarks/scoring_scale.py); all history would not fit
     # beside Kronos within a year. 90 days is about 50,000 forecasts per model.
     scores_lookback_days=90,
 )

@@ -39,11 +39,9 @@ from forecasting_pipeline.scoring import (
     coverage_alarm,
     detect_sign_flip,
     fully_realised,
-    per_forecast_losses,
     random_walk_baseline,
-    rolling_coverage,
+    realised_views,
     rolling_model_comparison,
-    score_forecasts,
     summarise_scores,
 )
 
@@ -360,12 +358,9 @@ def evaluate(
         return Evaluation(empty, empty, empty, empty, {}, None, {}, pending, without_as_of or {})
 
     everything = pl.concat([realised, _baselines(realised, bars, vol_window)])
-    scores = score_forecasts(everything, bars, vol_window, include_baselines=False)
+    scores, per_forecast, coverage = realised_views(everything, bars, vol_window, ROLLING_COVERAGE_WINDOW)
     spans = pl.concat([_as_of_span(realised), _as_of_span(everything.filter(pl.col("model_name").is_in(BASELINE_MODELS)))])
     scores = scores.join(spans, on=["model_name", "symbol"], how="left")
-    per_forecast = per_forecast_losses(everything, bars, vol_window, include_baselines=False)
-
-    coverage = rolling_coverage(everything, bars, window=ROLLING_COVERAGE_WINDOW, vol_window=vol_window)
     relative = rolling_relative_mae(per_forecast)
     rolling = pl.concat([
         coverage.select("as_of", "model_name", pl.lit("coverage_p10_p90").alias("metric"),

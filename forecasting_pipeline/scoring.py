@@ -532,7 +532,10 @@ def score_outcomes(outcomes: pl.DataFrame) -> pl.DataFrame:
     _require_columns(
         outcomes, (*_FORECAST_COLUMNS, "actual", "close_at_as_of", "naive_scale"), "outcomes"
     )
-    rows = _row_losses(outcomes)
+    return _scores_of_rows(_row_losses(outcomes))
+
+
+def _scores_of_rows(rows: pl.DataFrame) -> pl.DataFrame:
     n_below = pl.col("below_p10").sum().cast(pl.Int64)
     n_above = pl.col("above_p90").sum().cast(pl.Int64)
     banded = pl.col("levels").first() == 3
@@ -783,9 +786,17 @@ def rolling_coverage(
         of each model sum fewer dates; use ``n_obs`` (and ``coverage_alarm``)
         to judge them.
     """
+    _check_coverage_window(window)
+    return _coverage_of_rows(_row_losses(realised_outcomes(forecasts, bars, vol_window)), window)
+
+
+def _check_coverage_window(window: int) -> None:
     if window < 1:
         raise ValueError(f"window must be at least 1 forecast date, got {window}")
-    rows = _row_losses(realised_outcomes(forecasts, bars, vol_window)).filter(pl.col("levels") == 3)
+
+
+def _coverage_of_rows(rows: pl.DataFrame, window: int) -> pl.DataFrame:
+    rows = rows.filter(pl.col("levels") == 3)
     per_date = (
         rows.group_by("model_name", "as_of")
         .agg(
@@ -837,7 +848,10 @@ def per_forecast_losses(
     clean = _check_forecasts(forecasts)
     if include_baselines:
         clean = _with_baselines(clean, bars, vol_window)
-    rows = _row_losses(realised_outcomes(fully_realised(clean, bars), bars, vol_window))
+    return _per_forecast_of_rows(_row_losses(realised_outcomes(fully_realised(clean, bars), bars, vol_window)))
+
+
+def _per_forecast_of_rows(rows: pl.DataFrame) -> pl.DataFrame:
     return (
         rows.group_by("model_name", "symbol", "as_of", "levels")
         .agg(
@@ -847,6 +861,25 @@ def per_forecast_losses(
         )
         .sort("model_name", "symbol", "as_of", "levels")
     )
+
+
+def realised_views(
+    forecasts: pl.DataFrame,
+    bars: pl.DataFrame,
+    vol_window: int = DEFAULT_VOL_WINDOW,
+    window: int = ROLLING_COVERAGE_WINDOW,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """``score_forecasts``, ``per_forecast_losses`` and ``rolling_coverage`` of the same forecasts, from one join.
+
+    Each of the three on its own joins the forecasts to the bars and builds the losses again: for a
+    month of hourly forecasts of two models about a second and a copy of every step each
+    (benchmarks/scoring_scale.py). ``forecasts`` must already be fully realised
+    (``fully_realised``) and hold whatever baselines are to be scored, as the scoring asset's are;
+    the three frames are then those the three functions return with ``include_baselines=False``.
+    """
+    _check_coverage_window(window)
+    rows = _row_losses(realised_outcomes(forecasts, bars, vol_window))
+    return _scores_of_rows(rows), _per_forecast_of_rows(rows), _coverage_of_rows(rows, window)
 
 
 def rolling_model_comparison(

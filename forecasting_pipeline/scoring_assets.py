@@ -126,6 +126,7 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
             for symbol, reason in unreadable.items():
                 context.log.warning(f"{symbol}: bars unreadable, its forecasts are not scored: {reason}")
         forecasts, without_as_of = complete_as_of(stored, bars)
+        del stored  # at 90 days of hourly forecasts, a 170 MB copy that evaluate does not need
         result = evaluate(forecasts, bars, without_as_of=without_as_of)
 
         written = 0

@@ -362,3 +362,21 @@ def test_when_per_forecast_losses_are_computed_then_only_fully_realised_forecast
     # Step means 0.55/3 and 0.2/3 -> forecast mean 0.75/6 = 0.125; abs errors 0.5 and 0 -> 0.25.
     assert losses["mean_pinball"].item() == pytest.approx(0.125, abs=1e-12)
     assert losses["scaled_abs_error"].item() == pytest.approx(0.25, abs=1e-12)
+
+
+def test_when_the_three_views_come_from_one_join_then_they_equal_the_three_functions():
+    bars = zigzag_bars(n=40)
+    rows = [
+        (model, "AAA", as_of, step, *((p50 - 1.5, p50, p50 + 1.5) if model == "q" else (None, p50, None)))
+        for model in ("q", "k")
+        for as_of in range(21, 36)
+        for step, p50 in ((1, 100.0 + (as_of % 3) * 0.5), (2, 101.0 - (as_of % 2)))
+    ]
+    realised = scoring.fully_realised(forecast_frame(rows), bars)
+
+    scores, per_forecast, coverage = scoring.realised_views(realised, bars, vol_window=20, window=4)
+
+    assert scores.equals(scoring.score_forecasts(realised, bars, vol_window=20, include_baselines=False))
+    assert per_forecast.equals(scoring.per_forecast_losses(realised, bars, vol_window=20, include_baselines=False))
+    assert coverage.equals(scoring.rolling_coverage(realised, bars, window=4, vol_window=20))
+    assert coverage["n_obs"].max() == 8  # 4 dates x 2 steps of the banded model
