@@ -17,6 +17,7 @@ from forecasting_pipeline.cadences import DAILY, HOURLY
 from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID
 from forecasting_pipeline.database import PostgresResource
 from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
+from forecasting_pipeline.kronos_batches import KronosBatchResource, build_kronos_batch, kronos_job, kronos_schedule
 from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
 from forecasting_pipeline.scoring_assets import build_scoring, scoring_schedule
 from forecasting_pipeline.schedules import daily_job, daily_schedule, hourly_job, hourly_schedule
@@ -55,12 +56,34 @@ def default_resources() -> dict[str, object]:
     }
 
 
-defs = dg.Definitions(
-    assets=[*build_chain(HOURLY), *build_chain(DAILY), *build_scoring(HOURLY), *build_scoring(DAILY)],
-    jobs=[hourly_job, daily_job],
-    # Each scoring schedule brings its own job (forecast_scores_<cadence>_job).
-    schedules=[hourly_schedule, daily_schedule, scoring_schedule(HOURLY), scoring_schedule(DAILY)],
-    resources=default_resources(),
-    # One process per run, not per step: a step process costs seconds of imports each.
-    executor=dg.in_process_executor,
+def kronos_definitions() -> dg.Definitions:
+    """The optional Kronos batch trigger (kronos_batches.py): present only when KRONOS_BATCH_URL is set."""
+    if not os.environ.get("KRONOS_BATCH_URL"):
+        return dg.Definitions()
+    jobs = {cadence: kronos_job(cadence) for cadence in (HOURLY, DAILY)}
+    return dg.Definitions(
+        assets=[asset for cadence in jobs for asset in build_kronos_batch(cadence)],
+        jobs=list(jobs.values()),
+        schedules=[kronos_schedule(cadence, job) for cadence, job in jobs.items()],
+        resources={"kronos_batch": KronosBatchResource(
+            url=dg.EnvVar("KRONOS_BATCH_URL"),
+            token=_env_or("KRONOS_BATCH_TOKEN", None),
+            timeout_s=float(os.environ.get("KRONOS_BATCH_TIMEOUT_S", "900")),
+            lock_database_url=dg.EnvVar("DATABASE_URL"),
+            lock_timeout_s=float(os.environ.get("CHRONOS2_GPU_LOCK_TIMEOUT_S", "60")),
+        )},
+    )
+
+
+defs = dg.Definitions.merge(
+    dg.Definitions(
+        assets=[*build_chain(HOURLY), *build_chain(DAILY), *build_scoring(HOURLY), *build_scoring(DAILY)],
+        jobs=[hourly_job, daily_job],
+        # Each scoring schedule brings its own job (forecast_scores_<cadence>_job).
+        schedules=[hourly_schedule, daily_schedule, scoring_schedule(HOURLY), scoring_schedule(DAILY)],
+        resources=default_resources(),
+        # One process per run, not per step: a step process costs seconds of imports each.
+        executor=dg.in_process_executor,
+    ),
+    kronos_definitions(),
 )

@@ -22,13 +22,15 @@ def chain_job(cadence: Cadence) -> dg.UnresolvedAssetJobDefinition:
     )
 
 
+# When each cadence's schedules tick (UTC); each tick targets the latest complete window.
+TICKS: dict[str, dict[str, int]] = {"1h": dict(minute_of_hour=55), "1d": dict(hour_of_day=5, minute_of_hour=45)}
+
 hourly_job = chain_job(HOURLY)
 daily_job = chain_job(DAILY)
 
 hourly_schedule = dg.build_schedule_from_partitioned_job(
-    hourly_job, name="chronos2_1h_schedule", minute_of_hour=55, default_status=dg.DefaultScheduleStatus.RUNNING
+    hourly_job, name="chronos2_1h_schedule", default_status=dg.DefaultScheduleStatus.RUNNING, **TICKS["1h"]
 )
 daily_schedule = dg.build_schedule_from_partitioned_job(
-    daily_job, name="chronos2_1d_schedule", hour_of_day=5, minute_of_hour=45,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    daily_job, name="chronos2_1d_schedule", default_status=dg.DefaultScheduleStatus.RUNNING, **TICKS["1d"]
 )

@@ -6,11 +6,15 @@ server and sets it), or on a pgserver started here when DATABASE_URL is unset.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from forecasting_pipeline.cadences import DAILY
 from forecasting_pipeline.features import engineer_covariates
 from forecasting_pipeline.forecasting import model_inputs
 from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
+from forecasting_pipeline.gpu import GPU_LOCK_KEY
 from forecasting_pipeline.instruments import load_instruments
 from forecasting_pipeline.market_data.sample import sample_bars
 from forecasting_pipeline.migrations import migrate
@@ -174,3 +179,69 @@ class BarFiles:
 def bar_files(tmp_path) -> BarFiles:
     """An empty bar-file root for the ``files`` market-data source."""
     return BarFiles(tmp_path / "bars")
+
+
+@dataclass
+class KronosRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict
+    gpu_lock_free: bool | None
+
+
+class FakeKronosService:
+    """Kronos's batch service, which cannot run here: an HTTP server on 127.0.0.1 that, per request,
+    records it, notes whether the GPU advisory lock was free, writes ``rows`` kronos-base rows of the
+    requested timeframe to the real database after ``delay_s``, and answers ``status`` with ``answer``.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.requests: list[KronosRequest] = []
+        self.status, self.answer, self.rows, self.delay_s = 200, '{"status": "done"}', 23, 0.0
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with psycopg.connect(service.database_url, autocommit=True) as conn:
+                    free = conn.execute("SELECT pg_try_advisory_lock(%s)", (GPU_LOCK_KEY,)).fetchone()[0]
+                    if free:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (GPU_LOCK_KEY,))
+                    service.requests.append(KronosRequest(self.path, dict(self.headers), body, free))
+                    time.sleep(service.delay_s)
+                    for i in range(service.rows):
+                        conn.execute(
+                            "INSERT INTO ml_predictions (symbol, timeframe, predictions) VALUES (%s, %s, '[]'::jsonb)",
+                            (f"SYM{i}", body["timeframe"]),
+                        )
+                try:
+                    self.send_response(service.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(service.answer.encode())
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (timeout tests)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/batch"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def kronos_service(database_url) -> Iterator[FakeKronosService]:
+    service = FakeKronosService(database_url)
+    try:
+        yield service
+    finally:
+        service.close()
