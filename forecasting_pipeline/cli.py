@@ -96,7 +96,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from forecasting_pipeline.definitions import defs
 
     cadence = CADENCES[args.cadence]
-    n_windows = len(partition_range(cadence, args.start, args.end))
+    try:
+        n_windows = len(partition_range(cadence, args.start, args.end))
+    except ValueError as exc:
+        # A mistyped or reversed range: say so and submit nothing.
+        print(f"forecasting-pipeline backfill: {exc}", file=sys.stderr)
+        return 2
     backfill_id = submit_chain_backfill(
         dg.DagsterInstance.get(), defs.resolve_asset_graph(), cadence, args.start, args.end
     )

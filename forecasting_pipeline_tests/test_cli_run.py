@@ -78,3 +78,25 @@ def test_when_a_backfill_is_submitted_from_the_command_line_then_the_instance_ho
         assert sorted(targets.get_partitions_subset(dg.AssetKey("ml_predictions_1d")).get_partition_keys()) == [
             "2025-06-02", "2025-06-03", "2025-06-04", "2025-06-05", "2025-06-06"
         ]
+
+
+def test_when_a_backfill_range_is_reversed_or_not_a_window_then_the_command_says_so_and_submits_nothing(
+    empty_database_url, tmp_path, monkeypatch
+):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
+
+    for start, end, said in [("2025-06-06", "2025-06-02", "ends (2025-06-02) before it starts (2025-06-06)"),
+                             ("2025-06-02", "2025-13-01", "['2025-13-01'] are not 1d windows")]:
+        done = subprocess.run(
+            [sys.executable, "-m", "forecasting_pipeline.cli", "backfill", "--cadence", "1d", "--from", start, "--to", end],
+            env=os.environ, capture_output=True, text=True, timeout=240,
+        )
+
+        assert done.returncode == 2
+        assert done.stderr.startswith("forecasting-pipeline backfill: ")
+        assert said in done.stderr
+        assert "Traceback" not in done.stderr
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_backfills() == []
