@@ -21,9 +21,12 @@ from forecasting_pipeline.fan_charts import window_fan_chart
 from forecasting_pipeline.features import engineer_covariates
 from forecasting_pipeline.forecasting import (
     QUANTILE_LEVELS,
-    forecast_problems,
-    model_inputs,
+    drop_rejected,
+    rejections_frame,
+    require_some_forecasts,
     shape_forecasts,
+    unfit_forecasts,
+    usable_model_inputs,
 )
 from forecasting_pipeline.ml_predictions import prediction_rows, upsert_window
 from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
@@ -197,10 +200,14 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
         io_manager_key=FRAMES_IO_MANAGER,
         kinds={"pytorch"},
         pool="gpu",
+        # Not blocking: an instrument that fails one is left out of the asset (and so of the stored
+        # rows) and named in its metadata, while the other instruments' forecasts are written.
         check_specs=[
-            dg.AssetCheckSpec("quantiles_ordered_and_finite", asset=f"chronos2_forecasts_{c}", blocking=True,
+            dg.AssetCheckSpec("inputs_in_model_range", asset=f"chronos2_forecasts_{c}",
+                              description="Every instrument's context is finite in float32, the model's precision."),
+            dg.AssetCheckSpec("quantiles_ordered_and_finite", asset=f"chronos2_forecasts_{c}",
                               description="p10 <= p50 <= p90 and every value finite, for every step."),
-            dg.AssetCheckSpec("horizon_complete", asset=f"chronos2_forecasts_{c}", blocking=True,
+            dg.AssetCheckSpec("horizon_complete", asset=f"chronos2_forecasts_{c}",
                               description="Every instrument has exactly `horizon` steps."),
         ],
         **common,
@@ -218,11 +225,15 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
         check_horizon(horizon)
         calendar_of = {i.symbol: i.calendar for i in instruments.instruments()}
 
-        keys, inputs = [], []
+        keys, inputs, rejected = [], [], []
         for window, frame in covariates.items():
-            k, x = model_inputs(frame, window, context_length)
+            k, x, r = usable_model_inputs(frame, window, context_length)
             keys += k
             inputs += x
+            rejected += r
+        for r in rejected:
+            context.log.error(f"{r.window}: {r.symbol} left out before the model: {r.message}")
+        require_some_forecasts(covariates, {k.window for k in keys}, rejected)
         # --- device placement and the model call (issue 3: gpu.py decides CUDA or CPU, with fallback) ---
         quantiles, model, timings, device_run = chronos2.predict_quantiles(inputs, horizon, context_length)
         load_s, predict_s = timings["model_load_seconds"], timings["predict_seconds"]
@@ -234,10 +245,22 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
         forecasts = shape_forecasts(
             keys, quantiles, lambda symbol, as_of, n: next_bar_closes(calendar_of[symbol], c, as_of, n)
         ).with_columns(pl.lit(model.version).alias("model_version"))
-        problems = forecast_problems(forecasts, horizon)
+        unfit = unfit_forecasts(forecasts, horizon)
+        for r in unfit:
+            context.log.error(f"{r.window}: {r.symbol} forecast left out ({r.rule}): {r.message}")
+        rejected += unfit
+        forecasts = drop_rejected(forecasts, unfit)
+        require_some_forecasts(covariates, set(forecasts["window"].unique()), rejected)
         out = {
             window: forecasts.filter(pl.col("window") == window).drop("window") for window in covariates
         }
+        left_out: dict[str, list[str]] = {}
+        for r in rejected:
+            left_out.setdefault(r.symbol, []).append(r.window)
+        # A '|' inside a message would split a markdown table cell.
+        rejected_table = rejections_frame(rejected).with_columns(
+            pl.col("message").str.replace_all("|", "\\|", literal=True)
+        )
         yield dg.Output(
             out,
             metadata={
@@ -249,6 +272,8 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
                 "quantiles": dg.MetadataValue.json(list(QUANTILE_LEVELS)),
                 "series": len(inputs),
                 "windows": len(out),
+                "rejected": dg.MetadataValue.json(left_out),
+                "rejected_table": markdown_table(rejected_table),
                 "model_load_seconds": round(load_s, 3),
                 "predict_seconds": round(predict_s, 3),
                 **device_run.metadata(),
@@ -257,16 +282,18 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
                 ),
             },
         )
-        crossing = [p for p in problems if "cross" in p or "non-finite" in p]
-        yield dg.AssetCheckResult(
-            check_name="quantiles_ordered_and_finite",
-            passed=not crossing,
-            metadata={"problems": dg.MetadataValue.json(crossing[:20])},
-        )
-        short = [p for p in problems if "steps" in p]
-        yield dg.AssetCheckResult(
-            check_name="horizon_complete", passed=not short, metadata={"problems": dg.MetadataValue.json(short[:20])}
-        )
+        for check_name, rules in (
+            ("inputs_in_model_range", {"model_input"}),
+            ("quantiles_ordered_and_finite", {"non_finite", "crossing"}),
+            ("horizon_complete", {"horizon"}),
+        ):
+            problems = [str(r) for r in rejected if r.rule in rules]
+            yield dg.AssetCheckResult(
+                check_name=check_name,
+                passed=not problems,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"left_out": len(problems), "problems": dg.MetadataValue.json(problems[:20])},
+            )
 
     @dg.asset(
         name=f"ml_predictions_{c}",

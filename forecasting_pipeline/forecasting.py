@@ -7,7 +7,7 @@ Forecast bars are timestamped from each instrument's trading calendar, not by th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -40,36 +40,85 @@ class SeriesKey:
     as_of: datetime
 
 
-def model_inputs(covariates: pl.DataFrame, window: str, context_length: int) -> tuple[list[SeriesKey], list[dict]]:
-    """Build one ``predict_quantiles`` input per instrument from a window's covariates.
+@dataclass(frozen=True)
+class Rejection:
+    """An instrument left out of one window's forecasts, and why.
+
+    ``rule``: ``model_input`` (rejected before the model call), or, for the forecast itself,
+    ``horizon`` (wrong step count), ``non_finite`` or ``crossing``.
+    """
+
+    window: str
+    symbol: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.window}: {self.symbol}: {self.message}"
+
+
+def _input_problem(frame: pl.DataFrame) -> str | None:
+    """Why one instrument's context cannot go to the model, or None.
+
+    The model computes in float32. A finite float64 beyond its range (about 3.4e38) becomes
+    infinite there, and with chronos-forecasting 2.3.2 one infinite value turns every series of
+    the batch into NaN, so the instrument must be left out before the call, not after it.
+    """
+    for name in ("close", *COVARIATE_COLUMNS):
+        wide = frame[name].to_numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = ~np.isfinite(wide.astype(np.float32))
+        overflow = bad & np.isfinite(wide)
+        if overflow.any():
+            i = int(np.argmax(overflow))
+            bar = frame["ts"][i].isoformat()
+            return f"{name} {wide[i]:.6g} at bar {bar} is beyond float32, in which the model computes (max 3.4e38)"
+        if name == "close" and bad.all():
+            # The model returns values near 0 for an all-NaN target instead of failing.
+            return "the close has no finite value in the context"
+        if bad.any():
+            return f"non-finite {name} at bar {frame['ts'][int(np.argmax(bad))].isoformat()}"
+    return None
+
+
+def usable_model_inputs(
+    covariates: pl.DataFrame, window: str, context_length: int
+) -> tuple[list[SeriesKey], list[dict], list[Rejection]]:
+    """Build one ``predict_quantiles`` input per instrument from a window's covariates, leaving out unusable ones.
 
     Returns
     -------
-    keys, inputs
+    keys, inputs, rejected
         ``inputs[i]`` is ``{"target": (T,), "past_covariates": {name: (T,)}}`` with T <= context_length,
         float32; ``keys[i]`` says whose it is, with ``as_of`` the close time of its last bar.
+        ``rejected`` names each instrument left out and why (``_input_problem``).
     """
     if context_length < 1:
         raise ValueError(f"context_length must be positive, got {context_length}")
     keys: list[SeriesKey] = []
     inputs: list[dict] = []
+    rejected: list[Rejection] = []
     for (symbol,), frame in covariates.sort("symbol", "ts").group_by("symbol", maintain_order=True):
         frame = frame.tail(context_length)
-        target = frame["close"].to_numpy().astype(np.float32)
-        bad = ~np.isfinite(target)
-        if bad.all():
-            # The model returns values near 0 for an all-NaN target instead of failing.
-            raise ValueError(f"{window}: {symbol}: the close has no finite value in the context")
-        if bad.any():
-            first = frame["ts"][int(np.argmax(bad))]
-            raise ValueError(f"{window}: {symbol}: non-finite close at bar {first.isoformat()}")
+        problem = _input_problem(frame)
+        if problem is not None:
+            rejected.append(Rejection(window, symbol, "model_input", problem))
+            continue
         keys.append(SeriesKey(window, symbol, frame["ts"][-1]))
         inputs.append(
             {
-                "target": target,
+                "target": frame["close"].to_numpy().astype(np.float32),
                 "past_covariates": {name: frame[name].to_numpy().astype(np.float32) for name in COVARIATE_COLUMNS},
             }
         )
+    return keys, inputs, rejected
+
+
+def model_inputs(covariates: pl.DataFrame, window: str, context_length: int) -> tuple[list[SeriesKey], list[dict]]:
+    """``usable_model_inputs`` for callers that want every instrument or nothing: the first rejection raises ValueError."""
+    keys, inputs, rejected = usable_model_inputs(covariates, window, context_length)
+    if rejected:
+        raise ValueError(str(rejected[0]))
     return keys, inputs
 
 
@@ -138,19 +187,63 @@ def shape_forecasts(
     return pl.DataFrame(columns, schema={"window": pl.Utf8, **FORECAST_SCHEMA})
 
 
-def forecast_problems(forecasts: pl.DataFrame, horizon: int) -> list[str]:
-    """Return what makes a forecast frame unfit to store (empty when it is fine)."""
-    problems = []
-    counts = forecasts.group_by("window", "symbol").len().sort("window", "symbol")
-    short = counts.filter(pl.col("len") != horizon)
-    for row in short.iter_rows(named=True):
-        problems.append(f"{row['window']}: {row['symbol']}: {row['len']} steps, expected {horizon}")
-    values = forecasts.select("p10", "p50", "p90").to_numpy()
-    if not np.isfinite(values).all():
-        bad = forecasts.filter(~pl.all_horizontal(pl.col("p10", "p50", "p90").is_finite()))
-        for row in bad.head(5).iter_rows(named=True):
-            problems.append(f"{row['window']}: {row['symbol']}: non-finite quantile at {row['ts']}")
-    crossed = forecasts.filter((pl.col("p10") > pl.col("p50")) | (pl.col("p50") > pl.col("p90")))
-    for row in crossed.head(5).iter_rows(named=True):
-        problems.append(f"{row['window']}: {row['symbol']}: quantiles cross at {row['ts']}")
-    return problems
+def unfit_forecasts(forecasts: pl.DataFrame, horizon: int) -> list[Rejection]:
+    """One rejection per window and instrument whose forecast must not be stored.
+
+    Unfit: a step count other than ``horizon``, a non-finite quantile (the model's float32 output
+    overflows near its range), or crossing quantiles. The first offending step is named.
+    """
+    flagged = forecasts.with_columns(
+        nonfinite=~pl.all_horizontal(pl.col("p10", "p50", "p90").is_finite()),
+        crossed=(pl.col("p10") > pl.col("p50")) | (pl.col("p50") > pl.col("p90")),
+    )
+    summary = flagged.group_by("window", "symbol").agg(
+        pl.len().alias("steps"),
+        pl.col("ts").filter(pl.col("nonfinite")).first().alias("nonfinite_at"),
+        pl.col("ts").filter(pl.col("crossed")).first().alias("crossed_at"),
+    ).sort("window", "symbol")
+    rejected = []
+    for row in summary.iter_rows(named=True):
+        if row["steps"] != horizon:
+            rule, message = "horizon", f"{row['steps']} steps, expected {horizon}"
+        elif row["nonfinite_at"] is not None:
+            rule, message = "non_finite", f"non-finite quantile at {row['nonfinite_at'].isoformat()}"
+        elif row["crossed_at"] is not None:
+            rule, message = "crossing", f"quantiles cross at {row['crossed_at'].isoformat()}"
+        else:
+            continue
+        rejected.append(Rejection(row["window"], row["symbol"], rule, message))
+    return rejected
+
+
+class AllForecastsRejectedError(ValueError):
+    """Every instrument of a window was rejected: nothing would be written for it."""
+
+
+def require_some_forecasts(windows: Iterable[str], kept: set[str], rejected: Sequence[Rejection]) -> None:
+    """Fail when a window has no instrument left, listing each one's reason (as bar validation does)."""
+    for window in windows:
+        if window not in kept:
+            reasons = "; ".join(f"{r.symbol}: {r.rule}: {r.message}" for r in rejected if r.window == window)
+            raise AllForecastsRejectedError(
+                f"window {window}: every instrument's forecast was rejected, so nothing is written. {reasons}"
+            )
+
+
+def rejections_frame(rejected: Sequence[Rejection]) -> pl.DataFrame:
+    """Rejections as a table (window, symbol, rule, message), for metadata."""
+    return pl.DataFrame(
+        [(r.window, r.symbol, r.rule, r.message) for r in rejected],
+        schema={"window": pl.Utf8, "symbol": pl.Utf8, "rule": pl.Utf8, "message": pl.Utf8}, orient="row",
+    )
+
+
+def drop_rejected(forecasts: pl.DataFrame, rejected: Sequence[Rejection]) -> pl.DataFrame:
+    """The forecast rows of every window and instrument not in ``rejected``."""
+    if not rejected:
+        return forecasts
+    left_out = pl.DataFrame(
+        {"window": [r.window for r in rejected], "symbol": [r.symbol for r in rejected]},
+        schema={"window": pl.Utf8, "symbol": pl.Utf8},
+    )
+    return forecasts.join(left_out, on=["window", "symbol"], how="anti")

@@ -8,7 +8,17 @@ import pytest
 
 from forecasting_pipeline.chronos_model import load_chronos2
 from forecasting_pipeline.features import engineer_covariates
-from forecasting_pipeline.forecasting import forecast_problems, model_inputs, predict_quantiles, shape_forecasts
+from forecasting_pipeline.forecasting import (
+    AllForecastsRejectedError,
+    Rejection,
+    drop_rejected,
+    model_inputs,
+    predict_quantiles,
+    require_some_forecasts,
+    shape_forecasts,
+    unfit_forecasts,
+    usable_model_inputs,
+)
 
 UTC = timezone.utc
 
@@ -74,7 +84,66 @@ def test_when_forecasts_are_shaped_then_rows_are_series_times_horizon_on_the_giv
     assert forecasts.filter(symbol="AAA")["ts"].to_list() == [
         datetime(2025, 3, 8, tzinfo=UTC) + timedelta(days=7 * i) for i in range(4)
     ]
-    assert forecast_problems(forecasts, horizon=4) == []
-    assert forecast_problems(forecasts.filter(pl.col("step") < 4), horizon=4) == [
+    assert unfit_forecasts(forecasts, horizon=4) == []
+    assert [str(r) for r in unfit_forecasts(forecasts.filter(pl.col("step") < 4), horizon=4)] == [
         "w: AAA: 3 steps, expected 4", "w: BBB: 3 steps, expected 4"
     ]
+
+
+def test_when_a_value_is_beyond_float32_then_only_that_instrument_is_left_out_naming_column_and_bar():
+    huge_close = _bars("BBB", 30).with_columns(pl.col("open", "high", "low", "close") * 1e39)
+    # (high - low) / close = 1e40 at one bar: finite prices whose spread covariate overflows.
+    huge_spread = _bars("CCC", 30).with_columns(
+        pl.when(pl.int_range(pl.len()) == 12).then(1e-30).otherwise(pl.col(c)).alias(c) for c in ("low", "close")
+    ).with_columns(pl.when(pl.int_range(pl.len()) == 12).then(1e10).otherwise(pl.col("high")).alias("high"))
+    covariates = engineer_covariates(pl.concat([_bars("AAA", 30), huge_close, huge_spread]))
+
+    keys, inputs, rejected = usable_model_inputs(covariates, "w", context_length=64)
+
+    assert [k.symbol for k in keys] == ["AAA"] and len(inputs) == 1
+    assert [(r.symbol, r.rule) for r in rejected] == [("BBB", "model_input"), ("CCC", "model_input")]
+    assert str(rejected[0]).startswith("w: BBB: close 1.02062e+41 at bar 2025-01-01T00:00:00+00:00 is beyond float32")
+    assert rejected[1].message.startswith("high_low_spread 1e+40 at bar 2025-01-13T00:00:00+00:00 is beyond float32")
+    with pytest.raises(ValueError, match="w: BBB: close"):
+        model_inputs(covariates, "w", context_length=64)
+
+
+def test_when_forecasts_are_unfit_then_each_window_and_instrument_is_named_once_by_its_first_bad_step():
+    ts = [datetime(2025, 1, 2, tzinfo=UTC) + timedelta(days=i) for i in range(3)]
+
+    def rows(symbol, p10, p50, p90, steps=3):
+        return pl.DataFrame({
+            "window": "w", "symbol": symbol, "as_of": datetime(2025, 1, 1, tzinfo=UTC), "step": list(range(1, steps + 1)),
+            "ts": ts[:steps], "p10": p10[:steps], "p50": p50[:steps], "p90": p90[:steps],
+        }).with_columns(pl.col("as_of", "ts").dt.cast_time_unit("us"), pl.col("step").cast(pl.Int32))
+
+    ok = [1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]
+    forecasts = pl.concat([
+        rows("AAA", *ok),
+        rows("BBB", [1.0, 1.0, 1.0], [2.0, float("inf"), float("nan")], [3.0, 3.0, 3.0]),
+        rows("CCC", [1.0, 2.5, 1.0], [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]),
+        rows("DDD", *ok, steps=2),
+    ])
+
+    rejected = unfit_forecasts(forecasts, horizon=3)
+
+    assert [(r.symbol, r.rule, r.message) for r in rejected] == [
+        ("BBB", "non_finite", "non-finite quantile at 2025-01-03T00:00:00+00:00"),
+        ("CCC", "crossing", "quantiles cross at 2025-01-03T00:00:00+00:00"),
+        ("DDD", "horizon", "2 steps, expected 3"),
+    ]
+    assert drop_rejected(forecasts, rejected)["symbol"].unique().to_list() == ["AAA"]
+
+
+def test_when_a_window_keeps_no_instrument_then_the_error_lists_every_reason():
+    rejected = [Rejection("w1", "AAA", "model_input", "non-finite close at bar x"),
+                Rejection("w1", "BBB", "horizon", "2 steps, expected 3")]
+
+    require_some_forecasts(["w1"], {"w1"}, rejected)
+    with pytest.raises(AllForecastsRejectedError) as error:
+        require_some_forecasts(["w0", "w1"], {"w0"}, rejected)
+
+    assert str(error.value) == (
+        "window w1: every instrument's forecast was rejected, so nothing is written. "
+        "AAA: model_input: non-finite close at bar x; BBB: horizon: 2 steps, expected 3"
+    )

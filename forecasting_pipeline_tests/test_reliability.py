@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
+import polars as pl
 import psycopg
 import pytest
 from psycopg import sql
@@ -104,6 +106,59 @@ def test_when_one_instruments_file_is_bad_then_the_others_are_written_and_its_ch
     metadata = result.asset_materializations_for_node("ohlcv_1d")[0].metadata
     assert metadata["excluded"].value == {"AAPL": [WINDOW]}
     assert "| 2025-06-02 | AAPL | None | unreadable | excluded |" in metadata["findings_table"].value
+
+
+def _at_level(bars, level: float):
+    """Bars whose prices sit at ``level`` and barely move: finite, positive and consistent, so validation passes."""
+    wiggle = 1 + 1e-4 * np.sin(np.arange(bars.height))
+    return bars.with_columns(
+        open=pl.lit(level * wiggle), close=pl.lit(level * wiggle),
+        high=pl.lit(level * wiggle * (1 + 1e-5)), low=pl.lit(level * wiggle * (1 - 1e-5)),
+    )
+
+
+@pytest.mark.parametrize("level, failed_check, rejected_as", [
+    # The model computes in float32, where 1e41 is infinite; sent to the model, one infinite value
+    # turns every series of the batch into NaN, so AAPL must be left out before the call.
+    (1e41, "inputs_in_model_range", "| 2025-06-02 | AAPL | model_input | close 1e+41 at bar "),
+    # Just inside float32, so the input is taken; the forecast above it is infinite.
+    (3.39e38, "quantiles_ordered_and_finite", "| 2025-06-02 | AAPL | non_finite | non-finite quantile at "),
+], ids=["input beyond float32", "forecast overflows"])
+def test_when_one_instruments_forecast_cannot_be_stored_then_the_others_are_written_and_its_check_fails(
+    level, failed_check, rejected_as, files_resources, bar_files, instance, conn
+):
+    aapl = select_instruments(load_instruments(), ["AAPL"])[0]
+    bar_files.write("AAPL", _at_level(sample_bars(aapl, "1d", WINDOW_END, 200), level))
+
+    result = dg.materialize(build_chain(DAILY), partition_key=WINDOW, resources=files_resources, instance=instance)
+
+    assert result.success
+    assert [(s, n) for s, _, _, n in chronos_rows(conn)] == [("BTC-USD", 10), ("EURUSD", 10)]
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()
+              if e.asset_key.path == ["chronos2_forecasts_1d"]}
+    assert checks == {name: name != failed_check
+                      for name in ("inputs_in_model_range", "quantiles_ordered_and_finite", "horizon_complete")}
+    metadata = result.asset_materializations_for_node("chronos2_forecasts_1d")[0].metadata
+    assert metadata["rejected"].value == {"AAPL": [WINDOW]}
+    assert rejected_as in metadata["rejected_table"].value
+
+
+def test_when_every_instruments_forecast_is_rejected_then_the_run_fails_clearly_and_writes_nothing(
+    files_resources, bar_files, instance, conn
+):
+    for instrument in select_instruments(load_instruments(), ["AAPL", "BTC-USD", "EURUSD"]):
+        bar_files.write(instrument.symbol, _at_level(sample_bars(instrument, "1d", WINDOW_END, 200), 1e41))
+
+    result = dg.materialize(
+        build_chain(DAILY), partition_key=WINDOW, resources=files_resources, instance=instance, raise_on_error=False
+    )
+
+    assert not result.success
+    assert user_error(result, "chronos2_forecasts_1d").startswith(
+        "forecasting_pipeline.forecasting.AllForecastsRejectedError: window 2025-06-02: every instrument's forecast "
+        "was rejected, so nothing is written. AAPL: model_input: close 1e+41 at bar "
+    )
+    assert chronos_rows(conn) == []
 
 
 def test_when_every_instrument_is_excluded_then_the_run_fails_clearly_and_writes_nothing(
