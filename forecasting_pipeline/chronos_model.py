@@ -15,6 +15,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from forecasting_pipeline.heap import imports_without_collection
+
 if TYPE_CHECKING:
     from chronos import Chronos2Pipeline
 
@@ -174,8 +176,10 @@ def load_chronos2(
         Hub revision (commit, tag or branch) to pin; recorded in ``model_version``. For a local
         directory it is recorded as given, or else as a hash of the weights.
     """
-    import torch
-    from chronos import Chronos2Pipeline
+    # torch, transformers and chronos stay imported for the life of the process (heap.py).
+    with imports_without_collection():
+        import torch
+        from chronos import Chronos2Pipeline
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     path = Path(model).expanduser()

@@ -10,7 +10,12 @@ and no statement timeout (a run's writes must not be cut off). ``dagster.yaml`` 
 
 from __future__ import annotations
 
-from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+from forecasting_pipeline.heap import imports_without_collection
+
+# Every process that opens this instance (runs, the daemon, the webserver) has just imported
+# Dagster, SQLAlchemy and alembic to get here, and keeps them (heap.py says why this saves time).
+with imports_without_collection():
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 # Connections beyond the held one while threads (the daemon's, the webserver's) overlap.
 MAX_OVERFLOW = 10
