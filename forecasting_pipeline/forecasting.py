@@ -1,4 +1,5 @@
-"""Chronos-2 quantile forecasts: model inputs from covariates, one batched call, and forecast shaping.
+"""Chronos-2 quantile forecasts: model inputs from covariates, one batched call, forecast shaping,
+and which instruments are left out because their inputs or forecasts cannot be used.
 
 Forecast bars are timestamped from each instrument's trading calendar, not by the model
 (``predict_df`` infers a frequency and mislabels gapped exchange-hours bars).
