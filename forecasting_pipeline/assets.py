@@ -322,9 +322,18 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
                     asset_key=context.asset_key, partition=window,
                     metadata={"windows_done": done, "windows_total": len(forecasts), "rows": len(rows)},
                 ))
-            # --- forecast fan (gateway & pictures issue): last window only, Kronos overlaid where it matches ---
-            fan = window_fan_chart(conn, c, forecasts, covariates)
-            # --- end forecast fan ---
+            # The forecast fan: last window only, Kronos overlaid where it matches. Every window is
+            # committed by now, so a picture that cannot be drawn is reported, not a failed run.
+            try:
+                fan = window_fan_chart(conn, c, forecasts, covariates)
+                fan_metadata = {
+                    "forecast_fan": dg.MetadataValue.md(fan.markdown),
+                    "forecast_fan_window": fan.window,
+                    "kronos_overlay_instruments": len(fan.kronos_instruments),
+                }
+            except Exception as exc:
+                context.log.warning(f"forecast fan not drawn ({type(exc).__name__}: {exc}); the rows are stored")
+                fan_metadata = {"forecast_fan": dg.MetadataValue.md(f"Not drawn: {type(exc).__name__}: {exc}")}
         preview = pl.concat(list(forecasts.values())).filter(pl.col("step") == 1)
         return dg.MaterializeResult(
             metadata={
@@ -332,9 +341,7 @@ def build_chain(cadence: Cadence, symbols: list[str] | None = None) -> list[dg.A
                 "windows": len(forecasts),
                 "database": database.describe(),
                 "preview": markdown_table(preview.select("symbol", "as_of", "ts", "p10", "p50", "p90")),
-                "forecast_fan": dg.MetadataValue.md(fan.markdown),
-                "forecast_fan_window": fan.window,
-                "kronos_overlay_instruments": len(fan.kronos_instruments),
+                **fan_metadata,
             }
         )
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 import polars as pl
 import psycopg
 
-from forecasting_pipeline.ml_predictions import KRONOS_MODEL_NAME
+from forecasting_pipeline.ml_predictions import GUARDED_STEPS, KRONOS_MODEL_NAME
 from forecasting_pipeline.plots import forecast_fan_png, png_markdown
 
 logger = logging.getLogger(__name__)
@@ -30,22 +30,25 @@ HISTORY_HORIZONS = 4
 
 # Per symbol, the newest Kronos row whose origin lies in [as_of, as_of + tolerance]; the
 # lateral LIMIT 1 walks idx_ml_pred_latest (model_name, timeframe, symbol, origin DESC, created_at DESC).
-_KRONOS_OVERLAY = """
-SELECT o.symbol, (s.value->>'ts')::timestamptz AS ts,
-       COALESCE((s.value->>'p50')::float8, (s.value->>'close')::float8) AS p50
-FROM unnest(%(symbols)s::text[], %(origins)s::timestamptz[]) AS o(symbol, as_of)
-CROSS JOIN LATERAL (
-    SELECT m.predictions
-    FROM ml_predictions m
-    WHERE m.model_name = %(model)s AND m.timeframe = %(timeframe)s AND m.symbol = o.symbol
-      AND COALESCE(m.as_of, m.created_at) >= o.as_of
-      AND COALESCE(m.as_of, m.created_at) <= o.as_of + %(tolerance)s
-    ORDER BY COALESCE(m.as_of, m.created_at) DESC, m.created_at DESC
-    LIMIT 1
-) k
-CROSS JOIN LATERAL jsonb_array_elements(k.predictions) AS s(value)
-WHERE (s.value->>'ts')::timestamptz > o.as_of
-ORDER BY o.symbol, ts
+# Steps are read guarded (ml_predictions.GUARDED_STEPS; 23 rows, so the cost is nothing): a malformed
+# Kronos step is left out of the picture instead of failing the run whose rows are already committed.
+_KRONOS_OVERLAY = f"""
+SELECT symbol, ts, p50 FROM (
+    SELECT o.symbol, o.as_of, {GUARDED_STEPS.ts} AS ts, {GUARDED_STEPS.p50} AS p50
+    FROM unnest(%(symbols)s::text[], %(origins)s::timestamptz[]) AS o(symbol, as_of)
+    CROSS JOIN LATERAL (
+        SELECT m.predictions
+        FROM ml_predictions m
+        WHERE m.model_name = %(model)s AND m.timeframe = %(timeframe)s AND m.symbol = o.symbol
+          AND COALESCE(m.as_of, m.created_at) >= o.as_of
+          AND COALESCE(m.as_of, m.created_at) <= o.as_of + %(tolerance)s
+        ORDER BY COALESCE(m.as_of, m.created_at) DESC, m.created_at DESC
+        LIMIT 1
+    ) k
+    CROSS JOIN LATERAL {GUARDED_STEPS.steps_of.format("k.predictions")} AS s(value)
+) steps
+WHERE ts > as_of AND p50 IS NOT NULL
+ORDER BY symbol, ts
 """
 
 

@@ -9,12 +9,15 @@ reader of Kronos's ``{"ts", "close"}`` steps reads a Chronos-2 row unchanged.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import polars as pl
 import psycopg
+
+logger = logging.getLogger(__name__)
 
 MODEL_NAME = "chronos-2"
 KRONOS_MODEL_NAME = "kronos-base"
@@ -90,20 +93,66 @@ def window_lock_name(timeframe: str, window: str | None) -> str:
     return f"ml_predictions:{MODEL_NAME}:{timeframe}" + (f":{window}" if window is not None else "")
 
 
-# Read as CSV through COPY, instants as epoch microseconds, and parsed by polars: one Python tuple
-# per forecast step cost about 6.5 s and 380 MB for a month of hourly forecasts of both models
-# (benchmarks/scoring_scale.py); this reads them in 4.5 s and 280 MB, most of it PostgreSQL
-# expanding the JSONB, and polars' parse under 0.1 s.
-_READ = """
+# Another system (Kronos) writes rows here too, so a stored step can be malformed: predictions
+# that are not a JSON array, a ts that is not an ISO 8601 string, a value that is not a number.
+# The plain casts below fail the whole read on such a step; the guarded ones read it as NULLs. The
+# guards cost about 60% more read time (benchmarks/scoring_scale.py), so reads try the plain query
+# first and fall back to the guarded one only when PostgreSQL refuses a value. The pattern admits
+# only well-formed dates, with or without a time (a day 30 in February still fails the cast).
+_ISO_TS = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?(Z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?)?$"
+_DECIMAL = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+@dataclass(frozen=True)
+class StepSql:
+    """SQL for reading one step ``s.value`` of a row's predictions: its instant, its values, the rows of steps."""
+
+    ts: str
+    p10: str
+    p50: str
+    p90: str
+    steps_of: str  # format with the predictions column
+
+
+def _number(key: str, guarded: bool) -> str:
+    if not guarded:
+        return f"(s.value->>'{key}')::float8"
+    # A JSON number, or a string holding a decimal; else NULL.
+    return (
+        f"CASE WHEN jsonb_typeof(s.value->'{key}') = 'number' "
+        f"OR (jsonb_typeof(s.value->'{key}') = 'string' AND s.value->>'{key}' ~ '{_DECIMAL}') "
+        f"THEN (s.value->>'{key}')::float8 END"
+    )
+
+
+PLAIN_STEPS = StepSql(
+    ts="(s.value->>'ts')::timestamptz",
+    p10=_number("p10", False), p50=f"COALESCE({_number('p50', False)}, {_number('close', False)})", p90=_number("p90", False),
+    steps_of="jsonb_array_elements({0})",
+)
+GUARDED_STEPS = StepSql(
+    ts=f"CASE WHEN jsonb_typeof(s.value->'ts') = 'string' AND s.value->>'ts' ~ '{_ISO_TS}' "
+       "THEN (s.value->>'ts')::timestamptz END",
+    p10=_number("p10", True), p50=f"COALESCE({_number('p50', True)}, {_number('close', True)})", p90=_number("p90", True),
+    # Any JSON but an array (an object, null) yields one all-NULL step, so the row is counted, not lost.
+    steps_of="jsonb_array_elements(CASE WHEN jsonb_typeof({0}) = 'array' THEN {0} ELSE '[null]'::jsonb END)",
+)
+
+
+def _read_sql(step: StepSql) -> str:
+    # Read as CSV through COPY, instants as epoch microseconds, and parsed by polars: one Python
+    # tuple per forecast step cost about 6.5 s and 380 MB for a month of hourly forecasts of both
+    # models (benchmarks/scoring_scale.py); this reads them in 4.5 s and 280 MB, most of it
+    # PostgreSQL expanding the JSONB, and polars' parse under 0.1 s.
+    return f"""
 COPY (
     SELECT p.model_name, p.model_version, p.symbol,
            (extract(epoch FROM p.as_of) * 1000000)::bigint,
            (extract(epoch FROM p.created_at) * 1000000)::bigint,
            (s.ordinality)::int,
-           (extract(epoch FROM (s.value->>'ts')::timestamptz) * 1000000)::bigint,
-           (s.value->>'p10')::float8, COALESCE((s.value->>'p50')::float8, (s.value->>'close')::float8),
-           (s.value->>'p90')::float8
-    FROM ml_predictions p, jsonb_array_elements(p.predictions) WITH ORDINALITY AS s(value, ordinality)
+           (extract(epoch FROM {step.ts}) * 1000000)::bigint,
+           {step.p10}, {step.p50}, {step.p90}
+    FROM ml_predictions p, {step.steps_of.format("p.predictions")} WITH ORDINALITY AS s(value, ordinality)
     WHERE p.timeframe = %(timeframe)s AND p.model_name = %(model)s
       AND (%(symbols)s::text[] IS NULL OR p.symbol = ANY(%(symbols)s::text[]))
       AND (%(from)s::timestamptz IS NULL OR COALESCE(p.as_of, p.created_at) >= %(from)s)
@@ -111,6 +160,10 @@ COPY (
     ORDER BY p.symbol, p.as_of, s.ordinality
 ) TO STDOUT (FORMAT csv)
 """
+
+
+_READ_PLAIN = _read_sql(PLAIN_STEPS)
+_READ_GUARDED = _read_sql(GUARDED_STEPS)
 _READ_SCHEMA = {
     "model_name": pl.Utf8, "model_version": pl.Utf8, "symbol": pl.Utf8,
     "as_of": pl.Int64, "created_at": pl.Int64, "step": pl.Int32,
@@ -130,14 +183,33 @@ def read_predictions(
     """Read stored forecasts back as long rows: model_name, model_version, symbol, as_of, step, ts, p10, p50, p90.
 
     ``as_of`` bounds are inclusive; a row without ``as_of`` (Kronos) is bounded by its
-    ``created_at``. Steps without p10/p90 (central-only models) read as nulls.
+    ``created_at``. Steps without p10/p90 (central-only models) read as nulls. Malformed steps
+    (see ``GUARDED_STEPS``) are left out with a logged warning that counts them.
     """
     params = {"timeframe": timeframe, "model": model_name, "symbols": list(symbols) if symbols else None,
               "from": as_of_from, "to": as_of_to}
-    with conn.cursor() as cur, cur.copy(_READ, params) as copy:
-        data = b"".join(copy)
+    try:
+        # A savepoint when the caller is inside a transaction: a refused value must not abort it.
+        with conn.transaction(), conn.cursor() as cur, cur.copy(_READ_PLAIN, params) as copy:
+            data = b"".join(copy)
+    except psycopg.errors.DataError as refused:
+        logger.warning("%s %s forecasts hold a value PostgreSQL refuses (%s); reading them guarded",
+                       model_name, timeframe, str(refused).splitlines()[0])
+        with conn.transaction(), conn.cursor() as cur, cur.copy(_READ_GUARDED, params) as copy:
+            data = b"".join(copy)
     frame = (
         pl.read_csv(data, has_header=False, schema=_READ_SCHEMA)
         if data else pl.DataFrame(schema=_READ_SCHEMA)
     )
-    return frame.with_columns(pl.col(_INSTANTS).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    frame = frame.with_columns(pl.col(_INSTANTS).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    malformed = frame.filter(pl.col("ts").is_null() | pl.col("p50").is_null())
+    if malformed.height:
+        # Left out, not guessed at: a step without a time or a central value cannot be scored or drawn.
+        examples = malformed.unique(["symbol", "created_at"], maintain_order=True).head(5)
+        logger.warning(
+            "skipped %d malformed %s %s forecast steps (no ISO 8601 ts, or no numeric p50/close) in %d rows, e.g. %s",
+            malformed.height, model_name, timeframe, malformed.select("symbol", "created_at").n_unique(),
+            ", ".join(f"{r['symbol']} written {r['created_at'].isoformat()}" for r in examples.iter_rows(named=True)),
+        )
+        frame = frame.filter(pl.col("ts").is_not_null() & pl.col("p50").is_not_null())
+    return frame

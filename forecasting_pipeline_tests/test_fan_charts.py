@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -71,6 +72,41 @@ def test_when_kronos_rows_match_origins_then_overlay_has_their_later_steps_only(
     assert overlay["symbol"].unique().sort().to_list() == ["AAPL", "BTC-USD"]
     assert overlay.filter(pl.col("symbol") == "AAPL")["p50"].to_list() == [101.0, 102.0, 103.0, 104.0, 105.0]
     assert overlay["ts"].min() == KRONOS_RUN + timedelta(days=1)
+
+
+def test_when_a_matching_kronos_row_is_malformed_then_it_is_not_overlaid_and_the_others_are(conn):
+    origins = pl.DataFrame({"symbol": ["AAPL", "BTC-USD", "MSFT"], "as_of": [KRONOS_RUN - timedelta(hours=1)] * 3})
+    _kronos_row(conn, "AAPL", KRONOS_RUN)
+    for symbol, predictions in (("BTC-USD", {"error": "batch failed"}), ("MSFT", [{"ts": "soon", "close": "n/a"}])):
+        conn.execute(
+            "INSERT INTO ml_predictions (symbol, timeframe, predictions, created_at) VALUES (%s, '1d', %s::jsonb, %s)",
+            (symbol, json.dumps(predictions), KRONOS_RUN),
+        )
+
+    overlay = kronos_overlay(conn, "1d", origins)
+
+    assert overlay["symbol"].unique().to_list() == ["AAPL"]
+    assert overlay.height == 5
+
+
+def test_when_the_fan_cannot_be_drawn_then_the_rows_are_stored_and_the_run_succeeds(resources, instance, conn):
+    # A date the ISO pattern admits but PostgreSQL refuses: the overlay query fails after every
+    # window has been committed.
+    conn.execute(
+        "INSERT INTO ml_predictions (symbol, timeframe, predictions, created_at) VALUES ('AAPL', '1d', %s::jsonb, %s)",
+        (json.dumps([{"ts": "2025-02-30T00:00:00Z", "close": 1.0}]), KRONOS_RUN),
+    )
+    conn.commit()
+
+    result = dg.materialize(build_chain(DAILY), partition_key=WINDOW, resources=resources, instance=instance)
+
+    assert result.success
+    assert conn.execute("SELECT count(*) FROM ml_predictions WHERE model_name = 'chronos-2'").fetchone()[0] == 23
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("ml_predictions_1d")]
+    fan = event.materialization.metadata["forecast_fan"].value
+    assert fan.startswith("Not drawn: DatetimeFieldOverflow: date/time field value out of range")
+    warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any(m.startswith("forecast fan not drawn (DatetimeFieldOverflow") for m in warnings)
 
 
 def test_when_run_covers_several_windows_then_only_the_last_is_drawn(conn):

@@ -68,3 +68,42 @@ def test_when_nothing_is_stored_then_the_frame_is_empty_with_the_full_schema(con
     assert stored.columns == ["model_name", "model_version", "symbol", "as_of", "created_at", "step", "ts",
                               "p10", "p50", "p90"]
     assert stored.schema["created_at"] == pl.Datetime("us", "UTC")
+
+
+def test_when_another_writer_stores_malformed_steps_then_only_they_are_skipped_and_counted(conn, caplog):
+    def kronos(symbol, predictions):
+        conn.execute("INSERT INTO ml_predictions (symbol, timeframe, predictions) VALUES (%s, '1h', %s::jsonb)",
+                     (symbol, json.dumps(predictions)))
+
+    # Well formed, in the spellings a writer may use: a decimal string, a date-only or zoneless ts.
+    kronos("AAPL", [{"ts": "2026-03-02T16:00:00Z", "close": "101.5"}, {"ts": "2026-03-03", "close": 102},
+                    {"ts": "2026-03-03 01:00:00", "close": 1.03e2}])
+    kronos("MSFT", {"error": "batch failed"})                                      # not an array
+    kronos("NVDA", None)                                                           # JSON null
+    kronos("TSLA", [{"ts": "2026-03-02T16:00:00Z", "close": "abc"}])               # not a number
+    kronos("META", [{"ts": "yesterday", "close": 1.0}, {"ts": "2026-13-01", "close": 1.0}, 7])
+
+    with caplog.at_level("WARNING", logger="forecasting_pipeline.ml_predictions"):
+        stored = read_predictions(conn, "1h", model_name="kronos-base")
+
+    assert stored.select("symbol", "ts", "p50").rows() == [
+        ("AAPL", datetime(2026, 3, 2, 16, tzinfo=timezone.utc), 101.5),
+        ("AAPL", datetime(2026, 3, 3, tzinfo=timezone.utc), 102.0),
+        ("AAPL", datetime(2026, 3, 3, 1, tzinfo=timezone.utc), 103.0),
+    ]
+    refused, skipped = caplog.messages
+    assert refused.startswith("kronos-base 1h forecasts hold a value PostgreSQL refuses (")
+    assert refused.endswith("); reading them guarded")
+    assert skipped.startswith("skipped 6 malformed kronos-base 1h forecast steps (no ISO 8601 ts, or no numeric "
+                              "p50/close) in 4 rows, e.g. ")
+
+
+def test_when_a_stored_row_is_malformed_inside_a_transaction_then_the_read_keeps_the_callers_work(conn):
+    conn.execute("INSERT INTO ml_predictions (symbol, timeframe, predictions) VALUES ('AAPL', '1h', '{}'::jsonb)")
+    upsert_window(conn, [chronos_row("MSFT", AS_OF)])
+    conn.execute("INSERT INTO ml_predictions (symbol, timeframe, predictions) VALUES ('NVDA', '1h', '[]'::jsonb)")
+
+    assert read_predictions(conn, "1h", model_name="kronos-base").height == 0
+
+    # The refused plain read rolled back to its savepoint only: the caller's open insert is still there.
+    assert conn.execute("SELECT count(*) FROM ml_predictions WHERE symbol = 'NVDA'").fetchone()[0] == 1

@@ -132,6 +132,28 @@ def test_when_a_small_known_case_is_scored_then_the_table_holds_the_hand_compute
     assert checks(result)[SIGN_FLIP_CHECK].metadata["compared"].value == "chronos-2 - kronos-base"
 
 
+def test_when_kronos_stored_a_malformed_row_then_the_others_are_scored_as_before(
+    score_resources, instance, conn, tmp_path
+):
+    write_bars(tmp_path / "bars", 40)
+    store_chronos(conn, 32, [(99.0, 101.0, 103.0), (100.0, 103.0, 105.0)])
+    store_kronos(conn, 32, [104.0, 100.0])
+    conn.commit()
+    materialise_scores(score_resources, instance, until_index=39)
+    before = read_scores(conn, "1d").drop("computed_at", strict=False)
+    # A failed Kronos batch that wrote an error object instead of steps.
+    conn.execute(
+        "INSERT INTO ml_predictions (symbol, timeframe, predictions, created_at) VALUES (%s, '1d', %s::jsonb, %s)",
+        (SYMBOL, json.dumps({"error": "CUDA out of memory"}), bar_ts(34)),
+    )
+    conn.commit()
+
+    result = materialise_scores(score_resources, instance, until_index=39)
+
+    assert result.success
+    assert read_scores(conn, "1d").drop("computed_at", strict=False).equals(before)
+
+
 def test_when_scored_then_the_baselines_are_the_last_close_and_its_volatility_band(
     score_resources, instance, conn, tmp_path
 ):
