@@ -86,7 +86,7 @@ def latest_forecasts(
             "the database has no latest_ml_predictions function: run `forecasting-pipeline migrate` first"
         ) from None
     return [
-        LatestForecast(s, tf, m, v, as_of, created, p if isinstance(p, list) else json.loads(p))
+        LatestForecast(s, tf, m, v, as_of, created, json.loads(p) if isinstance(p, (str, bytes)) else p)
         for s, tf, m, v, as_of, created, p in rows
     ]
 
@@ -139,7 +139,13 @@ def format_forecast(forecast: LatestForecast) -> str:
         f"as_of {as_of}   created_at {_utc(forecast.created_at)}",
         f"{'step':>4}  {'ts (UTC)':<16}  {'p10':>12}  {'p50':>12}  {'p90':>12}",
     ]
+    if not isinstance(forecast.steps, list):
+        # Another writer's row, shown as stored rather than failing the read.
+        return "\n".join(lines[:2] + [f"predictions is not a list of steps: {json.dumps(forecast.steps)[:200]}"])
     for index, step in enumerate(forecast.steps, start=1):
+        if not isinstance(step, dict):
+            lines.append(f"{index:>4}  malformed step: {json.dumps(step)[:200]}")
+            continue
         central = step.get("p50", step.get("close"))
         lines.append(
             f"{step.get('step', index):>4}  {_step_time(step.get('ts')):<16}  "
@@ -149,7 +155,12 @@ def format_forecast(forecast: LatestForecast) -> str:
 
 
 def _number(value) -> str:
-    return "-" if value is None else f"{float(value):.6g}"
+    if value is None:
+        return "-"
+    try:
+        return f"{float(value):.6g}"
+    except (TypeError, ValueError):
+        return str(value)[:12]
 
 
 def _step_time(value) -> str:

@@ -157,6 +157,25 @@ def test_when_cli_latest_without_model_then_kronos_central_steps_are_printed(see
                                                   ["2", "2026-03-05", "12:00", "-", "103", "-"]]
 
 
+@pytest.mark.parametrize("predictions, shown", [
+    ({"error": "CUDA out of memory"}, ['predictions is not a list of steps: {"error": "CUDA out of memory"}']),
+    ([{"ts": "soon", "close": "n/a"}, 7], ["1 soon - n/a -", "2 malformed step: 7"]),
+], ids=["not a list", "malformed steps"])
+def test_when_the_latest_kronos_row_is_malformed_then_cli_latest_shows_it_as_stored(
+    predictions, shown, conn, database_url, monkeypatch, capsys
+):
+    conn.execute("INSERT INTO ml_predictions (symbol, timeframe, predictions) VALUES ('AAPL', '1d', %s::jsonb)",
+                 (json.dumps(predictions),))
+    conn.commit()
+    monkeypatch.setenv("DATABASE_URL", database_url)
+
+    code = main(["latest", "AAPL"])
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert [" ".join(line.split()) for line in out if not line.startswith(("AAPL", "as_of", "step"))] == shown
+
+
 def test_when_cli_latest_with_unknown_model_then_clear_message_and_exit_code_2(
     seeded, database_url, monkeypatch, capsys
 ):
