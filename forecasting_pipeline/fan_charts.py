@@ -114,7 +114,8 @@ def window_fan_chart(
     overlay = kronos_overlay(conn, timeframe, origins)
     kronos_symbols = sorted(overlay["symbol"].unique().to_list())
     if not kronos_symbols:
-        logger.info("no Kronos %s forecast matches window %s; the fan shows Chronos-2 only", timeframe, window)
+        # Said in the fan's own caption too ("Kronos overlaid on 0"), so only at debug level here.
+        logger.debug("no Kronos %s forecast matches window %s; the fan shows Chronos-2 only", timeframe, window)
     title = f"Chronos-2 {timeframe}, window {window}" + (" vs Kronos" if kronos_symbols else "")
     bars = history.get(window)
     if bars is None:

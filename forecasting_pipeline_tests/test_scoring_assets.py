@@ -5,14 +5,17 @@ forecast is exactly 2 and each score can be worked out by hand.
 """
 
 import json
+import logging
 import math
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
 import pydantic
 import pytest
+import yaml
 
 from forecasting_pipeline.cadences import DAILY
 from forecasting_pipeline.database import PostgresResource
@@ -20,6 +23,8 @@ from forecasting_pipeline.evaluation import read_scores
 from forecasting_pipeline.ml_predictions import prediction_rows, upsert_window
 from forecasting_pipeline.resources import InstrumentsResource, MarketDataResource
 from forecasting_pipeline.scoring_assets import COVERAGE_CHECK, SIGN_FLIP_CHECK, build_scoring
+
+REPO = Path(__file__).resolve().parents[1]
 
 SYMBOL = "BTC-USD"  # 24/7: one daily bar closing at 00:00 UTC every day
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -148,10 +153,15 @@ def test_when_kronos_stored_a_malformed_row_then_the_others_are_scored_as_before
     )
     conn.commit()
 
-    result = materialise_scores(score_resources, instance, until_index=39)
+    # With the project's dagster.yaml logging settings, as `make dev` runs it.
+    python_logs = yaml.safe_load((REPO / "dagster.yaml").read_text())["python_logs"]
+    with dg.instance_for_test(overrides={"python_logs": python_logs}) as logging_instance:
+        result = materialise_scores(score_resources, logging_instance, until_index=39)
+        warnings = [r.user_message for r in logging_instance.all_logs(result.run_id) if r.level == logging.WARNING]
 
     assert result.success
     assert read_scores(conn, "1d").drop("computed_at", strict=False).equals(before)
+    assert any(w.startswith("skipped 1 malformed kronos-base 1d forecast steps") for w in warnings)
 
 
 def test_when_scored_then_the_baselines_are_the_last_close_and_its_volatility_band(
