@@ -28,9 +28,9 @@ from pydantic import Field
 from forecasting_pipeline.cadences import Cadence
 from forecasting_pipeline.database import PostgresResource
 from forecasting_pipeline.gpu import GPU_LOCK_KEY, advisory_lock
+from forecasting_pipeline.ml_predictions import KRONOS_MODEL_NAME
 from forecasting_pipeline.schedules import TICKS
 
-KRONOS_MODEL_NAME = "kronos-base"
 # A response is shown in metadata and errors only this far: a service may answer with a page of HTML.
 RESPONSE_EXCERPT_CHARS = 300
 
@@ -87,15 +87,14 @@ def trigger_batch(url: str, body: dict, *, token: str | None, timeout_s: float) 
     except urllib.error.HTTPError as error:
         text = error.read().decode(errors="replace")[:RESPONSE_EXCERPT_CHARS]
         raise KronosBatchError(f"Kronos batch service at {where} answered {error.code} {error.reason}: {text}") from None
-    except (TimeoutError, socket.timeout):
+    except (TimeoutError, socket.timeout, urllib.error.URLError) as error:
+        # urllib raises a timeout bare while reading the answer, wrapped in URLError while connecting.
+        if isinstance(error, urllib.error.URLError) and not isinstance(error.reason, (TimeoutError, socket.timeout)):
+            raise KronosBatchError(f"Kronos batch service at {where} is unreachable: {error.reason}") from None
         raise KronosBatchError(
             f"Kronos batch service at {where} did not answer within {timeout_s:g} s "
             "(KRONOS_BATCH_TIMEOUT_S); the batch may still be running there"
         ) from None
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, (TimeoutError, socket.timeout)):
-            raise KronosBatchError(f"Kronos batch service at {where} did not answer within {timeout_s:g} s") from None
-        raise KronosBatchError(f"Kronos batch service at {where} is unreachable: {error.reason}") from None
 
 
 class KronosBatchResource(dg.ConfigurableResource):
