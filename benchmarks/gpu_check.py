@@ -58,10 +58,10 @@ def build_inputs(cadence: str, context_length: int, end: datetime) -> list[dict]
     """One model input per instrument of the shipped universe, as the forecast asset builds them."""
     import polars as pl
 
-    from forecasting_pipeline.features import engineer_covariates
-    from forecasting_pipeline.forecasting import model_inputs
-    from forecasting_pipeline.instruments import load_instruments
-    from forecasting_pipeline.market_data.sample import sample_bars
+    from forecasting_pipeline.market.features import engineer_covariates
+    from forecasting_pipeline.forecasting.inputs import model_inputs
+    from forecasting_pipeline.market.instruments import load_instruments
+    from forecasting_pipeline.market.sources.sample import sample_bars
 
     frames = [engineer_covariates(sample_bars(i, cadence, end, context_length)) for i in load_instruments()]
     _keys, inputs = model_inputs(pl.concat(frames), end.isoformat(), context_length)
@@ -98,8 +98,8 @@ def measure(checkpoint: Path, dtype: str, inputs: list[dict], horizon: int, cont
     """Load on CUDA in ``dtype``, warm up once, then time ``runs`` batched calls."""
     import torch
 
-    from forecasting_pipeline.chronos_model import load_chronos2
-    from forecasting_pipeline.forecasting import predict_quantiles
+    from forecasting_pipeline.forecasting.model import load_chronos2
+    from forecasting_pipeline.forecasting.inputs import predict_quantiles
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -162,8 +162,8 @@ def batching(checkpoint: Path, inputs: list[dict], horizon: int, context_length:
     """fp32 on CUDA: one batched call vs one call per instrument, and 30 windows in one call vs 30 calls."""
     import torch
 
-    from forecasting_pipeline.chronos_model import load_chronos2
-    from forecasting_pipeline.forecasting import predict_quantiles
+    from forecasting_pipeline.forecasting.model import load_chronos2
+    from forecasting_pipeline.forecasting.inputs import predict_quantiles
 
     loaded = load_chronos2(str(checkpoint), device=device, dtype="float32")
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -209,9 +209,9 @@ def force_oom(checkpoint: Path, inputs: list[dict], horizon: int, context_length
     """Cap this process's GPU memory just above the weights and run through gpu.run_on_device."""
     import torch
 
-    from forecasting_pipeline.chronos_model import load_chronos2
-    from forecasting_pipeline.forecasting import predict_quantiles
-    from forecasting_pipeline.gpu import GpuSettings, run_on_device
+    from forecasting_pipeline.forecasting.model import load_chronos2
+    from forecasting_pipeline.forecasting.inputs import predict_quantiles
+    from forecasting_pipeline.forecasting.device import GpuSettings, run_on_device
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from importlib.metadata import version
 
-    from forecasting_pipeline.chronos_model import write_random_checkpoint
+    from forecasting_pipeline.forecasting.model import write_random_checkpoint
 
     props = torch.cuda.get_device_properties(0)
     free, total = torch.cuda.mem_get_info()

@@ -23,11 +23,11 @@ import psycopg  # noqa: E402
 import torch  # noqa: E402
 from chronos import Chronos2Pipeline  # noqa: E402
 
-from forecasting_pipeline.calendars import next_bar_closes  # noqa: E402
-from forecasting_pipeline.features import engineer_covariates  # noqa: E402
-from forecasting_pipeline.forecasting import model_inputs  # noqa: E402
-from forecasting_pipeline.instruments import load_instruments  # noqa: E402
-from forecasting_pipeline.market_data.sample import sample_bars  # noqa: E402
+from forecasting_pipeline.market.calendars import next_bar_closes  # noqa: E402
+from forecasting_pipeline.market.features import engineer_covariates  # noqa: E402
+from forecasting_pipeline.forecasting.inputs import model_inputs  # noqa: E402
+from forecasting_pipeline.market.instruments import load_instruments  # noqa: E402
+from forecasting_pipeline.market.sources.sample import sample_bars  # noqa: E402
 from workload import script_arguments  # noqa: E402
 
 INSERT = """

@@ -74,7 +74,7 @@ from workload import (  # noqa: E402
     window_inputs,
 )
 
-from forecasting_pipeline.cadences import CADENCES  # noqa: E402
+from forecasting_pipeline.orchestration.cadences import CADENCES  # noqa: E402
 
 QUICK_CONTEXT = {"1d": 256, "1h": 512}
 TARGETS = {
@@ -165,7 +165,7 @@ def timed_predict(pipeline, inputs, work: Workload, device: str, reps: int) -> t
 def bare_model(works: dict[str, Workload], device: str, reps: int) -> dict:
     import numpy as np
 
-    from forecasting_pipeline.chronos_model import load_chronos2
+    from forecasting_pipeline.forecasting.model import load_chronos2
 
     results: dict = {}
     loaded = load_chronos2(str(CHECKPOINT), revision="benchmark", device=device, dtype="float32")
@@ -205,7 +205,7 @@ def bare_model(works: dict[str, Workload], device: str, reps: int) -> dict:
 
 def bare_model_again(work: Workload, device: str, reps: int) -> float:
     """The daily bare model once more, after the backfill: a shared machine drifts over minutes."""
-    from forecasting_pipeline.chronos_model import load_chronos2
+    from forecasting_pipeline.forecasting.model import load_chronos2
 
     loaded = load_chronos2(str(CHECKPOINT), revision="benchmark", device=device, dtype="float32")
     _, inputs = window_inputs(work)
@@ -222,8 +222,8 @@ def database():
     import psycopg
     from psycopg import sql
 
-    from forecasting_pipeline.embedded_postgres import _with_database, embedded_server
-    from forecasting_pipeline.migrations import migrate
+    from forecasting_pipeline.storage.embedded_postgres import _with_database, embedded_server
+    from forecasting_pipeline.storage.migrations import migrate
 
     @contextmanager
     def server():
@@ -249,7 +249,7 @@ def database():
 
 
 def child_env(database_url: str, dagster_home: Path, device: str) -> dict[str, str]:
-    from forecasting_pipeline.embedded_postgres import dagster_storage_url
+    from forecasting_pipeline.storage.embedded_postgres import dagster_storage_url
 
     env = {
         **os.environ,
@@ -385,7 +385,7 @@ def model_server(env: dict, home: Path, works: dict[str, Workload]):
     The warm-up batch is the one the bare model's untimed first call is: a server that has served
     the previous hourly or daily run has seen these shapes.
     """
-    from forecasting_pipeline.model_server import describe, model_key, request_forecast
+    from forecasting_pipeline.forecasting.model_server import describe, model_key, request_forecast
 
     socket_path = str(home / "chronos2.sock")
     with (home / "model_server.log").open("w") as log_file:
@@ -588,7 +588,7 @@ def main() -> int:
     }
     log(f"machine: {results['machine']}")
     if not (CHECKPOINT / "config.json").exists():
-        from forecasting_pipeline.chronos_model import write_random_checkpoint
+        from forecasting_pipeline.forecasting.model import write_random_checkpoint
 
         log(f"writing the full-size random checkpoint to {CHECKPOINT} (once)")
         write_random_checkpoint(CHECKPOINT, "full")

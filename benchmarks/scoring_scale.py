@@ -34,13 +34,13 @@ import dagster as dg  # noqa: E402
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 
-from forecasting_pipeline.cadences import CADENCES  # noqa: E402
-from forecasting_pipeline.database import PostgresResource  # noqa: E402
-from forecasting_pipeline.evaluation import read_all_forecasts  # noqa: E402
-from forecasting_pipeline.instruments import load_instruments  # noqa: E402
-from forecasting_pipeline.market_data.sample import sample_bars  # noqa: E402
-from forecasting_pipeline.resources import InstrumentsResource, MarketDataResource  # noqa: E402
-from forecasting_pipeline.scoring_assets import build_scoring  # noqa: E402
+from forecasting_pipeline.orchestration.cadences import CADENCES  # noqa: E402
+from forecasting_pipeline.storage.database import PostgresResource  # noqa: E402
+from forecasting_pipeline.scoring.evaluation import read_all_forecasts  # noqa: E402
+from forecasting_pipeline.market.instruments import load_instruments  # noqa: E402
+from forecasting_pipeline.market.sources.sample import sample_bars  # noqa: E402
+from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource  # noqa: E402
+from forecasting_pipeline.orchestration.scoring_assets import build_scoring  # noqa: E402
 
 # The newest window scored: fixed, so runs on different days measure the same history.
 END = {"1h": "2026-03-02-15:00", "1d": "2026-03-02"}

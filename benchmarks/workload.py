@@ -11,11 +11,11 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from forecasting_pipeline.cadences import CADENCES
-from forecasting_pipeline.features import engineer_covariates
-from forecasting_pipeline.forecasting import model_inputs
-from forecasting_pipeline.instruments import load_instruments
-from forecasting_pipeline.market_data.sample import sample_bars
+from forecasting_pipeline.orchestration.cadences import CADENCES
+from forecasting_pipeline.market.features import engineer_covariates
+from forecasting_pipeline.forecasting.inputs import model_inputs
+from forecasting_pipeline.market.instruments import load_instruments
+from forecasting_pipeline.market.sources.sample import sample_bars
 
 # Fixed windows, so runs on different days and machines measure the same data.
 WINDOWS = {"1d": "2026-03-02", "1h": "2026-03-02-15:00"}

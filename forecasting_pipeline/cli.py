@@ -37,7 +37,7 @@ def _database_url() -> str:
 
 
 def cmd_with_db(args: argparse.Namespace) -> int:
-    from forecasting_pipeline.embedded_postgres import database_environment
+    from forecasting_pipeline.storage.embedded_postgres import database_environment
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -56,8 +56,8 @@ def cmd_with_db(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from forecasting_pipeline.database import connect
-    from forecasting_pipeline.migrations import migrate
+    from forecasting_pipeline.storage.database import connect
+    from forecasting_pipeline.storage.migrations import migrate
 
     conn = connect(_database_url())
     try:
@@ -91,8 +91,8 @@ def cmd_setup_instance(args: argparse.Namespace) -> int:
 def cmd_backfill(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from forecasting_pipeline.backfills import partition_range, runs_for, submit_chain_backfill
-    from forecasting_pipeline.cadences import CADENCES
+    from forecasting_pipeline.orchestration.backfills import partition_range, runs_for, submit_chain_backfill
+    from forecasting_pipeline.orchestration.cadences import CADENCES
     from forecasting_pipeline.definitions import defs
 
     cadence = CADENCES[args.cadence]
@@ -114,7 +114,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
-    from forecasting_pipeline.chronos_model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
+    from forecasting_pipeline.forecasting.model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
 
     path = write_random_checkpoint(args.dir, args.size)
     print(f"wrote {args.size} Chronos-2 checkpoint to {path}\n{RANDOM_WEIGHTS_NOTE}")
@@ -125,7 +125,7 @@ def _use_demo_checkpoint_if_unset() -> None:
     """On fully embedded defaults only, fall back to a random tiny checkpoint, loudly."""
     if os.environ.get("CHRONOS2_MODEL") or os.environ.get("FORECASTING_EMBEDDED_DB") != "1":
         return
-    from forecasting_pipeline.chronos_model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
+    from forecasting_pipeline.forecasting.model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
 
     if not (DEMO_CHECKPOINT / "config.json").exists():
         write_random_checkpoint(DEMO_CHECKPOINT, "tiny")
@@ -140,10 +140,10 @@ def _use_demo_checkpoint_if_unset() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from forecasting_pipeline.cadences import CADENCES
-    from forecasting_pipeline.database import connect
-    from forecasting_pipeline.migrations import migrate
-    from forecasting_pipeline.ml_predictions import MODEL_NAME
+    from forecasting_pipeline.orchestration.cadences import CADENCES
+    from forecasting_pipeline.storage.database import connect
+    from forecasting_pipeline.storage.migrations import migrate
+    from forecasting_pipeline.storage.ml_predictions import MODEL_NAME
 
     url = _database_url()
     conn = connect(url)
@@ -193,8 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_latest(args: argparse.Namespace) -> int:
-    from forecasting_pipeline.database import connect
-    from forecasting_pipeline.gateway import ReadPathMissingError, UnknownSeriesError, format_forecast, latest_forecast
+    from forecasting_pipeline.storage.database import connect
+    from forecasting_pipeline.serving.gateway import ReadPathMissingError, UnknownSeriesError, format_forecast, latest_forecast
 
     conn = connect(_database_url())
     try:
@@ -210,7 +210,7 @@ def cmd_latest(args: argparse.Namespace) -> int:
 
 def cmd_model_server(args: argparse.Namespace) -> int:
     from forecasting_pipeline.definitions import default_resources
-    from forecasting_pipeline.model_server import serve
+    from forecasting_pipeline.forecasting.model_server import serve
 
     socket_path = args.socket or os.environ.get("CHRONOS2_SERVER")
     if not socket_path:

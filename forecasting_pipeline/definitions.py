@@ -17,15 +17,15 @@ from forecasting_pipeline.heap import freeze_import_time_objects, imports_withou
 # What a run imports to load these definitions (polars, pandas, exchange_calendars, psycopg)
 # lives until the process exits: no collections while it loads, and none over it after (heap.py).
 with imports_without_collection():
-    from forecasting_pipeline.assets import FRAMES_IO_MANAGER, build_chain
-    from forecasting_pipeline.cadences import DAILY, HOURLY
-    from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID
-    from forecasting_pipeline.database import PostgresResource
-    from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
-    from forecasting_pipeline.kronos_batches import KronosBatchResource, build_kronos_batch, kronos_job, kronos_schedule
-    from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
-    from forecasting_pipeline.scoring_assets import build_scoring, scoring_schedule
-    from forecasting_pipeline.schedules import daily_job, daily_schedule, hourly_job, hourly_schedule
+    from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER, build_chain
+    from forecasting_pipeline.orchestration.cadences import DAILY, HOURLY
+    from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
+    from forecasting_pipeline.storage.database import PostgresResource
+    from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
+    from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource, build_kronos_batch, kronos_job, kronos_schedule
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+    from forecasting_pipeline.orchestration.scoring_assets import build_scoring, scoring_schedule
+    from forecasting_pipeline.orchestration.schedules import daily_job, daily_schedule, hourly_job, hourly_schedule
 
 
 def _env_or(name: str, default):

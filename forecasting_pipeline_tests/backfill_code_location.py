@@ -7,12 +7,12 @@ test sets (``dg.EnvVar`` is resolved when a run starts, not when this file is im
 
 import dagster as dg
 
-from forecasting_pipeline.assets import FRAMES_IO_MANAGER, build_chain
-from forecasting_pipeline.cadences import DAILY
-from forecasting_pipeline.database import PostgresResource
-from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
-from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
-from forecasting_pipeline.schedules import daily_job
+from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER, build_chain
+from forecasting_pipeline.orchestration.cadences import DAILY
+from forecasting_pipeline.storage.database import PostgresResource
+from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
+from forecasting_pipeline.orchestration.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+from forecasting_pipeline.orchestration.schedules import daily_job
 
 defs = dg.Definitions(
     assets=build_chain(DAILY),

@@ -26,20 +26,20 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from forecasting_pipeline.assets import FRAMES_IO_MANAGER
-from forecasting_pipeline.chronos_model import write_random_checkpoint
-from forecasting_pipeline.database import PostgresResource
-from forecasting_pipeline.embedded_postgres import _with_database, embedded_server
-from forecasting_pipeline.cadences import DAILY
-from forecasting_pipeline.features import engineer_covariates
-from forecasting_pipeline.forecasting import model_inputs
-from forecasting_pipeline.frames_io_manager import PartitionedFramesIOManager
-from forecasting_pipeline.gpu import GPU_LOCK_KEY
-from forecasting_pipeline.instruments import load_instruments
-from forecasting_pipeline.market_data.sample import sample_bars
-from forecasting_pipeline.migrations import migrate
-from forecasting_pipeline.model_server import describe
-from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER
+from forecasting_pipeline.forecasting.model import write_random_checkpoint
+from forecasting_pipeline.storage.database import PostgresResource
+from forecasting_pipeline.storage.embedded_postgres import _with_database, embedded_server
+from forecasting_pipeline.orchestration.cadences import DAILY
+from forecasting_pipeline.market.features import engineer_covariates
+from forecasting_pipeline.forecasting.inputs import model_inputs
+from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
+from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
+from forecasting_pipeline.market.instruments import load_instruments
+from forecasting_pipeline.market.sources.sample import sample_bars
+from forecasting_pipeline.storage.migrations import migrate
+from forecasting_pipeline.forecasting.model_server import describe
+from forecasting_pipeline.orchestration.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
 
 MODEL_CONTEXT = 64
 

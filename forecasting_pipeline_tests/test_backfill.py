@@ -17,13 +17,13 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 
-import forecasting_pipeline.resources as resources_module
-from forecasting_pipeline.assets import build_chain
-from forecasting_pipeline.backfills import runs_for, submit_chain_backfill
-from forecasting_pipeline.cadences import DAILY
-from forecasting_pipeline.calendars import bar_closes
-from forecasting_pipeline.ml_predictions import read_predictions
-from forecasting_pipeline.resources import InstrumentsResource, MarketDataResource
+import forecasting_pipeline.orchestration.resources as resources_module
+from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.backfills import runs_for, submit_chain_backfill
+from forecasting_pipeline.orchestration.cadences import DAILY
+from forecasting_pipeline.market.calendars import bar_closes
+from forecasting_pipeline.storage.ml_predictions import read_predictions
+from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource
 
 CODE_LOCATION_MODULE = "forecasting_pipeline_tests.backfill_code_location"
 INSTRUMENTS_YAML = """instruments:

@@ -23,9 +23,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from forecasting_pipeline.assets import build_chain
-from forecasting_pipeline.cadences import DAILY
-from forecasting_pipeline.plots import FIGURE_DPI, fan_figure_size
+from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.cadences import DAILY
+from forecasting_pipeline.serving.plots import FIGURE_DPI, fan_figure_size
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

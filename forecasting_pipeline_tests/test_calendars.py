@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from forecasting_pipeline.calendars import (
+from forecasting_pipeline.market.calendars import (
     bar_close_array,
     bar_closes,
     bar_duration,

@@ -3,9 +3,9 @@
 import dagster as dg
 import pytest
 
-from forecasting_pipeline.assets import build_chain
-from forecasting_pipeline.cadences import DAILY, HOURLY
-from forecasting_pipeline.ml_predictions import read_predictions
+from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.cadences import DAILY, HOURLY
+from forecasting_pipeline.storage.ml_predictions import read_predictions
 
 N_INSTRUMENTS = 23
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from forecasting_pipeline.chronos_model import (
+from forecasting_pipeline.forecasting.model import (
     GEOMETRIES,
     ModelUnavailableError,
     load_chronos2,
@@ -57,7 +57,7 @@ def test_when_the_full_geometry_is_built_then_it_has_the_published_parameter_cou
     from chronos.chronos2 import Chronos2Model
     from chronos.chronos2.config import Chronos2CoreConfig
 
-    from forecasting_pipeline.chronos_model import _CHRONOS_CONFIG
+    from forecasting_pipeline.forecasting.model import _CHRONOS_CONFIG
 
     with torch.device("meta"):  # shapes only: no 478 MB allocation
         model = Chronos2Model(

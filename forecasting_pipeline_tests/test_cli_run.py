@@ -10,7 +10,7 @@ import dagster as dg
 import psycopg
 from dagster._core.execution.backfill import BulkActionStatus
 
-from forecasting_pipeline.embedded_postgres import dagster_storage_url
+from forecasting_pipeline.storage.embedded_postgres import dagster_storage_url
 
 REPO = Path(__file__).resolve().parents[1]
 

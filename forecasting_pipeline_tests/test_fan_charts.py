@@ -12,10 +12,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from forecasting_pipeline.assets import build_chain
-from forecasting_pipeline.cadences import DAILY
-from forecasting_pipeline.fan_charts import kronos_overlay, window_fan_chart
-from forecasting_pipeline.plots import FIGURE_DPI, PNG_SIGNATURE, fan_figure_size
+from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.cadences import DAILY
+from forecasting_pipeline.serving.fan_charts import kronos_overlay, window_fan_chart
+from forecasting_pipeline.serving.plots import FIGURE_DPI, PNG_SIGNATURE, fan_figure_size
 
 WINDOW = "2025-06-02"
 # The window ends at 2025-06-03 00:00 UTC; every instrument's daily as_of lies within the day before.

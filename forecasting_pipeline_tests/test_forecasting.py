@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting_pipeline.chronos_model import load_chronos2
-from forecasting_pipeline.features import engineer_covariates
-from forecasting_pipeline.forecasting import (
+from forecasting_pipeline.forecasting.model import load_chronos2
+from forecasting_pipeline.market.features import engineer_covariates
+from forecasting_pipeline.forecasting.inputs import (
     AllForecastsRejectedError,
     Rejection,
     drop_rejected,

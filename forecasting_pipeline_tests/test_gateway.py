@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from forecasting_pipeline.cli import main
-from forecasting_pipeline.gateway import (
+from forecasting_pipeline.serving.gateway import (
     DEFAULT_MODEL,
     ReadPathMissingError,
     UnknownSeriesError,

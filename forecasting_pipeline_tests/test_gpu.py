@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from forecasting_pipeline import cli
-from forecasting_pipeline.assets import build_chain
-from forecasting_pipeline.cadences import DAILY, HOURLY
-from forecasting_pipeline.embedded_postgres import dagster_storage_url
-from forecasting_pipeline.gpu import GPU_LOCK_KEY, GIB, GpuProcess, GpuSettings, advisory_lock, run_on_device
-from forecasting_pipeline.resources import _MODEL_CACHE, Chronos2Resource
+from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.cadences import DAILY, HOURLY
+from forecasting_pipeline.storage.embedded_postgres import dagster_storage_url
+from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY, GIB, GpuProcess, GpuSettings, advisory_lock, run_on_device
+from forecasting_pipeline.orchestration.resources import _MODEL_CACHE, Chronos2Resource
 
 REPO = Path(__file__).resolve().parents[1]
 HORIZON = 10

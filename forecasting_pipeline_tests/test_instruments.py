@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forecasting_pipeline.instruments import (
+from forecasting_pipeline.market.instruments import (
     DEFAULT_INSTRUMENTS_FILE,
     Instrument,
     load_instruments,

@@ -10,10 +10,10 @@ import dagster as dg
 import pytest
 
 from forecasting_pipeline import cli
-from forecasting_pipeline.cadences import DAILY
-from forecasting_pipeline.database import PostgresResource
-from forecasting_pipeline.gpu import GPU_LOCK_KEY
-from forecasting_pipeline.kronos_batches import KronosBatchResource, build_kronos_batch, describe_url
+from forecasting_pipeline.orchestration.cadences import DAILY
+from forecasting_pipeline.storage.database import PostgresResource
+from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
+from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource, build_kronos_batch, describe_url
 from forecasting_pipeline_tests.test_reliability import event_text, user_error
 
 WINDOW = "2025-06-02"

@@ -16,9 +16,9 @@ import pytest
 from polars.testing import assert_frame_equal
 from psycopg import sql
 
-from forecasting_pipeline.calendars import bar_closes
-from forecasting_pipeline.instruments import Instrument, load_instruments
-from forecasting_pipeline.market_data import (
+from forecasting_pipeline.market.calendars import bar_closes
+from forecasting_pipeline.market.instruments import Instrument, load_instruments
+from forecasting_pipeline.market.sources import (
     BARS_SCHEMA,
     SAMPLE_IS_SYNTHETIC_NOTE,
     BarTable,
@@ -29,7 +29,7 @@ from forecasting_pipeline.market_data import (
     read_bars_from_table,
     sample_bars,
 )
-from forecasting_pipeline.market_data.sample import _full_series, _stable_seed
+from forecasting_pipeline.market.sources.sample import _full_series, _stable_seed
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 BTC = Instrument("BTC-USD", "crypto", "24/7")

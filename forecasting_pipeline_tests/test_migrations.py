@@ -5,7 +5,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from forecasting_pipeline.migrations import MigrationError, discover, migrate
+from forecasting_pipeline.storage.migrations import MigrationError, discover, migrate
 
 
 def _columns(conn):

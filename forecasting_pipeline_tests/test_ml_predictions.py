@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import polars as pl
 
-from forecasting_pipeline.ml_predictions import PredictionRow, read_predictions, upsert_window
+from forecasting_pipeline.storage.ml_predictions import PredictionRow, read_predictions, upsert_window
 
 AS_OF = datetime(2026, 3, 2, 15, 0, 0, 123456, tzinfo=timezone.utc)
 # Digits a float32 round trip or a short text format would lose.
@@ -83,7 +83,7 @@ def test_when_another_writer_stores_malformed_steps_then_only_they_are_skipped_a
     kronos("TSLA", [{"ts": "2026-03-02T16:00:00Z", "close": "abc"}])               # not a number
     kronos("META", [{"ts": "yesterday", "close": 1.0}, {"ts": "2026-13-01", "close": 1.0}, 7])
 
-    with caplog.at_level("WARNING", logger="forecasting_pipeline.ml_predictions"):
+    with caplog.at_level("WARNING", logger="forecasting_pipeline.storage.ml_predictions"):
         stored = read_predictions(conn, "1h", model_name="kronos-base")
 
     assert stored.select("symbol", "ts", "p50").rows() == [

@@ -15,11 +15,11 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from forecasting_pipeline.assets import build_chain
-from forecasting_pipeline.cadences import DAILY
-from forecasting_pipeline.ml_predictions import read_predictions
-from forecasting_pipeline.model_server import ModelServerError, describe
-from forecasting_pipeline.resources import Chronos2Resource
+from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.cadences import DAILY
+from forecasting_pipeline.storage.ml_predictions import read_predictions
+from forecasting_pipeline.forecasting.model_server import ModelServerError, describe
+from forecasting_pipeline.orchestration.resources import Chronos2Resource
 
 HORIZON = 10
 CONTEXT = 64  # the daily_inputs fixture's length (conftest.py)

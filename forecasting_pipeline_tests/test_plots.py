@@ -1,4 +1,4 @@
-"""Tests for forecasting_pipeline.plots: PNG bytes, pixel sizes, overlay handling and markdown wrapping."""
+"""Tests for forecasting_pipeline.serving.plots: PNG bytes, pixel sizes, overlay handling and markdown wrapping."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting_pipeline.plots import (
+from forecasting_pipeline.serving.plots import (
     FAN_HEADER_IN,
     FAN_PANEL_SIZE_IN,
     FIGURE_DPI,

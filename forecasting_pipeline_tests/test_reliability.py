@@ -14,16 +14,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from forecasting_pipeline.assets import build_chain
-from forecasting_pipeline.cadences import DAILY
-from forecasting_pipeline.calendars import last_bar_close
-from forecasting_pipeline.chronos_model import ModelUnavailableError, load_chronos2
-from forecasting_pipeline.database import DatabaseUnavailableError, PostgresResource
-from forecasting_pipeline.instruments import load_instruments, select_instruments
-from forecasting_pipeline.market_data.sample import sample_bars
-from forecasting_pipeline.migrations import MigrationError, migrate
-from forecasting_pipeline.ml_predictions import KRONOS_MODEL_NAME, PredictionRow, upsert_window, window_lock_name
-from forecasting_pipeline.resources import InstrumentsResource, MarketDataResource
+from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.cadences import DAILY
+from forecasting_pipeline.market.calendars import last_bar_close
+from forecasting_pipeline.forecasting.model import ModelUnavailableError, load_chronos2
+from forecasting_pipeline.storage.database import DatabaseUnavailableError, PostgresResource
+from forecasting_pipeline.market.instruments import load_instruments, select_instruments
+from forecasting_pipeline.market.sources.sample import sample_bars
+from forecasting_pipeline.storage.migrations import MigrationError, migrate
+from forecasting_pipeline.storage.ml_predictions import KRONOS_MODEL_NAME, PredictionRow, upsert_window, window_lock_name
+from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource
 
 WINDOW = "2025-06-02"
 WINDOW_END = datetime(2025, 6, 3, tzinfo=timezone.utc)
@@ -155,7 +155,7 @@ def test_when_every_instruments_forecast_is_rejected_then_the_run_fails_clearly_
 
     assert not result.success
     assert user_error(result, "chronos2_forecasts_1d").startswith(
-        "forecasting_pipeline.forecasting.AllForecastsRejectedError: window 2025-06-02: every instrument's forecast "
+        "forecasting_pipeline.forecasting.inputs.AllForecastsRejectedError: window 2025-06-02: every instrument's forecast "
         "was rejected, so nothing is written. AAPL: model_input: close 1e+41 at bar "
     )
     assert chronos_rows(conn) == []
@@ -173,7 +173,7 @@ def test_when_every_instrument_is_excluded_then_the_run_fails_clearly_and_writes
 
     assert not result.success
     assert user_error(result, "ohlcv_1d").startswith(
-        "forecasting_pipeline.validation.AllInstrumentsExcludedError: window 2025-06-02: every instrument (3) was "
+        "forecasting_pipeline.market.validation.AllInstrumentsExcludedError: window 2025-06-02: every instrument (3) was "
         "excluded by bar validation, so nothing is forecast or written. AAPL: unreadable: "
     )
     assert chronos_rows(conn) == []
@@ -334,7 +334,7 @@ def test_when_postgres_is_unreachable_then_the_error_names_host_and_database_and
     assert [s for s, *_ in chronos_rows(conn)] == ["AAPL", "BTC-USD", "EURUSD"]
     assert not bad.success
     assert user_error(bad, "ml_predictions_1d").startswith(
-        f"forecasting_pipeline.database.DatabaseUnavailableError: PostgreSQL at 127.0.0.1:1/{dbname} is unreachable"
+        f"forecasting_pipeline.storage.database.DatabaseUnavailableError: PostgreSQL at 127.0.0.1:1/{dbname} is unreachable"
     )
     retries = [e for e in instance.all_logs(bad.run_id) if e.dagster_event
                and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
@@ -515,7 +515,7 @@ def test_when_a_checkpoint_has_only_pickle_weights_then_it_is_refused_unopened(t
 def test_when_the_server_stops_mid_write_then_after_restart_the_window_is_absent_and_a_rerun_writes_it_once(tmp_path):
     import pgserver
 
-    from forecasting_pipeline.embedded_postgres import ensure_database
+    from forecasting_pipeline.storage.embedded_postgres import ensure_database
 
     # A server of its own: stopping the session's server would break every other test.
     pgdata = tmp_path / "stopped-pg"

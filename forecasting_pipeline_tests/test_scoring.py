@@ -1,4 +1,4 @@
-"""Tests of forecasting_pipeline.scoring on small hand-built bars and forecasts."""
+"""Tests of forecasting_pipeline.scoring.scores on small hand-built bars and forecasts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from forecasting_pipeline import scoring
+from forecasting_pipeline.scoring import scores as scoring
 
 UTC = pl.Datetime("us", "UTC")
 START = datetime(2024, 1, 1, 21, tzinfo=timezone.utc)

@@ -6,11 +6,11 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from forecasting_pipeline.calendars import last_bar_close
-from forecasting_pipeline.instruments import load_instruments, select_instruments
-from forecasting_pipeline.market_data.sample import sample_bars
-from forecasting_pipeline.resources import MarketDataResource
-from forecasting_pipeline.validation import (
+from forecasting_pipeline.market.calendars import last_bar_close
+from forecasting_pipeline.market.instruments import load_instruments, select_instruments
+from forecasting_pipeline.market.sources.sample import sample_bars
+from forecasting_pipeline.orchestration.resources import MarketDataResource
+from forecasting_pipeline.market.validation import (
     EXCLUDED,
     REPAIRED,
     WARNED,

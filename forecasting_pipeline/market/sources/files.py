@@ -14,9 +14,9 @@ from pathlib import Path
 
 import polars as pl
 
-from forecasting_pipeline.calendars import CADENCES
-from forecasting_pipeline.instruments import SYMBOL_PATTERN
-from forecasting_pipeline.market_data.schema import coerce_bars
+from forecasting_pipeline.market.calendars import CADENCES
+from forecasting_pipeline.market.instruments import SYMBOL_PATTERN
+from forecasting_pipeline.market.sources.schema import coerce_bars
 
 logger = logging.getLogger(__name__)
 

@@ -29,14 +29,14 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from forecasting_pipeline.calendars import bar_close_array, bar_duration
-from forecasting_pipeline.instruments import Instrument
-from forecasting_pipeline.market_data.schema import BARS_SCHEMA, TS_DTYPE, empty_bars
+from forecasting_pipeline.market.calendars import bar_close_array, bar_duration
+from forecasting_pipeline.market.instruments import Instrument
+from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, TS_DTYPE, empty_bars
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_IS_SYNTHETIC_NOTE = (
-    "Synthetic sample bars (forecasting_pipeline.market_data.sample): a random process with "
+    "Synthetic sample bars (forecasting_pipeline.market.sources.sample): a random process with "
     "realistic levels, calendars and volatility clustering, not market prices. Forecasts made "
     "from them demonstrate the pipeline only."
 )

@@ -18,15 +18,15 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from forecasting_pipeline.chronos_model import DEFAULT_MODEL_ID, LoadedModel, ModelIdentity, load_chronos2
-from forecasting_pipeline.database import connect
-from forecasting_pipeline.forecasting import predict_quantiles
-from forecasting_pipeline.gpu import GPU_LOCK_KEY, Cuda, DeviceRun, GpuSettings, run_on_device
-from forecasting_pipeline.instruments import Instrument, load_instruments, select_instruments
-from forecasting_pipeline.market_data.files import read_bars_from_files
-from forecasting_pipeline.market_data.postgres import BarTable, read_bars_from_table
-from forecasting_pipeline.market_data.sample import SAMPLE_IS_SYNTHETIC_NOTE, sample_bars
-from forecasting_pipeline.market_data.schema import empty_bars
+from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID, LoadedModel, ModelIdentity, load_chronos2
+from forecasting_pipeline.storage.database import connect
+from forecasting_pipeline.forecasting.inputs import predict_quantiles
+from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY, Cuda, DeviceRun, GpuSettings, run_on_device
+from forecasting_pipeline.market.instruments import Instrument, load_instruments, select_instruments
+from forecasting_pipeline.market.sources.files import read_bars_from_files
+from forecasting_pipeline.market.sources.postgres import BarTable, read_bars_from_table
+from forecasting_pipeline.market.sources.sample import SAMPLE_IS_SYNTHETIC_NOTE, sample_bars
+from forecasting_pipeline.market.sources.schema import empty_bars
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class Chronos2Resource(dg.ConfigurableResource):
         and where it ran. ``cuda`` replaces the real CUDA runtime in tests only.
         """
         if self.server_socket:
-            from forecasting_pipeline.model_server import ModelServerUnavailable, model_key, request_forecast
+            from forecasting_pipeline.forecasting.model_server import ModelServerUnavailable, model_key, request_forecast
 
             try:
                 served = request_forecast(

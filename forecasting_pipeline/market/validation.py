@@ -52,9 +52,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import polars as pl
 
-from forecasting_pipeline.calendars import bar_close_array, last_bar_close
-from forecasting_pipeline.instruments import Instrument
-from forecasting_pipeline.market_data.schema import BARS_SCHEMA, NUMERIC_COLUMNS, PRICE_COLUMNS, empty_bars
+from forecasting_pipeline.market.calendars import bar_close_array, last_bar_close
+from forecasting_pipeline.market.instruments import Instrument
+from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, NUMERIC_COLUMNS, PRICE_COLUMNS, empty_bars
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
-from forecasting_pipeline.features import COVARIATE_COLUMNS
+from forecasting_pipeline.market.features import COVARIATE_COLUMNS
 
 logger = logging.getLogger(__name__)
 

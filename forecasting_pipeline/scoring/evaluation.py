@@ -25,8 +25,8 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from forecasting_pipeline.ml_predictions import KRONOS_MODEL_NAME, MODEL_NAME, read_predictions
-from forecasting_pipeline.scoring import (
+from forecasting_pipeline.storage.ml_predictions import KRONOS_MODEL_NAME, MODEL_NAME, read_predictions
+from forecasting_pipeline.scoring.scores import (
     BASELINE_MODELS,
     BASELINE_RANDOM_WALK,
     CANARY_DEADBAND,

@@ -18,8 +18,8 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from forecasting_pipeline.calendars import CADENCES
-from forecasting_pipeline.market_data.schema import BAR_COLUMNS, coerce_bars, empty_bars
+from forecasting_pipeline.market.calendars import CADENCES
+from forecasting_pipeline.market.sources.schema import BAR_COLUMNS, coerce_bars, empty_bars
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGra
 from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
-from forecasting_pipeline.cadences import Cadence
+from forecasting_pipeline.orchestration.cadences import Cadence
 
 
 def partition_range(cadence: Cadence, start: str, end: str) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from forecasting_pipeline.cadences import DAILY, HOURLY, Cadence
+from forecasting_pipeline.orchestration.cadences import DAILY, HOURLY, Cadence
 
 
 def chain_job(cadence: Cadence) -> dg.UnresolvedAssetJobDefinition:

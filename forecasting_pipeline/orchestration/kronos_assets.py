@@ -25,11 +25,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import dagster as dg
 from pydantic import Field
 
-from forecasting_pipeline.cadences import Cadence
-from forecasting_pipeline.database import PostgresResource
-from forecasting_pipeline.gpu import GPU_LOCK_KEY, advisory_lock
-from forecasting_pipeline.ml_predictions import KRONOS_MODEL_NAME
-from forecasting_pipeline.schedules import TICKS
+from forecasting_pipeline.orchestration.cadences import Cadence
+from forecasting_pipeline.storage.database import PostgresResource
+from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY, advisory_lock
+from forecasting_pipeline.storage.ml_predictions import KRONOS_MODEL_NAME
+from forecasting_pipeline.orchestration.schedules import TICKS
 
 # A response is shown in metadata and errors only this far: a service may answer with a page of HTML.
 RESPONSE_EXCERPT_CHARS = 300

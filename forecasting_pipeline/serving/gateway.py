@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from forecasting_pipeline.ml_predictions import KRONOS_MODEL_NAME
+from forecasting_pipeline.storage.ml_predictions import KRONOS_MODEL_NAME
 
 #: The model a caller gets when it names none: the gateway's historical behaviour.
 DEFAULT_MODEL = KRONOS_MODEL_NAME

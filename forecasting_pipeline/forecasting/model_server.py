@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from forecasting_pipeline.chronos_model import ModelIdentity
-from forecasting_pipeline.gpu import DeviceRun
+from forecasting_pipeline.forecasting.model import ModelIdentity
+from forecasting_pipeline.forecasting.device import DeviceRun
 
 if TYPE_CHECKING:
-    from forecasting_pipeline.resources import Chronos2Resource
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource
 
 logger = logging.getLogger(__name__)
 

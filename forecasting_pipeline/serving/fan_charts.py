@@ -3,7 +3,7 @@
 This module owns choosing what the chart shows: the last window of a run (a backfill renders
 only that one, so a 30-window run still draws one chart), its history, and the Kronos forecast
 that matches each instrument's forecast origin, read from ``ml_predictions``. Drawing is
-:mod:`forecasting_pipeline.plots`; this module has no Dagster in it.
+:mod:`forecasting_pipeline.serving.plots`; this module has no Dagster in it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from datetime import timedelta
 import polars as pl
 import psycopg
 
-from forecasting_pipeline.ml_predictions import GUARDED_STEPS, KRONOS_MODEL_NAME
-from forecasting_pipeline.plots import forecast_fan_png, png_markdown
+from forecasting_pipeline.storage.ml_predictions import GUARDED_STEPS, KRONOS_MODEL_NAME
+from forecasting_pipeline.serving.plots import forecast_fan_png, png_markdown
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from forecasting_pipeline.cadences import Cadence, check_horizon
-from forecasting_pipeline.calendars import next_bar_closes
-from forecasting_pipeline.database import PostgresResource
-from forecasting_pipeline.fan_charts import window_fan_chart
-from forecasting_pipeline.features import engineer_covariates
-from forecasting_pipeline.forecasting import (
+from forecasting_pipeline.orchestration.cadences import Cadence, check_horizon
+from forecasting_pipeline.market.calendars import next_bar_closes
+from forecasting_pipeline.storage.database import PostgresResource
+from forecasting_pipeline.serving.fan_charts import window_fan_chart
+from forecasting_pipeline.market.features import engineer_covariates
+from forecasting_pipeline.forecasting.inputs import (
     QUANTILE_LEVELS,
     drop_rejected,
     rejections_frame,
@@ -28,10 +28,10 @@ from forecasting_pipeline.forecasting import (
     unfit_forecasts,
     usable_model_inputs,
 )
-from forecasting_pipeline.ml_predictions import prediction_rows, upsert_window
-from forecasting_pipeline.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
-from forecasting_pipeline.instruments import load_instruments
-from forecasting_pipeline.validation import (
+from forecasting_pipeline.storage.ml_predictions import prediction_rows, upsert_window
+from forecasting_pipeline.orchestration.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+from forecasting_pipeline.market.instruments import load_instruments
+from forecasting_pipeline.market.validation import (
     EXCLUDED,
     ValidationConfig,
     check_names,
@@ -50,7 +50,7 @@ class HistoryConfig(dg.Config):
     history_bars: int | None = Field(
         default=None, description="Bars of history per instrument; the cadence's context length when unset."
     )
-    # Bar-validation thresholds (forecasting_pipeline.validation.ValidationConfig documents each).
+    # Bar-validation thresholds (forecasting_pipeline.market.validation.ValidationConfig documents each).
     min_history_bars: int = Field(default=ValidationConfig.min_history_bars, description="Fewer bars exclude the instrument.")
     jump_sigma: float = Field(default=ValidationConfig.jump_sigma, description="Returns beyond this many robust sigmas are reported.")
     max_missing_fraction: float = Field(

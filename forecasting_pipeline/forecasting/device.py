@@ -210,7 +210,7 @@ def advisory_lock(database_url: str, key: int, timeout_s: float, poll_s: float =
     # Imported here so that the GPU check (benchmarks/gpu_check.py) runs where only torch is installed.
     import psycopg
 
-    from forecasting_pipeline.database import connect
+    from forecasting_pipeline.storage.database import connect
 
     conn = connect(database_url, attempts=1)
     conn.autocommit = True
@@ -256,7 +256,7 @@ def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: Ex
     if database_url is None:
         logger.warning("no database for the GPU lock: using the GPU without cross-process coordination")
     else:
-        from forecasting_pipeline.database import DatabaseUnavailableError, describe_database
+        from forecasting_pipeline.storage.database import DatabaseUnavailableError, describe_database
 
         started = time.monotonic()
         try:

@@ -15,11 +15,11 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from forecasting_pipeline.assets import markdown_table
-from forecasting_pipeline.cadences import Cadence
-from forecasting_pipeline.calendars import bar_duration
-from forecasting_pipeline.database import PostgresResource
-from forecasting_pipeline.evaluation import (
+from forecasting_pipeline.orchestration.chain import markdown_table
+from forecasting_pipeline.orchestration.cadences import Cadence
+from forecasting_pipeline.market.calendars import bar_duration
+from forecasting_pipeline.storage.database import PostgresResource
+from forecasting_pipeline.scoring.evaluation import (
     CANARY_RECENT_DATES,
     bars_to_read,
     complete_as_of,
@@ -28,9 +28,9 @@ from forecasting_pipeline.evaluation import (
     replace_scores,
     scoring_since,
 )
-from forecasting_pipeline.plots import png_metadata, rolling_scores_png
-from forecasting_pipeline.resources import InstrumentsResource, MarketDataResource
-from forecasting_pipeline.scoring import (
+from forecasting_pipeline.serving.plots import png_metadata, rolling_scores_png
+from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource
+from forecasting_pipeline.scoring.scores import (
     CANARY_DEADBAND,
     CANARY_PERSIST,
     CANARY_WINDOW,

@@ -77,7 +77,7 @@ class Migration:
 
 def default_migrations_dir() -> Path:
     """``MIGRATIONS_DIR`` if set, else the repository's ``migrations/`` folder."""
-    return Path(os.environ.get("MIGRATIONS_DIR") or Path(__file__).resolve().parents[1] / "migrations")
+    return Path(os.environ.get("MIGRATIONS_DIR") or Path(__file__).resolve().parents[2] / "migrations")
 
 
 def discover(directory: Path | None = None) -> list[Migration]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from forecasting_pipeline.calendars import validate_calendar_name
+from forecasting_pipeline.market.calendars import validate_calendar_name
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Instrument:
     asset_class : str
         One of ``ASSET_CLASSES``.
     calendar : str
-        Calendar name understood by :mod:`forecasting_pipeline.calendars`.
+        Calendar name understood by :mod:`forecasting_pipeline.market.calendars`.
     """
 
     symbol: str
