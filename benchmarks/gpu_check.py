@@ -58,8 +58,8 @@ def build_inputs(cadence: str, context_length: int, end: datetime) -> list[dict]
     """One model input per instrument of the shipped universe, as the forecast asset builds them."""
     import polars as pl
 
-    from forecasting_pipeline.market.features import engineer_covariates
     from forecasting_pipeline.forecasting.inputs import model_inputs
+    from forecasting_pipeline.market.features import engineer_covariates
     from forecasting_pipeline.market.instruments import load_instruments
     from forecasting_pipeline.market.sources.sample import sample_bars
 
@@ -99,7 +99,7 @@ def measure(checkpoint: Path, dtype: str, inputs: list[dict], horizon: int, cont
     import torch
 
     from forecasting_pipeline.forecasting.model import load_chronos2
-    from forecasting_pipeline.forecasting.inputs import predict_quantiles
+    from forecasting_pipeline.forecasting.predict import predict_quantiles
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -163,7 +163,7 @@ def batching(checkpoint: Path, inputs: list[dict], horizon: int, context_length:
     import torch
 
     from forecasting_pipeline.forecasting.model import load_chronos2
-    from forecasting_pipeline.forecasting.inputs import predict_quantiles
+    from forecasting_pipeline.forecasting.predict import predict_quantiles
 
     loaded = load_chronos2(str(checkpoint), device=device, dtype="float32")
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -209,9 +209,9 @@ def force_oom(checkpoint: Path, inputs: list[dict], horizon: int, context_length
     """Cap this process's GPU memory just above the weights and run through gpu.run_on_device."""
     import torch
 
-    from forecasting_pipeline.forecasting.model import load_chronos2
-    from forecasting_pipeline.forecasting.inputs import predict_quantiles
     from forecasting_pipeline.forecasting.device import GpuSettings, run_on_device
+    from forecasting_pipeline.forecasting.model import load_chronos2
+    from forecasting_pipeline.forecasting.predict import predict_quantiles
 
     gc.collect()
     torch.cuda.empty_cache()

@@ -22,13 +22,13 @@ import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 import torch  # noqa: E402
 from chronos import Chronos2Pipeline  # noqa: E402
+from workload import script_arguments  # noqa: E402
 
+from forecasting_pipeline.forecasting.inputs import model_inputs  # noqa: E402
 from forecasting_pipeline.market.calendars import next_bar_closes  # noqa: E402
 from forecasting_pipeline.market.features import engineer_covariates  # noqa: E402
-from forecasting_pipeline.forecasting.inputs import model_inputs  # noqa: E402
 from forecasting_pipeline.market.instruments import load_instruments  # noqa: E402
 from forecasting_pipeline.market.sources.sample import sample_bars  # noqa: E402
-from workload import script_arguments  # noqa: E402
 
 INSERT = """
 INSERT INTO ml_predictions (symbol, timeframe, model_name, model_version, as_of, predictions, created_at)

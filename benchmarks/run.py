@@ -74,7 +74,7 @@ from workload import (  # noqa: E402
     window_inputs,
 )
 
-from forecasting_pipeline.orchestration.cadences import CADENCES  # noqa: E402
+from forecasting_pipeline.market.cadences import CADENCES
 
 QUICK_CONTEXT = {"1d": 256, "1h": 512}
 TARGETS = {

@@ -34,13 +34,13 @@ import dagster as dg  # noqa: E402
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 
-from forecasting_pipeline.orchestration.cadences import CADENCES  # noqa: E402
-from forecasting_pipeline.storage.database import PostgresResource  # noqa: E402
-from forecasting_pipeline.scoring.evaluation import read_all_forecasts  # noqa: E402
+from forecasting_pipeline.market.cadences import CADENCES
 from forecasting_pipeline.market.instruments import load_instruments  # noqa: E402
 from forecasting_pipeline.market.sources.sample import sample_bars  # noqa: E402
-from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource  # noqa: E402
+from forecasting_pipeline.orchestration.partitions import cadence_windows
+from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource  # noqa: E402
 from forecasting_pipeline.orchestration.scoring_assets import build_scoring  # noqa: E402
+from forecasting_pipeline.scoring.evaluation import read_all_forecasts  # noqa: E402
 
 # The newest window scored: fixed, so runs on different days measure the same history.
 END = {"1h": "2026-03-02-15:00", "1d": "2026-03-02"}
@@ -53,7 +53,7 @@ def peak_rss_mb() -> float:
 def fill(conn: psycopg.Connection, cadence: str, days: int) -> dict[str, int]:
     """Store one forecast per instrument and bar close in the last DAYS, for both models; rows per model."""
     spec = CADENCES[cadence]
-    end = spec.partitions_def.time_window_for_partition_key(END[cadence]).end
+    end = cadence_windows(spec).end_of(END[cadence])
     bars_per_day = 24 if cadence == "1h" else 1
     horizon = spec.horizon
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def main() -> int:
         results["rss_before_read_mb"] = rss_before
         del stored
 
-        end = CADENCES[c].partitions_def.time_window_for_partition_key(END[c]).end
+        end = cadence_windows(CADENCES[c]).end_of(END[c])
         t = time.perf_counter()
         with dg.instance_for_test() as instance:
             run = dg.materialize(

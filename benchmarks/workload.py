@@ -11,11 +11,12 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from forecasting_pipeline.orchestration.cadences import CADENCES
-from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.forecasting.inputs import model_inputs
+from forecasting_pipeline.market.cadences import CADENCES
+from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.market.instruments import load_instruments
 from forecasting_pipeline.market.sources.sample import sample_bars
+from forecasting_pipeline.orchestration.partitions import cadence_windows
 
 # Fixed windows, so runs on different days and machines measure the same data.
 WINDOWS = {"1d": "2026-03-02", "1h": "2026-03-02-15:00"}
@@ -36,7 +37,7 @@ class Workload:
 
     @property
     def window_end(self) -> datetime:
-        return CADENCES[self.cadence].partitions_def.time_window_for_partition_key(self.window).end
+        return cadence_windows(CADENCES[self.cadence]).end_of(self.window)
 
 
 def window_inputs(workload: Workload) -> tuple[list, list[dict]]:

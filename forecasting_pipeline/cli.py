@@ -21,11 +21,14 @@ import sys
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from forecasting_pipeline.orchestration.partitions import Windows
+    from forecasting_pipeline.settings import Settings
 
 logger = logging.getLogger("forecasting_pipeline")
 
-GPU_POOL = "gpu"
-GPU_POOL_LIMIT = 1
 DEMO_CHECKPOINT = Path(".models") / "chronos2-random-tiny"
 
 
@@ -77,6 +80,8 @@ def setup_instance() -> int:
     """
     import dagster as dg
 
+    from forecasting_pipeline.orchestration.pools import GPU_POOL, GPU_POOL_LIMIT
+
     with dg.DagsterInstance.get() as instance:
         instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_POOL_LIMIT)
         return instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count
@@ -84,63 +89,73 @@ def setup_instance() -> int:
 
 def cmd_setup_instance(args: argparse.Namespace) -> int:
     limit = setup_instance()
-    print(f"Dagster instance at {os.environ.get('DAGSTER_HOME')}: pool {GPU_POOL!r} limited to {limit}")
+    print(f"Dagster instance at {os.environ.get('DAGSTER_HOME')}: pool 'gpu' limited to {limit}")
     return 0
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from forecasting_pipeline.orchestration.backfills import partition_range, runs_for, submit_chain_backfill
-    from forecasting_pipeline.orchestration.cadences import CADENCES
     from forecasting_pipeline.definitions import defs
+    from forecasting_pipeline.orchestration.backfills import partition_range, runs_for, submit_chain_backfill
 
-    cadence = CADENCES[args.cadence]
+    windows = _windows(args.cadence)
     try:
-        n_windows = len(partition_range(cadence, args.start, args.end))
+        n_windows = len(partition_range(windows, args.start, args.end))
     except ValueError as exc:
         # A mistyped or reversed range: say so and submit nothing.
         print(f"forecasting-pipeline backfill: {exc}", file=sys.stderr)
         return 2
     backfill_id = submit_chain_backfill(
-        dg.DagsterInstance.get(), defs.resolve_asset_graph(), cadence, args.start, args.end
+        dg.DagsterInstance.get(), defs.resolve_asset_graph(), windows, args.start, args.end
     )
     print(
-        f"backfill {backfill_id}: {n_windows} {cadence.name} windows {args.start}...{args.end} as "
-        f"{runs_for(cadence, n_windows)} run(s); the Dagster daemon (`make dev`) launches them. "
+        f"backfill {backfill_id}: {n_windows} {args.cadence} windows {args.start}...{args.end} as "
+        f"{runs_for(windows, n_windows)} run(s); the Dagster daemon (`make dev`) launches them. "
         "Progress: http://127.0.0.1:3000/runs/b/" + backfill_id
     )
     return 0
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
-    from forecasting_pipeline.forecasting.model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
+    from forecasting_pipeline.forecasting.model import (
+        RANDOM_WEIGHTS_NOTE,
+        write_random_checkpoint,
+    )
 
     path = write_random_checkpoint(args.dir, args.size)
     print(f"wrote {args.size} Chronos-2 checkpoint to {path}\n{RANDOM_WEIGHTS_NOTE}")
     return 0
 
 
-def _use_demo_checkpoint_if_unset() -> None:
-    """On fully embedded defaults only, fall back to a random tiny checkpoint, loudly."""
+def _demo_model_if_unset(settings: Settings) -> Settings:
+    """On fully embedded defaults only, a random tiny checkpoint instead of the hub's model, said loudly."""
     if os.environ.get("CHRONOS2_MODEL") or os.environ.get("FORECASTING_EMBEDDED_DB") != "1":
-        return
+        return settings
     from forecasting_pipeline.forecasting.model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
 
     if not (DEMO_CHECKPOINT / "config.json").exists():
         write_random_checkpoint(DEMO_CHECKPOINT, "tiny")
-    os.environ["CHRONOS2_MODEL"] = str(DEMO_CHECKPOINT.resolve())
     print(
         "!! CHRONOS2_MODEL is unset and the database is the embedded demo one: using a random tiny checkpoint\n"
         f"!! at {DEMO_CHECKPOINT}. {RANDOM_WEIGHTS_NOTE}\n"
         "!! Set CHRONOS2_MODEL=amazon/chronos-2 (with hub access) or a local checkpoint directory for real forecasts."
     )
+    return settings.with_model(str(DEMO_CHECKPOINT.resolve()))
+
+
+def _windows(cadence: str, settings: Settings | None = None) -> Windows:
+    from forecasting_pipeline.settings import Settings
+
+    return next(w for w in (settings or Settings.from_env()).windows() if w.cadence.name == cadence)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from forecasting_pipeline.orchestration.cadences import CADENCES
+    from forecasting_pipeline.orchestration.assembly import build_definitions
+    from forecasting_pipeline.orchestration.schedules import chain_group
+    from forecasting_pipeline.settings import Settings
     from forecasting_pipeline.storage.database import connect
     from forecasting_pipeline.storage.migrations import migrate
     from forecasting_pipeline.storage.ml_predictions import MODEL_NAME
@@ -152,15 +167,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     setup_instance()
+    settings = Settings.from_env()
     if args.demo_model_if_unset:
-        _use_demo_checkpoint_if_unset()
-
-    from forecasting_pipeline.definitions import defs
-
-    cadence = CADENCES[args.cadence]
-    partition = args.partition or cadence.partitions_def.get_last_partition_key()
+        settings = _demo_model_if_unset(settings)
+    windows = _windows(args.cadence, settings)
+    partition = args.partition or windows.partitions_def.get_last_partition_key()
     started = datetime.now(timezone.utc)
-    result = defs.resolve_job_def(f"chronos2_{cadence.name}_job").execute_in_process(
+    result = build_definitions(settings).resolve_job_def(f"{chain_group(windows)}_job").execute_in_process(
         instance=dg.DagsterInstance.get(), partition_key=partition, raise_on_error=False,
         # The full DEBUG event stream stays in the instance (the UI shows it); the terminal gets INFO.
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
@@ -179,11 +192,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             WHERE model_name = %s AND timeframe = %s AND created_at >= %s
             ORDER BY symbol
             """,
-            (MODEL_NAME, cadence.name, started),
+            (MODEL_NAME, args.cadence, started),
         ).fetchall()
     finally:
         conn.close()
-    print(f"\nwindow {partition} ({cadence.name}): {len(rows)} {MODEL_NAME} rows written to ml_predictions")
+    print(f"\nwindow {partition} ({args.cadence}): {len(rows)} {MODEL_NAME} rows written to ml_predictions")
     print(f"{'symbol':<9} {'as_of (UTC)':<17} {'steps':>5} {'p10[1]':>12} {'p50[1]':>12} {'p90[1]':>12}")
     for symbol, as_of, steps, p10, p50, p90, _version in rows:
         print(f"{symbol:<9} {as_of.astimezone(timezone.utc):%Y-%m-%d %H:%M} {steps:>5} {p10:>12.5g} {p50:>12.5g} {p90:>12.5g}")
@@ -193,8 +206,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_latest(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.serving.gateway import (
+        ReadPathMissingError,
+        UnknownSeriesError,
+        format_forecast,
+        latest_forecast,
+    )
     from forecasting_pipeline.storage.database import connect
-    from forecasting_pipeline.serving.gateway import ReadPathMissingError, UnknownSeriesError, format_forecast, latest_forecast
 
     conn = connect(_database_url())
     try:
@@ -209,15 +227,14 @@ def cmd_latest(args: argparse.Namespace) -> int:
 
 
 def cmd_model_server(args: argparse.Namespace) -> int:
-    from forecasting_pipeline.definitions import default_resources
     from forecasting_pipeline.forecasting.model_server import serve
+    from forecasting_pipeline.settings import Settings, chronos2_runner
 
     socket_path = args.socket or os.environ.get("CHRONOS2_SERVER")
     if not socket_path:
         sys.exit("model-server needs a socket path: --socket PATH or CHRONOS2_SERVER")
     # The same settings, read from the same environment, as the runs' chronos2 resource.
-    resource = default_resources()["chronos2"].process_config_and_initialize()
-    serve(resource, socket_path)
+    serve(chronos2_runner(Settings.from_env()), socket_path)
     return 0
 
 

@@ -3,15 +3,18 @@
 A run process imports Dagster, SQLAlchemy, polars, pandas and exchange_calendars, and, when it
 loads the model itself, torch, transformers and chronos: hundreds of thousands of objects that
 live until the process exits. The collector walks all of them in every full collection, and
-imports trigger many: in a daily run through the model server, six full collections took
-0.55-0.65 s on the 2-core CPU (measured with ``gc.callbacks``), about a fifth of what the run adds
-to the model call; with the model loaded in the run, eleven took about 1.0 s.
+imports trigger many, a measurable share of what a run adds to the model call (README:
+Performance).
 
 ``gc.freeze()`` moves every object that exists at that moment to a permanent generation that
 collections skip, and ``imports_without_collection`` also holds collections off while a block of
 imports runs. Reference counting still frees frozen objects as usual. Only a reference cycle
 among them would never be collected, and for module-level objects that live as long as the
 process that loses nothing.
+
+Freezing happens only while a process starts up: once after each group of long-lived imports
+(the definitions, the instance's storages, torch and chronos on their first use). Nothing that
+runs per model load or per batch freezes, so a long-lived process's frozen set does not grow.
 """
 
 from __future__ import annotations

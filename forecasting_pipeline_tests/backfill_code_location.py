@@ -7,16 +7,24 @@ test sets (``dg.EnvVar`` is resolved when a run starts, not when this file is im
 
 import dagster as dg
 
+from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER, build_chain
-from forecasting_pipeline.orchestration.cadences import DAILY
-from forecasting_pipeline.storage.database import PostgresResource
 from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
-from forecasting_pipeline.orchestration.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
-from forecasting_pipeline.orchestration.schedules import daily_job
+from forecasting_pipeline.orchestration.partitions import cadence_windows
+from forecasting_pipeline.orchestration.resources import (
+    Chronos2Resource,
+    InstrumentsResource,
+    MarketDataResource,
+    PostgresResource,
+)
+from forecasting_pipeline.orchestration.schedules import chain_job
+
+DAILY_WINDOWS = cadence_windows(DAILY)
 
 defs = dg.Definitions(
-    assets=build_chain(DAILY),
-    jobs=[daily_job],
+    # The universe comes from INSTRUMENTS_FILE at run time; its checks are declared for these two.
+    assets=build_chain(DAILY_WINDOWS, ["BTC-USD", "AAPL"]),
+    jobs=[chain_job(DAILY_WINDOWS)],
     resources={
         "database": PostgresResource(url=dg.EnvVar("DATABASE_URL")),
         "instruments": InstrumentsResource(file=dg.EnvVar("INSTRUMENTS_FILE")),

@@ -26,22 +26,32 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER
-from forecasting_pipeline.forecasting.model import write_random_checkpoint
-from forecasting_pipeline.storage.database import PostgresResource
-from forecasting_pipeline.storage.embedded_postgres import _with_database, embedded_server
-from forecasting_pipeline.orchestration.cadences import DAILY
-from forecasting_pipeline.market.features import engineer_covariates
-from forecasting_pipeline.forecasting.inputs import model_inputs
-from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
 from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
+from forecasting_pipeline.forecasting.inputs import model_inputs
+from forecasting_pipeline.forecasting.model import write_random_checkpoint
+from forecasting_pipeline.forecasting.model_server import describe
+from forecasting_pipeline.market.cadences import DAILY, HOURLY
+from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.market.instruments import load_instruments
 from forecasting_pipeline.market.sources.sample import sample_bars
+from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER
+from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
+from forecasting_pipeline.orchestration.partitions import cadence_windows
+from forecasting_pipeline.orchestration.resources import (
+    Chronos2Resource,
+    InstrumentsResource,
+    MarketDataResource,
+    PostgresResource,
+)
+from forecasting_pipeline.storage.embedded_postgres import _with_database, embedded_server
 from forecasting_pipeline.storage.migrations import migrate
-from forecasting_pipeline.forecasting.model_server import describe
-from forecasting_pipeline.orchestration.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
 
 MODEL_CONTEXT = 64
+
+# The default cadences' windows and the default universe, as the code location builds them.
+DAILY_WINDOWS = cadence_windows(DAILY)
+HOURLY_WINDOWS = cadence_windows(HOURLY)
+SYMBOLS = [i.symbol for i in load_instruments()]
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,7 +123,7 @@ def resources(database_url, tiny_checkpoint, tmp_path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def daily_inputs() -> list[dict]:
     """Model inputs (target + 2 covariates, 64 bars) for the 23 instruments of one daily window of the sample source."""
-    end = DAILY.partitions_def.time_window_for_partition_key("2025-06-02").end
+    end = DAILY_WINDOWS.end_of("2025-06-02")
     frames = [engineer_covariates(sample_bars(i, "1d", end, MODEL_CONTEXT)) for i in load_instruments()]
     _keys, model_in = model_inputs(pl.concat(frames), "2025-06-02", MODEL_CONTEXT)
     return model_in

@@ -17,13 +17,14 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 
-import forecasting_pipeline.orchestration.resources as resources_module
-from forecasting_pipeline.orchestration.chain import build_chain
-from forecasting_pipeline.orchestration.backfills import runs_for, submit_chain_backfill
-from forecasting_pipeline.orchestration.cadences import DAILY
+import forecasting_pipeline.forecasting.runner as runner_module
+from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.market.calendars import bar_closes
-from forecasting_pipeline.storage.ml_predictions import read_predictions
+from forecasting_pipeline.orchestration.backfills import runs_for, submit_chain_backfill
+from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource
+from forecasting_pipeline.storage.ml_predictions import read_predictions
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS
 
 CODE_LOCATION_MODULE = "forecasting_pipeline_tests.backfill_code_location"
 INSTRUMENTS_YAML = """instruments:
@@ -47,14 +48,14 @@ def daemon_instance():
 def load_counter(monkeypatch):
     """Counts real checkpoint loads, starting from an empty per-process model cache."""
     calls = []
-    real = resources_module.load_chronos2
+    real = runner_module.load_chronos2
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(resources_module, "_MODEL_CACHE", {})
-    monkeypatch.setattr(resources_module, "load_chronos2", counting)
+    monkeypatch.setattr(runner_module, "_MODEL_CACHE", {})
+    monkeypatch.setattr(runner_module, "load_chronos2", counting)
     return calls
 
 
@@ -82,14 +83,14 @@ def test_when_ten_daily_windows_are_backfilled_then_one_run_with_one_model_load_
     from forecasting_pipeline_tests.backfill_code_location import defs
 
     backfill_id = submit_chain_backfill(
-        daemon_instance, defs.resolve_asset_graph(), DAILY, "2025-06-02", "2025-06-11",
+        daemon_instance, defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-11",
         run_config={"ops": {"ohlcv_1d": {"config": {"history_bars": 256}}}},
     )
     run_backfill_daemon(daemon_instance, backfill_id)
 
     assert daemon_instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS
     runs = daemon_instance.get_runs()
-    assert len(runs) == 1 == runs_for(DAILY, 10)
+    assert len(runs) == 1 == runs_for(DAILY_WINDOWS, 10)
     assert runs[0].status == dg.DagsterRunStatus.SUCCESS
     assert (runs[0].tags["dagster/asset_partition_range_start"], runs[0].tags["dagster/asset_partition_range_end"]) == (
         "2025-06-02", "2025-06-11")
@@ -141,12 +142,12 @@ def test_when_future_bars_reach_the_source_then_a_rerun_window_stores_identical_
         "instruments": InstrumentsResource(symbols=list(SYMBOLS)),
         "market_data": MarketDataResource(source="files", path=str(bars)),
     }
-    first_run = dg.materialize(build_chain(DAILY, symbols=list(SYMBOLS)), partition_key=WINDOW, resources=point_in_time, instance=instance)
+    first_run = dg.materialize(build_chain(DAILY_WINDOWS, list(SYMBOLS)), partition_key=WINDOW, resources=point_in_time, instance=instance)
     first = read_predictions(conn, "1d").drop("created_at")
 
     # A month of bars after the window's end arrives; then the window is run again.
     write_random_walk_bars(bars, WINDOW_END, WINDOW_END + timedelta(days=30))
-    second_run = dg.materialize(build_chain(DAILY, symbols=list(SYMBOLS)), partition_key=WINDOW, resources=point_in_time, instance=instance)
+    second_run = dg.materialize(build_chain(DAILY_WINDOWS, list(SYMBOLS)), partition_key=WINDOW, resources=point_in_time, instance=instance)
     second = read_predictions(conn, "1d").drop("created_at")
 
     assert first_run.success and second_run.success

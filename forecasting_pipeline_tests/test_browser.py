@@ -24,8 +24,8 @@ import dagster as dg
 import pytest
 
 from forecasting_pipeline.orchestration.chain import build_chain
-from forecasting_pipeline.orchestration.cadences import DAILY
 from forecasting_pipeline.serving.plots import FIGURE_DPI, fan_figure_size
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -72,9 +72,9 @@ def dagster_ui(tmp_path, resources, database_url, conn, tiny_checkpoint) -> Iter
     """The URL of a dagster-webserver over an instance holding one materialised daily window."""
     # Kronos forecasts made an hour after the window closed, for three instruments: the fan overlays them.
     # They drift up from each instrument's last close, so the panels keep a readable scale.
-    window_end = DAILY.partitions_def.time_window_for_partition_key(WINDOW).end
+    window_end = DAILY_WINDOWS.end_of(WINDOW)
     universe = [i for i in resources["instruments"].instruments() if i.symbol in KRONOS_SYMBOLS]
-    bars, _ = resources["market_data"].bars(universe, "1d", window_end, 1)
+    bars, _ = resources["market_data"].bar_source().bars(universe, "1d", window_end, 1)
     for symbol, last_close in bars.select("symbol", "close").iter_rows():
         steps = [{"ts": (KRONOS_RUN + timedelta(days=i)).isoformat(), "close": last_close * (1 + 0.003 * i)}
                  for i in range(1, 11)]
@@ -89,7 +89,7 @@ def dagster_ui(tmp_path, resources, database_url, conn, tiny_checkpoint) -> Iter
     (home / ".nux").mkdir()
     (home / ".nux" / "nux.yaml").write_text("seen: 1\n")
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        result = dg.materialize(build_chain(DAILY), partition_key=WINDOW, resources=resources, instance=instance)
+        result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=resources, instance=instance)
         assert result.success
 
     port = _free_port()

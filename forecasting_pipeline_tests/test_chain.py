@@ -4,8 +4,8 @@ import dagster as dg
 import pytest
 
 from forecasting_pipeline.orchestration.chain import build_chain
-from forecasting_pipeline.orchestration.cadences import DAILY, HOURLY
 from forecasting_pipeline.storage.ml_predictions import read_predictions
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, HOURLY_WINDOWS, SYMBOLS
 
 N_INSTRUMENTS = 23
 
@@ -18,20 +18,21 @@ def _count(conn, model_name="chronos-2", timeframe=None):
 
 
 @pytest.mark.parametrize(
-    ("cadence", "partition", "horizon"),
-    [(DAILY, "2025-06-02", 10), (HOURLY, "2026-03-02-15:00", 24)],
+    ("windows", "partition", "horizon"),
+    [(DAILY_WINDOWS, "2025-06-02", 10), (HOURLY_WINDOWS, "2026-03-02-15:00", 24)],
 )
 def test_when_one_window_is_materialised_then_each_instrument_gets_one_full_forecast_row(
-    cadence, partition, horizon, resources, instance, conn
+    windows, partition, horizon, resources, instance, conn
 ):
-    result = dg.materialize(build_chain(cadence), partition_key=partition, resources=resources, instance=instance)
+    cadence = windows.cadence
+    result = dg.materialize(build_chain(windows, SYMBOLS), partition_key=partition, resources=resources, instance=instance)
 
     assert result.success
     stored = read_predictions(conn, cadence.name)
     assert stored["symbol"].n_unique() == N_INSTRUMENTS
     assert len(stored) == N_INSTRUMENTS * horizon
     assert _count(conn, timeframe=cadence.name) == N_INSTRUMENTS
-    window_end = cadence.partitions_def.time_window_for_partition_key(partition).end
+    window_end = windows.end_of(partition)
     assert stored["as_of"].max() <= window_end
     assert (stored["ts"] > stored["as_of"]).all()
     assert ((stored["p10"] <= stored["p50"]) & (stored["p50"] <= stored["p90"])).all()
@@ -39,7 +40,7 @@ def test_when_one_window_is_materialised_then_each_instrument_gets_one_full_fore
 
 def test_when_a_range_of_windows_runs_then_every_window_gets_its_rows_in_one_run(resources, instance, conn):
     result = dg.materialize(
-        build_chain(DAILY),
+        build_chain(DAILY_WINDOWS, SYMBOLS),
         resources=resources,
         instance=instance,
         tags={"dagster/asset_partition_range_start": "2025-06-02", "dagster/asset_partition_range_end": "2025-06-04"},
@@ -55,10 +56,10 @@ def test_when_a_range_of_windows_runs_then_every_window_gets_its_rows_in_one_run
 
 
 def test_when_a_window_is_run_twice_then_its_rows_are_replaced_not_duplicated(resources, instance, conn):
-    dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+    dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key="2025-06-02", resources=resources, instance=instance)
     first = read_predictions(conn, "1d").drop("created_at")
 
-    result = dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+    result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key="2025-06-02", resources=resources, instance=instance)
 
     assert result.success
     assert _count(conn, timeframe="1d") == N_INSTRUMENTS
@@ -79,8 +80,8 @@ def test_when_kronos_rows_exist_then_migrations_and_runs_leave_them_unchanged(re
         "FROM ml_predictions ORDER BY id"
     ).fetchall()
 
-    dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
-    dg.materialize(build_chain(HOURLY), partition_key="2026-03-02-15:00", resources=resources, instance=instance)
+    dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key="2025-06-02", resources=resources, instance=instance)
+    dg.materialize(build_chain(HOURLY_WINDOWS, SYMBOLS), partition_key="2026-03-02-15:00", resources=resources, instance=instance)
 
     after = conn.execute(
         "SELECT id, symbol, timeframe, model_name, model_version, as_of, created_at, predictions "
@@ -93,7 +94,7 @@ def test_when_kronos_rows_exist_then_migrations_and_runs_leave_them_unchanged(re
 
 def test_when_a_window_forecasts_then_steps_follow_each_instruments_trading_calendar(resources, instance, conn):
     # Friday 2025-06-06: the next daily closes skip the weekend for equities and FX, not for crypto.
-    dg.materialize(build_chain(DAILY), partition_key="2025-06-06", resources=resources, instance=instance)
+    dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key="2025-06-06", resources=resources, instance=instance)
     stored = read_predictions(conn, "1d", symbols=["AAPL", "BTC-USD", "EURUSD"])
 
     def first_steps(symbol):

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
+from forecasting_pipeline.cli import main
 from forecasting_pipeline.forecasting.model import (
     GEOMETRIES,
     ModelUnavailableError,
     load_chronos2,
 )
-from forecasting_pipeline.cli import main
 
 
 def test_when_a_local_checkpoint_loads_then_model_version_names_package_path_revision_and_random_weights(tiny_checkpoint):

@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from forecasting_pipeline.orchestration.chain import build_chain
-from forecasting_pipeline.orchestration.cadences import DAILY
 from forecasting_pipeline.serving.fan_charts import kronos_overlay, window_fan_chart
 from forecasting_pipeline.serving.plots import FIGURE_DPI, PNG_SIGNATURE, fan_figure_size
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 
 WINDOW = "2025-06-02"
 # The window ends at 2025-06-03 00:00 UTC; every instrument's daily as_of lies within the day before.
@@ -42,7 +42,7 @@ def test_when_a_window_is_materialised_then_metadata_holds_a_fan_png_with_kronos
     _kronos_row(conn, "BTC-USD", KRONOS_RUN)
     _kronos_row(conn, "MSFT", KRONOS_RUN + timedelta(days=7))
 
-    result = dg.materialize(build_chain(DAILY), partition_key=WINDOW, resources=resources, instance=instance)
+    result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=resources, instance=instance)
 
     assert result.success
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("ml_predictions_1d")]
@@ -98,7 +98,7 @@ def test_when_the_fan_cannot_be_drawn_then_the_rows_are_stored_and_the_run_succe
     )
     conn.commit()
 
-    result = dg.materialize(build_chain(DAILY), partition_key=WINDOW, resources=resources, instance=instance)
+    result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=resources, instance=instance)
 
     assert result.success
     assert conn.execute("SELECT count(*) FROM ml_predictions WHERE model_name = 'chronos-2'").fetchone()[0] == 23

@@ -6,19 +6,16 @@ import numpy as np
 import polars as pl
 import pytest
 
+from forecasting_pipeline.forecasting.inputs import Rejection, SeriesKey, model_inputs, usable_model_inputs
 from forecasting_pipeline.forecasting.model import load_chronos2
-from forecasting_pipeline.market.features import engineer_covariates
-from forecasting_pipeline.forecasting.inputs import (
-    AllForecastsRejectedError,
-    Rejection,
+from forecasting_pipeline.forecasting.predict import predict_quantiles
+from forecasting_pipeline.forecasting.shaping import (
     drop_rejected,
-    model_inputs,
-    predict_quantiles,
-    require_some_forecasts,
     shape_forecasts,
     unfit_forecasts,
-    usable_model_inputs,
 )
+from forecasting_pipeline.forecasting.window_forecasts import WindowForecasts
+from forecasting_pipeline.market.features import engineer_covariates
 
 UTC = timezone.utc
 
@@ -135,15 +132,14 @@ def test_when_forecasts_are_unfit_then_each_window_and_instrument_is_named_once_
     assert drop_rejected(forecasts, rejected)["symbol"].unique().to_list() == ["AAA"]
 
 
-def test_when_a_window_keeps_no_instrument_then_the_error_lists_every_reason():
+def test_when_a_window_keeps_no_instrument_then_it_is_empty_with_every_reason_listed():
     rejected = [Rejection("w1", "AAA", "model_input", "non-finite close at bar x"),
                 Rejection("w1", "BBB", "horizon", "2 steps, expected 3")]
+    kept = shape_forecasts([SeriesKey("w0", "AAA", datetime(2025, 1, 1, tzinfo=UTC))], np.ones((1, 2, 3)),
+                           lambda symbol, as_of, n: [as_of + timedelta(days=i + 1) for i in range(n)])
+    result = WindowForecasts({"w0": kept.drop("window"), "w1": kept.clear().drop("window")}, rejected, None, 1, 2, 64)
 
-    require_some_forecasts(["w1"], {"w1"}, rejected)
-    with pytest.raises(AllForecastsRejectedError) as error:
-        require_some_forecasts(["w0", "w1"], {"w0"}, rejected)
-
-    assert str(error.value) == (
+    assert result.empty == {"w1": (
         "window w1: every instrument's forecast was rejected, so nothing is written. "
         "AAA: model_input: non-finite close at bar x; BBB: horizon: 2 steps, expected 3"
-    )
+    )}

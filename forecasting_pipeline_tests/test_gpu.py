@@ -15,11 +15,21 @@ import pytest
 import torch
 
 from forecasting_pipeline import cli
+from forecasting_pipeline.forecasting.device import (
+    GIB,
+    GPU_LOCK_KEY,
+    GpuProcess,
+    GpuSettings,
+    advisory_lock,
+    run_on_device,
+)
+from forecasting_pipeline.forecasting.runner import _MODEL_CACHE
+from forecasting_pipeline.market.cadences import DAILY, HOURLY
 from forecasting_pipeline.orchestration.chain import build_chain
-from forecasting_pipeline.orchestration.cadences import DAILY, HOURLY
+from forecasting_pipeline.orchestration.pools import GPU_POOL
+from forecasting_pipeline.orchestration.resources import Chronos2Resource
 from forecasting_pipeline.storage.embedded_postgres import dagster_storage_url
-from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY, GIB, GpuProcess, GpuSettings, advisory_lock, run_on_device
-from forecasting_pipeline.orchestration.resources import _MODEL_CACHE, Chronos2Resource
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 
 REPO = Path(__file__).resolve().parents[1]
 HORIZON = 10
@@ -86,7 +96,8 @@ def test_when_settings_name_an_unknown_device_then_they_are_refused():
 def test_when_cuda_is_absent_then_auto_runs_the_real_model_on_cpu_without_a_fallback(tiny_checkpoint, daily_inputs):
     resource = Chronos2Resource(model=str(tiny_checkpoint), device="auto")
 
-    quantiles, loaded, _timings, record = resource.predict_quantiles(daily_inputs, HORIZON, CONTEXT, cuda=FakeCuda(False))
+    done = resource.runner().predict(daily_inputs, HORIZON, CONTEXT, cuda=FakeCuda(False))
+    quantiles, loaded, _timings, record = done.quantiles, done.model, done.timings, done.device_run
 
     assert quantiles.shape == (23, HORIZON, 3)
     assert loaded.device == "cpu"
@@ -177,7 +188,8 @@ def test_when_another_connection_holds_the_gpu_lock_then_the_resource_runs_on_cp
         model=str(tiny_checkpoint), device="auto", lock_timeout_s=0.5, lock_database_url=held_gpu_lock
     )
 
-    quantiles, loaded, _timings, record = resource.predict_quantiles(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+    done = resource.runner().predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+    quantiles, loaded, _timings, record = done.quantiles, done.model, done.timings, done.device_run
 
     assert quantiles.shape == (23, HORIZON, 3)
     assert loaded.device == "cpu"
@@ -202,8 +214,9 @@ def test_when_cuda_runs_out_of_memory_then_the_same_batch_runs_on_cpu_and_the_ru
     resource = Chronos2Resource(model=str(tiny_checkpoint), device="auto", lock_database_url=empty_database_url)
     cpu_only = Chronos2Resource(model=str(tiny_checkpoint), device="cpu")
 
-    quantiles, loaded, _timings, record = resource.predict_quantiles(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
-    expected, *_ = cpu_only.predict_quantiles(daily_inputs, HORIZON, CONTEXT)
+    done = resource.runner().predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+    quantiles, loaded, _timings, record = done.quantiles, done.model, done.timings, done.device_run
+    expected = cpu_only.runner().predict(daily_inputs, HORIZON, CONTEXT).quantiles
 
     assert loaded.device == "cpu"
     np.testing.assert_array_equal(quantiles, expected)
@@ -220,7 +233,7 @@ def test_when_a_window_is_forecast_then_its_metadata_records_the_device(resource
         model=resources["chronos2"].model, device="cpu", lock_database_url=database_url
     )}
 
-    result = dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+    result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key="2025-06-02", resources=resources, instance=instance)
 
     metadata = result.asset_materializations_for_node("chronos2_forecasts_1d")[0].metadata
     assert metadata["device_used"].value == "cpu"
@@ -241,7 +254,7 @@ def test_when_definitions_load_then_every_asset_that_runs_the_model_is_in_the_gp
     ]
 
     assert [k.path[-1] for a in model_assets for k in a.keys] == [f"chronos2_forecasts_{cadence.name}"]
-    assert {a.op.pool for a in model_assets} == {cli.GPU_POOL}
+    assert {a.op.pool for a in model_assets} == {GPU_POOL}
 
 
 def test_when_the_instance_is_set_up_then_the_gpu_pool_has_a_limit_of_one(empty_database_url, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from forecasting_pipeline.forecasting.runner import Chronos2Runner
 from forecasting_pipeline.heap import imports_without_collection
 
 
@@ -49,3 +50,16 @@ def test_when_objects_are_created_after_the_block_then_their_cycles_are_still_co
 
     assert gc.get_freeze_count() == frozen >= len(kept)
     assert gc.collect() >= 1
+
+
+def test_when_a_long_lived_process_reloads_the_model_then_nothing_more_is_frozen(tiny_checkpoint):
+    runner = Chronos2Runner(model=str(tiny_checkpoint), device="cpu")
+    runner.load("cpu")
+    frozen_after_first_load = gc.get_freeze_count()
+
+    for _ in range(3):
+        runner.release("cpu")
+        runner.load("cpu")
+
+    # Frozen objects can still be freed by reference counting; none are added.
+    assert gc.get_freeze_count() <= frozen_after_first_load

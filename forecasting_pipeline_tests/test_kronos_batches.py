@@ -9,11 +9,12 @@ import importlib
 import dagster as dg
 import pytest
 
-from forecasting_pipeline import cli
-from forecasting_pipeline.orchestration.cadences import DAILY
-from forecasting_pipeline.storage.database import PostgresResource
 from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
-from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource, build_kronos_batch, describe_url
+from forecasting_pipeline.forecasting.kronos_batch import describe_url
+from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource, build_kronos_batch
+from forecasting_pipeline.orchestration.pools import GPU_POOL
+from forecasting_pipeline.orchestration.resources import PostgresResource
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS
 from forecasting_pipeline_tests.test_reliability import event_text, user_error
 
 WINDOW = "2025-06-02"
@@ -26,7 +27,7 @@ def _materialize(instance, database_url, **settings):
         "database": PostgresResource(url=database_url),
     }
     return dg.materialize(
-        build_kronos_batch(DAILY), partition_key=WINDOW, resources=resources, instance=instance, raise_on_error=False
+        build_kronos_batch(DAILY_WINDOWS), partition_key=WINDOW, resources=resources, instance=instance, raise_on_error=False
     )
 
 
@@ -149,7 +150,7 @@ def test_when_a_kronos_url_is_set_then_each_cadence_has_a_kronos_asset_in_the_gp
 
     for cadence in ("1h", "1d"):
         asset = defs.resolve_assets_def(f"kronos_predictions_{cadence}")
-        assert asset.op.pool == cli.GPU_POOL
+        assert asset.op.pool == GPU_POOL
         assert defs.resolve_job_def(f"kronos_{cadence}_job").executor_def is dg.in_process_executor
         schedule = defs.resolve_schedule_def(f"kronos_{cadence}_schedule")
         assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -18,18 +18,10 @@ from psycopg import sql
 
 from forecasting_pipeline.market.calendars import bar_closes
 from forecasting_pipeline.market.instruments import Instrument, load_instruments
-from forecasting_pipeline.market.sources import (
-    BARS_SCHEMA,
-    SAMPLE_IS_SYNTHETIC_NOTE,
-    BarTable,
-    coerce_bars,
-    find_bar_file,
-    read_bar_file,
-    read_bars_from_files,
-    read_bars_from_table,
-    sample_bars,
-)
-from forecasting_pipeline.market.sources.sample import _full_series, _stable_seed
+from forecasting_pipeline.market.sources.files import find_bar_file, read_bar_file, read_bars_from_files
+from forecasting_pipeline.market.sources.postgres import BarTable, read_bars_from_table
+from forecasting_pipeline.market.sources.sample import SAMPLE_IS_SYNTHETIC_NOTE, _full_series, _stable_seed, sample_bars
+from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, coerce_bars
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 BTC = Instrument("BTC-USD", "crypto", "24/7")

@@ -15,11 +15,11 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from forecasting_pipeline.orchestration.chain import build_chain
-from forecasting_pipeline.orchestration.cadences import DAILY
-from forecasting_pipeline.storage.ml_predictions import read_predictions
 from forecasting_pipeline.forecasting.model_server import ModelServerError, describe
+from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.resources import Chronos2Resource
+from forecasting_pipeline.storage.ml_predictions import read_predictions
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 
 HORIZON = 10
 CONTEXT = 64  # the daily_inputs fixture's length (conftest.py)
@@ -35,8 +35,10 @@ def test_when_a_run_forecasts_through_the_server_then_it_gets_what_the_model_giv
     here = Chronos2Resource(model=str(tiny_checkpoint), device="cpu")
     served_before = describe(model_server.socket)["served"]
 
-    quantiles, model, timings, record = _served(here, model_server.socket).predict_quantiles(daily_inputs, HORIZON, CONTEXT)
-    expected, expected_model, _, local = here.predict_quantiles(daily_inputs, HORIZON, CONTEXT)
+    done = _served(here, model_server.socket).runner().predict(daily_inputs, HORIZON, CONTEXT)
+    quantiles, model, timings, record = done.quantiles, done.model, done.timings, done.device_run
+    local_done = here.runner().predict(daily_inputs, HORIZON, CONTEXT)
+    expected, expected_model, _, local = local_done.quantiles, local_done.model, local_done.timings, local_done.device_run
 
     np.testing.assert_array_equal(quantiles, expected)
     assert model == expected_model
@@ -51,7 +53,7 @@ def test_when_the_chain_runs_with_a_server_then_its_rows_are_stored_and_say_wher
 ):
     resources = {**resources, "chronos2": _served(resources["chronos2"], model_server.socket)}
 
-    result = dg.materialize(build_chain(DAILY), partition_key="2025-06-02", resources=resources, instance=instance)
+    result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key="2025-06-02", resources=resources, instance=instance)
 
     assert result.success
     assert read_predictions(conn, "1d")["symbol"].n_unique() == 23
@@ -66,7 +68,8 @@ def test_when_no_server_answers_then_the_run_loads_the_model_itself_and_says_why
     missing = str(tmp_path / "nobody.sock")
     resource = Chronos2Resource(model=str(tiny_checkpoint), device="cpu", server_socket=missing)
 
-    quantiles, _model, _timings, record = resource.predict_quantiles(daily_inputs, HORIZON, CONTEXT)
+    done = resource.runner().predict(daily_inputs, HORIZON, CONTEXT)
+    quantiles, _model, _timings, record = done.quantiles, done.model, done.timings, done.device_run
 
     assert quantiles.shape == (23, HORIZON, 3)
     assert record.model_process.startswith(f"this run (no model server at {missing}")
@@ -81,7 +84,7 @@ def test_when_the_server_runs_another_model_then_the_run_fails_naming_both_and_t
     )
 
     with pytest.raises(ModelServerError, match=r"this server runs .*'float32'.*the run asked for .*'bfloat16'"):
-        wants_bf16.predict_quantiles(daily_inputs, HORIZON, CONTEXT)
+        wants_bf16.runner().predict(daily_inputs, HORIZON, CONTEXT)
 
     assert describe(model_server.socket)["pid"] == model_server.process.pid
 

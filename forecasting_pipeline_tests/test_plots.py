@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from forecasting_pipeline.orchestration.metadata import png_metadata
 from forecasting_pipeline.serving.plots import (
     FAN_HEADER_IN,
     FAN_PANEL_SIZE_IN,
@@ -21,7 +22,6 @@ from forecasting_pipeline.serving.plots import (
     fan_figure_size,
     forecast_fan_png,
     png_markdown,
-    png_metadata,
     reference_level,
     rolling_scores_png,
 )

@@ -14,16 +14,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from forecasting_pipeline.orchestration.chain import build_chain
-from forecasting_pipeline.orchestration.cadences import DAILY
-from forecasting_pipeline.market.calendars import last_bar_close
 from forecasting_pipeline.forecasting.model import ModelUnavailableError, load_chronos2
-from forecasting_pipeline.storage.database import DatabaseUnavailableError, PostgresResource
+from forecasting_pipeline.market.calendars import last_bar_close
 from forecasting_pipeline.market.instruments import load_instruments, select_instruments
 from forecasting_pipeline.market.sources.sample import sample_bars
+from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
+from forecasting_pipeline.storage.database import DatabaseUnavailableError
 from forecasting_pipeline.storage.migrations import MigrationError, migrate
-from forecasting_pipeline.storage.ml_predictions import KRONOS_MODEL_NAME, PredictionRow, upsert_window, window_lock_name
-from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource
+from forecasting_pipeline.storage.ml_predictions import (
+    KRONOS_MODEL_NAME,
+    PredictionRow,
+    upsert_window,
+    window_lock_name,
+)
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 
 WINDOW = "2025-06-02"
 WINDOW_END = datetime(2025, 6, 3, tzinfo=timezone.utc)
@@ -97,7 +102,7 @@ def test_when_one_instruments_file_is_bad_then_the_others_are_written_and_its_ch
 ):
     (bar_files.root / "1d" / "AAPL.parquet").write_bytes(b"not a parquet file")
 
-    result = dg.materialize(build_chain(DAILY), partition_key=WINDOW, resources=files_resources, instance=instance)
+    result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=files_resources, instance=instance)
 
     assert result.success
     assert [(s, n) for s, _, _, n in chronos_rows(conn)] == [("BTC-USD", 10), ("EURUSD", 10)]
@@ -130,7 +135,7 @@ def test_when_one_instruments_forecast_cannot_be_stored_then_the_others_are_writ
     aapl = select_instruments(load_instruments(), ["AAPL"])[0]
     bar_files.write("AAPL", _at_level(sample_bars(aapl, "1d", WINDOW_END, 200), level))
 
-    result = dg.materialize(build_chain(DAILY), partition_key=WINDOW, resources=files_resources, instance=instance)
+    result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=files_resources, instance=instance)
 
     assert result.success
     assert [(s, n) for s, _, _, n in chronos_rows(conn)] == [("BTC-USD", 10), ("EURUSD", 10)]
@@ -150,12 +155,12 @@ def test_when_every_instruments_forecast_is_rejected_then_the_run_fails_clearly_
         bar_files.write(instrument.symbol, _at_level(sample_bars(instrument, "1d", WINDOW_END, 200), 1e41))
 
     result = dg.materialize(
-        build_chain(DAILY), partition_key=WINDOW, resources=files_resources, instance=instance, raise_on_error=False
+        build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=files_resources, instance=instance, raise_on_error=False
     )
 
     assert not result.success
     assert user_error(result, "chronos2_forecasts_1d").startswith(
-        "forecasting_pipeline.forecasting.inputs.AllForecastsRejectedError: window 2025-06-02: every instrument's forecast "
+        "forecasting_pipeline.forecasting.shaping.AllForecastsRejectedError: window 2025-06-02: every instrument's forecast "
         "was rejected, so nothing is written. AAPL: model_input: close 1e+41 at bar "
     )
     assert chronos_rows(conn) == []
@@ -168,7 +173,7 @@ def test_when_every_instrument_is_excluded_then_the_run_fails_clearly_and_writes
         bar_files.write_bytes(symbol, b"ts,open\n", fmt="parquet")
 
     result = dg.materialize(
-        build_chain(DAILY), partition_key=WINDOW, resources=files_resources, instance=instance, raise_on_error=False
+        build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=files_resources, instance=instance, raise_on_error=False
     )
 
     assert not result.success
@@ -183,7 +188,7 @@ def test_when_a_symbol_is_unknown_then_the_run_fails_before_any_write(resources,
     resources = {**resources, "instruments": InstrumentsResource(symbols=["AAPL", "NOPE"])}
 
     result = dg.materialize(
-        build_chain(DAILY), partition_key=WINDOW, resources=resources, instance=instance, raise_on_error=False
+        build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=resources, instance=instance, raise_on_error=False
     )
 
     assert not result.success
@@ -193,7 +198,7 @@ def test_when_a_symbol_is_unknown_then_the_run_fails_before_any_write(resources,
 
 def test_when_the_horizon_is_unsupported_then_the_run_fails_before_any_write(files_resources, instance, conn):
     result = dg.materialize(
-        build_chain(DAILY), partition_key=WINDOW, resources=files_resources, instance=instance, raise_on_error=False,
+        build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=files_resources, instance=instance, raise_on_error=False,
         run_config=dg.RunConfig({"chronos2_forecasts_1d": {"config": {"horizon": 5000}}}),
     )
 
@@ -233,7 +238,7 @@ def test_when_the_connection_is_killed_mid_write_then_nothing_partial_shows_and_
     killer = threading.Thread(target=kill_mid_write)
     killer.start()
     try:
-        result = dg.materialize(build_chain(DAILY), partition_key=WINDOW, resources=files_resources, instance=instance)
+        result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key=WINDOW, resources=files_resources, instance=instance)
     finally:
         killer.join()
         blocker.close()
@@ -310,7 +315,7 @@ def test_when_postgres_is_unreachable_then_the_error_names_host_and_database_and
     good_url = f"postgresql://fp_secret_user:{SECRET}@/{dbname}?host={socket_dir}"
     bad_url = f"postgresql://fp_secret_user:{SECRET}@127.0.0.1:1/{dbname}"
     monkeypatch.setenv("FP_TEST_SECRET_URL", good_url)
-    chain = build_chain(DAILY)
+    chain = build_chain(DAILY_WINDOWS, SYMBOLS)
     secret_resources = {
         **resources,
         "instruments": InstrumentsResource(symbols=["AAPL", "BTC-USD", "EURUSD"]),

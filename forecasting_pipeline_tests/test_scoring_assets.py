@@ -17,12 +17,11 @@ import pydantic
 import pytest
 import yaml
 
-from forecasting_pipeline.orchestration.cadences import DAILY
-from forecasting_pipeline.storage.database import PostgresResource
+from forecasting_pipeline.market.cadences import DAILY
+from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
+from forecasting_pipeline.orchestration.scoring_assets import COVERAGE_CHECK, SIGN_FLIP_CHECK, build_scoring
 from forecasting_pipeline.scoring.evaluation import read_scores
 from forecasting_pipeline.storage.ml_predictions import prediction_rows, upsert_window
-from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource
-from forecasting_pipeline.orchestration.scoring_assets import COVERAGE_CHECK, SIGN_FLIP_CHECK, build_scoring
 
 REPO = Path(__file__).resolve().parents[1]
 

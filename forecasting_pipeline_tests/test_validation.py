@@ -9,19 +9,18 @@ import pytest
 from forecasting_pipeline.market.calendars import last_bar_close
 from forecasting_pipeline.market.instruments import load_instruments, select_instruments
 from forecasting_pipeline.market.sources.sample import sample_bars
-from forecasting_pipeline.orchestration.resources import MarketDataResource
 from forecasting_pipeline.market.validation import (
     EXCLUDED,
     REPAIRED,
     WARNED,
-    AllInstrumentsExcludedError,
     ValidationConfig,
     check_names,
     findings_frame,
-    require_some_instruments,
+    nothing_to_forecast,
     validate_instrument,
     validate_window,
 )
+from forecasting_pipeline.orchestration.resources import MarketDataResource
 
 # The daily window 2025-06-02 ends at 2025-06-03 00:00 UTC.
 END = datetime(2025, 6, 3, tzinfo=timezone.utc)
@@ -43,7 +42,7 @@ def good_bars(symbol, end=END, n=N_BARS):
 
 def read_and_validate(root, symbols, end=END, config=None):
     chosen = select_instruments(universe(), symbols)
-    bars, errors = MarketDataResource(source="files", path=str(root)).bars(chosen, "1d", end, N_BARS)
+    bars, errors = MarketDataResource(source="files", path=str(root)).bar_source().bars(chosen, "1d", end, N_BARS)
     return validate_window(bars, chosen, "1d", end, config, source_errors=errors)
 
 
@@ -270,15 +269,16 @@ def test_when_every_instrument_is_excluded_then_the_window_fails_naming_each(bar
 
     validated = read_and_validate(bar_files.root, ["AAPL", "MSFT"])
 
-    with pytest.raises(AllInstrumentsExcludedError, match=r"window 2025-06-02: every instrument \(2\) was excluded") as err:
-        require_some_instruments("2025-06-02", validated)
-    assert "AAPL: short_history: 10 bars" in str(err.value)
-    assert "MSFT: unreadable:" in str(err.value)
+    reason = nothing_to_forecast("2025-06-02", validated)
+
+    assert reason.startswith("window 2025-06-02: every instrument (2) was excluded")
+    assert "AAPL: short_history: 10 bars" in reason
+    assert "MSFT: unreadable:" in reason
 
 
 def test_when_sample_bars_of_the_whole_universe_are_validated_then_none_is_excluded():
     for cadence, end, n in (("1d", END, 1024), ("1h", datetime(2026, 3, 2, 16, tzinfo=timezone.utc), 2048)):
-        bars, errors = MarketDataResource(source="sample").bars(universe(), cadence, end, n)
+        bars, errors = MarketDataResource(source="sample").bar_source().bars(universe(), cadence, end, n)
         validated = validate_window(bars, universe(), cadence, end, source_errors=errors)
         assert validated.excluded == []
         assert len(validated.bars) == len(bars)

@@ -256,7 +256,10 @@ def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: Ex
     if database_url is None:
         logger.warning("no database for the GPU lock: using the GPU without cross-process coordination")
     else:
-        from forecasting_pipeline.storage.database import DatabaseUnavailableError, describe_database
+        from forecasting_pipeline.storage.database import (
+            DatabaseUnavailableError,
+            describe_database,
+        )
 
         started = time.monotonic()
         try:

@@ -6,6 +6,7 @@ published geometry and so the real compute cost; neither forecasts anything mean
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -104,9 +105,9 @@ def write_random_checkpoint(directory: str | Path, size: Literal["tiny", "full"]
     return path
 
 
-# --- performance (issue 5): remember weight-file digests across processes ---------------------
-# Hashing the 478 MB full-size weights costs ~0.4 s of every run's start; a file whose path, size,
-# mtime and inode are unchanged has the same digest, so it is read from this cache instead.
+# A local checkpoint's revision is a digest of its weights. Hashing them is a noticeable part of a
+# run's start, and a file whose path, size, mtime and inode are unchanged has the same digest, so
+# digests are remembered across processes.
 def _digest_cache_file() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "forecasting_pipeline" / "weights_sha256.json"
@@ -142,7 +143,6 @@ def _local_revision(path: Path) -> str:
         except OSError:
             pass
     return "sha256:" + digest.hexdigest()[:12]
-# --- end performance (issue 5) -------------------------------------------------------------------
 
 
 def _check_local_checkpoint(path: Path) -> bool:
@@ -158,6 +158,15 @@ def _check_local_checkpoint(path: Path) -> bool:
             + "; only safetensors checkpoints are loaded, since pickle files can run code when opened."
         )
     return bool(json.loads(config_file.read_text()).get("random_weights", False))
+
+
+@functools.cache
+def _model_modules():
+    """torch and chronos, imported on first use: they stay for the life of the process (heap.py)."""
+    with imports_without_collection():
+        import torch
+        from chronos import Chronos2Pipeline
+    return torch, Chronos2Pipeline
 
 
 def load_chronos2(
@@ -176,11 +185,7 @@ def load_chronos2(
         Hub revision (commit, tag or branch) to pin; recorded in ``model_version``. For a local
         directory it is recorded as given, or else as a hash of the weights.
     """
-    # torch, transformers and chronos stay imported for the life of the process (heap.py).
-    with imports_without_collection():
-        import torch
-        from chronos import Chronos2Pipeline
-
+    torch, Chronos2Pipeline = _model_modules()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     path = Path(model).expanduser()
     if path.is_dir():

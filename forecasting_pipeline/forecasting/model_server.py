@@ -1,13 +1,13 @@
 """The model server: one long-lived process that keeps Chronos-2 loaded and forecasts for every run.
 
 Without it each run of a chain imports torch, transformers and chronos and loads the checkpoint
-before its first forecast: about 3.5 s on the 2-core CPU, more than the whole daily batch takes
-on a GPU. The server pays that once. A run (``Chronos2Resource`` with ``server_socket`` set) sends
+before its first forecast, which costs more than the whole daily batch on a GPU (README:
+Performance). The server pays that once. A run (``Chronos2Runner`` with ``server_socket`` set) sends
 its batch over a Unix socket and gets the quantiles back; when no server answers, the run loads
 the model itself, as it would without one.
 
 Placement does not change: the server runs each request through the same
-``Chronos2Resource.predict_here`` a run uses, so the GPU advisory lock, the free-memory test, the
+``Chronos2Runner.predict_here`` a run uses, so the GPU advisory lock, the free-memory test, the
 CPU fallback and the release of CUDA memory after each batch (gpu.py) apply per request. Only the
 CPU copy of the model, and the imports, stay warm. Requests are served one at a time.
 
@@ -27,23 +27,24 @@ import socket
 import socketserver
 import struct
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from forecasting_pipeline.forecasting.model import ModelIdentity
 from forecasting_pipeline.forecasting.device import DeviceRun
+from forecasting_pipeline.forecasting.model import ModelIdentity
+from forecasting_pipeline.forecasting.runner import Prediction
 
 if TYPE_CHECKING:
-    from forecasting_pipeline.orchestration.resources import Chronos2Resource
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
 
 logger = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">Q")
 MAX_HEADER_BYTES = 1 << 20
-# An hourly backfill run of 120 windows x 69 series x 2048 float32 values is about 70 MB.
+# Large enough for an hourly backfill run's inputs (120 windows x 69 series x 2048 float32 values).
 MAX_PAYLOAD_BYTES = 1 << 31
 CONNECT_TIMEOUT_S = 5.0
 IDLE_CLIENT_TIMEOUT_S = 30.0
@@ -138,17 +139,9 @@ def model_key(model: str, revision: str | None, dtype: str) -> dict[str, str | N
 # ---------------------------------------------------------------- client
 
 
-@dataclass(frozen=True)
-class ServedForecast:
-    quantiles: np.ndarray
-    model: ModelIdentity
-    timings: dict[str, float]
-    device_run: DeviceRun
-
-
 def request_forecast(
     socket_path: str, key: dict, inputs: list[dict], horizon: int, context_length: int
-) -> ServedForecast:
+) -> Prediction:
     """Send one batch to the model server at ``socket_path`` and wait for its quantiles.
 
     Raises ModelServerUnavailable when nothing listens there (the caller may run the model
@@ -174,7 +167,7 @@ def request_forecast(
         sock.close()
     if not header.get("ok"):
         raise ModelServerError(f"model server at {socket_path}: {header.get('error', 'no reason given')}")
-    return ServedForecast(
+    return Prediction(
         quantiles=out["quantiles"],
         model=ModelIdentity(**header["model"]),
         timings=header["timings"],
@@ -228,9 +221,9 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class _UnixServer(socketserver.UnixStreamServer):
-    def __init__(self, path: str, resource: Chronos2Resource) -> None:
-        self.resource = resource
-        self.key = model_key(resource.model, resource.revision, resource.dtype)
+    def __init__(self, path: str, runner: Chronos2Runner) -> None:
+        self.runner = runner
+        self.key = model_key(runner.model, runner.revision, runner.dtype)
         self.served = 0
         super().__init__(path, _Handler)
 
@@ -251,21 +244,19 @@ class _UnixServer(socketserver.UnixStreamServer):
         if wanted != self.key:
             return {"ok": False, "error": f"this server runs {self.key}, the run asked for {wanted}"}, None
         inputs = decode_inputs(header.get("covariates") or [], arrays)
-        quantiles, model, timings, device_run = self.resource.predict_here(
-            inputs, int(header["horizon"]), int(header["context_length"])
-        )
-        device_run = replace(device_run, model_process=f"model server pid {os.getpid()} at {self.server_address}")
+        done = self.runner.predict_here(inputs, int(header["horizon"]), int(header["context_length"]))
+        device_run = replace(done.device_run, model_process=f"model server pid {os.getpid()} at {self.server_address}")
         self.served += 1
         reply = {
             "ok": True,
-            "model": {"version": model.version, "device": model.device, "dtype": model.dtype},
-            "timings": timings,
+            "model": {"version": done.model.version, "device": done.model.device, "dtype": done.model.dtype},
+            "timings": done.timings,
             "device_run": device_run.to_json(),
         }
-        return reply, {"quantiles": quantiles}
+        return reply, {"quantiles": done.quantiles}
 
 
-def serve(resource: Chronos2Resource, socket_path: str | Path) -> None:
+def serve(runner: Chronos2Runner, socket_path: str | Path) -> None:
     """Load the model on the CPU, then answer requests at ``socket_path`` until SIGTERM or SIGINT."""
     path = Path(socket_path)
     if path.exists() and not path.is_socket():
@@ -282,9 +273,9 @@ def serve(resource: Chronos2Resource, socket_path: str | Path) -> None:
             probe.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    loaded = resource.load("cpu")
+    loaded = runner.load("cpu")
     logger.info("loaded %s on the CPU in %.1fs", loaded.version, time.perf_counter() - started)
-    server = _UnixServer(str(path), resource)
+    server = _UnixServer(str(path), runner)
 
     def stop(signum, _frame) -> None:
         # A second signal (Ctrl-C reaches `with-db` and this process alike) must not cut the clean-up short.

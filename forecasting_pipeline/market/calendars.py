@@ -34,9 +34,11 @@ import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
 
+from forecasting_pipeline.market.cadences import cadence_named
+from forecasting_pipeline.times import checked_utc, datetimes, epoch_us, from_epoch_us
+
 logger = logging.getLogger(__name__)
 
-CADENCES: tuple[str, ...] = ("1h", "1d")
 CALENDAR_24_7 = "24/7"
 CALENDAR_24_5 = "24/5"
 
@@ -46,7 +48,6 @@ _FX_TZ = "America/New_York"
 # Exchange calendars are built once over a fixed wide window so that every
 # caller sees the same sessions; anything outside it is an error, not a guess.
 _EXCHANGE_START = pd.Timestamp("2000-01-01")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def bar_duration(cadence: str) -> timedelta:
@@ -63,8 +64,7 @@ def bar_duration(cadence: str) -> timedelta:
         One hour or one day. The last bar of an exchange session may be
         shorter than this.
     """
-    _validate_cadence(cadence)
-    return timedelta(hours=1) if cadence == "1h" else timedelta(days=1)
+    return cadence_named(cadence).bar
 
 
 def validate_calendar_name(name: str) -> None:
@@ -107,9 +107,9 @@ def bar_close_array(calendar: str, cadence: str, start: datetime, end: datetime)
         strictly ascending.
     """
     validate_calendar_name(calendar)
-    _validate_cadence(cadence)
-    lo = _to_us(start, "start")
-    hi = _to_us(end, "end")
+    cadence_named(cadence)
+    lo = epoch_us(checked_utc(start, "start"))
+    hi = epoch_us(checked_utc(end, "end"))
     if hi <= lo:
         return np.empty(0, dtype="datetime64[us]")
     if calendar == CALENDAR_24_7:
@@ -144,7 +144,7 @@ def bar_closes(calendar: str, cadence: str, start: datetime, end: datetime) -> l
         Unknown calendar or cadence, or (for exchange calendars) a range
         outside the years the calendar is built for.
     """
-    return _to_datetimes(bar_close_array(calendar, cadence, start, end))
+    return datetimes(bar_close_array(calendar, cadence, start, end))
 
 
 def next_bar_closes(calendar: str, cadence: str, after: datetime, n: int) -> list[datetime]:
@@ -173,14 +173,14 @@ def next_bar_closes(calendar: str, cadence: str, after: datetime, n: int) -> lis
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"next_bar_closes: n must be a positive integer, got {n!r}")
     validate_calendar_name(calendar)
-    start = _as_utc(after, "after")
+    start = checked_utc(after, "after")
     # Start with a window that fits n bars plus a long weekend and widen it
     # geometrically; exchange calendars have gaps of several days.
     span = bar_duration(cadence) * n * 2 + timedelta(days=5)
     while True:
         closes = bar_close_array(calendar, cadence, start, start + span)
         if len(closes) >= n:
-            return _to_datetimes(closes[:n])
+            return datetimes(closes[:n])
         span *= 2
 
 
@@ -208,7 +208,7 @@ def last_bar_close(calendar: str, cadence: str, at_or_before: datetime) -> datet
         calendar covers.
     """
     validate_calendar_name(calendar)
-    end = _as_utc(at_or_before, "at_or_before")
+    end = checked_utc(at_or_before, "at_or_before")
     span = bar_duration(cadence) * 2 + timedelta(days=5)
     floor = _calendar_floor(calendar)
     while True:
@@ -217,7 +217,7 @@ def last_bar_close(calendar: str, cadence: str, at_or_before: datetime) -> datet
             start = floor
         closes = bar_close_array(calendar, cadence, start, end)
         if len(closes):
-            return _to_datetimes(closes[-1:])[0]
+            return datetimes(closes[-1:])[0]
         if floor is not None and start <= floor:
             raise ValueError(
                 f"calendar {calendar!r} ({cadence}) has no bar close at or before "
@@ -230,38 +230,9 @@ def last_bar_close(calendar: str, cadence: str, at_or_before: datetime) -> datet
 # helpers
 
 
-def _validate_cadence(cadence: str) -> None:
-    if cadence not in CADENCES:
-        raise ValueError(f"unknown cadence {cadence!r}: expected one of {list(CADENCES)}")
-
-
 @functools.lru_cache(maxsize=1)
 def _exchange_names() -> frozenset[str]:
     return frozenset(xcals.get_calendar_names(include_aliases=True))
-
-
-def _as_utc(value: datetime, what: str) -> datetime:
-    if isinstance(value, pd.Timestamp):
-        value = value.to_pydatetime()
-    if not isinstance(value, datetime):
-        raise ValueError(f"{what} must be a datetime, got {type(value).__name__}: {value!r}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def _to_us(value: datetime, what: str) -> int:
-    """Microseconds since the Unix epoch, exact (no float rounding)."""
-    return (_as_utc(value, what) - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value))
-
-
-def _to_datetimes(closes: np.ndarray) -> list[datetime]:
-    us = closes.astype("datetime64[us]").astype(np.int64)
-    return [_from_us(x) for x in us]
 
 
 def _regular_closes(lo: int, hi: int, step: int) -> np.ndarray:
@@ -370,7 +341,7 @@ def _exchange_slice(name: str, cadence: str, lo: int, hi: int) -> np.ndarray:
     last = int((cal.last_session + pd.Timedelta(days=1)).value // 1000)
     if lo < first - _US_PER_DAY or hi > last + _US_PER_DAY:
         raise ValueError(
-            f"calendar {name!r}: range {_from_us(lo).isoformat()} .. {_from_us(hi).isoformat()} "
+            f"calendar {name!r}: range {from_epoch_us(lo).isoformat()} .. {from_epoch_us(hi).isoformat()} "
             f"is outside the sessions it is built for ({cal.first_session.date()} .. "
             f"{cal.last_session.date()})"
         )

@@ -47,14 +47,20 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
 
 from forecasting_pipeline.market.calendars import bar_close_array, last_bar_close
 from forecasting_pipeline.market.instruments import Instrument
-from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, NUMERIC_COLUMNS, PRICE_COLUMNS, empty_bars
+from forecasting_pipeline.market.sources.schema import (
+    BARS_SCHEMA,
+    NUMERIC_COLUMNS,
+    PRICE_COLUMNS,
+    empty_bars,
+)
+from forecasting_pipeline.times import as_utc, datetimes
 
 logger = logging.getLogger(__name__)
 
@@ -237,15 +243,15 @@ def validate_window(
     return ValidatedWindow(out, findings, excluded, kept)
 
 
-def require_some_instruments(window: str, validated: ValidatedWindow) -> None:
-    """Raise AllInstrumentsExcludedError, listing each instrument's first exclusion, when none is kept."""
+def nothing_to_forecast(window: str, validated: ValidatedWindow) -> str | None:
+    """Why ``window`` has nothing to forecast (each instrument's first exclusion), or None when some are kept."""
     if validated.kept:
-        return
+        return None
     reasons = []
     for symbol in validated.excluded:
         first = next(f for f in validated.findings_of(symbol) if f.action == EXCLUDED)
         reasons.append(f"{symbol}: {first.rule}: {first.message}")
-    raise AllInstrumentsExcludedError(
+    return (
         f"window {window}: every instrument ({len(validated.excluded)}) was excluded by bar validation, "
         "so nothing is forecast or written. " + "; ".join(reasons)
     )
@@ -268,7 +274,7 @@ def validate_instrument(
     """
     config = config or ValidationConfig()
     symbol = instrument.symbol
-    end = _utc(window_end)
+    end = as_utc(window_end)
     bars = bars.select(list(BARS_SCHEMA))
     if bars.is_empty():
         return bars, [Finding(symbol, None, "missing", EXCLUDED, f"no {cadence} bars at or before {end.isoformat()}")]
@@ -397,7 +403,7 @@ def _calendar_rules(
     missing_mask = ~np.isin(expected, actual)
     off = actual[~np.isin(actual, expected)]
     if len(off):
-        off_ts = _to_datetimes(off)
+        off_ts = datetimes(off)
         findings.append(Finding(
             symbol, off_ts[0], "off_calendar", WARNED,
             f"{len(off)} bar(s) at times that are not {cadence} closes of the {calendar} calendar, "
@@ -407,7 +413,7 @@ def _calendar_rules(
         runs = _runs(missing_mask)
         gaps = []
         for start, stop in runs:
-            run = _to_datetimes(expected[start:stop])
+            run = datetimes(expected[start:stop])
             gaps.append(Finding(
                 symbol, run[0], "calendar_gap", WARNED,
                 f"{len(run)} bar(s) missing from {run[0].isoformat()} to {run[-1].isoformat()}; "
@@ -481,10 +487,3 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
-def _to_datetimes(values: np.ndarray) -> list[datetime]:
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return [epoch + timedelta(microseconds=int(v)) for v in values.astype("datetime64[us]").astype(np.int64)]
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

@@ -17,10 +17,11 @@ from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGra
 from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
-from forecasting_pipeline.orchestration.cadences import Cadence
+from forecasting_pipeline.orchestration.partitions import Windows
+from forecasting_pipeline.orchestration.schedules import chain_group
 
 
-def partition_range(cadence: Cadence, start: str, end: str) -> list[str]:
+def partition_range(windows: Windows, start: str, end: str) -> list[str]:
     """The window keys from ``start`` to ``end``, both inclusive, in order.
 
     Raises
@@ -28,25 +29,25 @@ def partition_range(cadence: Cadence, start: str, end: str) -> list[str]:
     ValueError
         If either key is not a window of the cadence, or ``end`` precedes ``start``.
     """
-    keys = cadence.partitions_def.get_partition_keys()
-    missing = [k for k in (start, end) if not cadence.partitions_def.has_partition_key(k)]
+    keys = windows.partitions_def.get_partition_keys()
+    missing = [k for k in (start, end) if not windows.partitions_def.has_partition_key(k)]
     if missing:
-        raise ValueError(f"{missing} are not {cadence.name} windows (e.g. {keys[0]!r} .. {keys[-1]!r})")
+        raise ValueError(f"{missing} are not {windows.cadence.name} windows (e.g. {keys[0]!r} .. {keys[-1]!r})")
     first, last = keys.index(start), keys.index(end)
     if last < first:
         raise ValueError(f"backfill range ends ({end}) before it starts ({start})")
     return keys[first : last + 1]
 
 
-def runs_for(cadence: Cadence, n_windows: int) -> int:
+def runs_for(windows: Windows, n_windows: int) -> int:
     """Runs the daemon launches for ``n_windows`` windows of the chain."""
-    return math.ceil(n_windows / cadence.windows_per_backfill_run)
+    return math.ceil(n_windows / windows.per_backfill_run)
 
 
 def submit_chain_backfill(
     instance: dg.DagsterInstance,
     asset_graph: BaseAssetGraph,
-    cadence: Cadence,
+    windows: Windows,
     start: str,
     end: str,
     run_config: dict | None = None,
@@ -60,17 +61,18 @@ def submit_chain_backfill(
         The Dagster instance the daemon watches.
     asset_graph
         The code location's asset graph (``defs.resolve_asset_graph()``).
-    cadence
+    windows
         Whose chain (group ``chronos2_<cadence>``) to backfill.
     start, end
         First and last window keys, inclusive (``2025-03-01``, or ``2026-03-02-15:00`` hourly).
     run_config
         Run config for every run (e.g. ``ForecastConfig`` of ``chronos2_forecasts_<cadence>``).
     """
-    keys = partition_range(cadence, start, end)
-    selection = dg.AssetSelection.groups(f"chronos2_{cadence.name}").resolve(asset_graph)
+    keys = partition_range(windows, start, end)
+    group = chain_group(windows)
+    selection = dg.AssetSelection.groups(group).resolve(asset_graph)
     if not selection:
-        raise ValueError(f"the asset graph has no chronos2_{cadence.name} assets to backfill")
+        raise ValueError(f"the asset graph has no {group} assets to backfill")
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id=make_new_backfill_id(),
         asset_graph=asset_graph,
@@ -80,7 +82,7 @@ def submit_chain_backfill(
         tags={},
         dynamic_partitions_store=instance,
         all_partitions=False,
-        title=title or f"chronos2 {cadence.name} {start}...{end}",
+        title=title or f"{group} {start}...{end}",
         description=None,
         run_config=run_config,
     )

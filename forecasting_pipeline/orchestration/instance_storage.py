@@ -1,8 +1,8 @@
 """Dagster's PostgreSQL storages, keeping their connection open for the life of the process.
 
 Outside the webserver, dagster-postgres opens a new connection for every storage call. One run
-of a window writes about 120 events and, for each asset check result, reads back the checked
-partition's materialisation: about 400 connections, near 1 s of a daily run on this 2-core box.
+of a window writes every event and, for each asset check result, reads back the checked
+partition's materialisation: hundreds of connections per run (README: Performance).
 These classes give every process the pooled engine the webserver already gets
 (``optimize_for_webserver``): one held connection per storage, more only under concurrent use,
 and no statement timeout (a run's writes must not be cut off). ``dagster.yaml`` names them.
@@ -15,7 +15,11 @@ from forecasting_pipeline.heap import imports_without_collection
 # Every process that opens this instance (runs, the daemon, the webserver) has just imported
 # Dagster, SQLAlchemy and alembic to get here, and keeps them (heap.py says why this saves time).
 with imports_without_collection():
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+    from dagster_postgres import (
+        PostgresEventLogStorage,
+        PostgresRunStorage,
+        PostgresScheduleStorage,
+    )
 
 # Connections beyond the held one while threads (the daemon's, the webserver's) overlap.
 MAX_OVERFLOW = 10

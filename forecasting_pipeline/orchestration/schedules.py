@@ -10,27 +10,29 @@ from __future__ import annotations
 
 import dagster as dg
 
-from forecasting_pipeline.orchestration.cadences import DAILY, HOURLY, Cadence
-
-
-def chain_job(cadence: Cadence) -> dg.UnresolvedAssetJobDefinition:
-    return dg.define_asset_job(
-        name=f"chronos2_{cadence.name}_job",
-        selection=dg.AssetSelection.groups(f"chronos2_{cadence.name}"),
-        partitions_def=cadence.partitions_def,
-        description=f"Chronos-2 {cadence.name} chain: OHLCV -> covariates -> forecasts -> ml_predictions.",
-    )
-
+from forecasting_pipeline.orchestration.partitions import Windows
 
 # When each cadence's schedules tick (UTC); each tick targets the latest complete window.
 TICKS: dict[str, dict[str, int]] = {"1h": dict(minute_of_hour=55), "1d": dict(hour_of_day=5, minute_of_hour=45)}
 
-hourly_job = chain_job(HOURLY)
-daily_job = chain_job(DAILY)
 
-hourly_schedule = dg.build_schedule_from_partitioned_job(
-    hourly_job, name="chronos2_1h_schedule", default_status=dg.DefaultScheduleStatus.RUNNING, **TICKS["1h"]
-)
-daily_schedule = dg.build_schedule_from_partitioned_job(
-    daily_job, name="chronos2_1d_schedule", default_status=dg.DefaultScheduleStatus.RUNNING, **TICKS["1d"]
-)
+def chain_group(windows: Windows) -> str:
+    """The asset group (and job prefix) of one cadence's forecast chain."""
+    return f"chronos2_{windows.cadence.name}"
+
+
+def chain_job(windows: Windows) -> dg.UnresolvedAssetJobDefinition:
+    name = windows.cadence.name
+    return dg.define_asset_job(
+        name=f"{chain_group(windows)}_job",
+        selection=dg.AssetSelection.groups(chain_group(windows)),
+        partitions_def=windows.partitions_def,
+        description=f"Chronos-2 {name} chain: OHLCV -> covariates -> forecasts -> ml_predictions.",
+    )
+
+
+def chain_schedule(windows: Windows, job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    return dg.build_schedule_from_partitioned_job(
+        job, name=f"{chain_group(windows)}_schedule", default_status=dg.DefaultScheduleStatus.RUNNING,
+        **TICKS[windows.cadence.name],
+    )

@@ -15,10 +15,14 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from forecasting_pipeline.orchestration.chain import markdown_table
-from forecasting_pipeline.orchestration.cadences import Cadence
+from forecasting_pipeline.market.cadences import Cadence
 from forecasting_pipeline.market.calendars import bar_duration
-from forecasting_pipeline.storage.database import PostgresResource
+from forecasting_pipeline.orchestration.metadata import markdown_table, png_metadata
+from forecasting_pipeline.orchestration.resources import (
+    InstrumentsResource,
+    MarketDataResource,
+    PostgresResource,
+)
 from forecasting_pipeline.scoring.evaluation import (
     CANARY_RECENT_DATES,
     bars_to_read,
@@ -28,8 +32,6 @@ from forecasting_pipeline.scoring.evaluation import (
     replace_scores,
     scoring_since,
 )
-from forecasting_pipeline.serving.plots import png_metadata, rolling_scores_png
-from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource
 from forecasting_pipeline.scoring.scores import (
     CANARY_DEADBAND,
     CANARY_PERSIST,
@@ -38,6 +40,12 @@ from forecasting_pipeline.scoring.scores import (
     COVERAGE_ALARM_MIN_OBS,
     ROLLING_COVERAGE_WINDOW,
 )
+from forecasting_pipeline.serving.plots import rolling_scores_png
+from forecasting_pipeline.times import parse_utc
+
+# Days of forecasts each run scores, unless its run config says otherwise (None: all of them).
+# Scoring rereads what it scores, so the hourly cadence pools a bounded span (README: Reading the scores).
+DEFAULT_LOOKBACK_DAYS: dict[str, int | None] = {"1h": 90, "1d": None}
 
 SIGN_FLIP_CHECK = "loss_difference_sign_stable"
 COVERAGE_CHECK = "band_coverage_kupiec"
@@ -60,8 +68,7 @@ class ScoresConfig(dg.Config):
 def _until(config: ScoresConfig) -> datetime:
     if not config.until:
         return datetime.now(timezone.utc)
-    moment = datetime.fromisoformat(config.until)
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return parse_utc(config.until)
 
 
 def _flip_json(flip) -> dict:
@@ -111,7 +118,7 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
     ):
         """Scores of every stored model and both baselines against realised closes, per instrument and horizon step."""
         until = _until(config)
-        lookback = config.lookback_days if config.lookback_days is not None else cadence.scores_lookback_days
+        lookback = config.lookback_days if config.lookback_days is not None else DEFAULT_LOOKBACK_DAYS[cadence.name]
         since = scoring_since(until, lookback)
         with database.connection() as conn:
             stored = read_all_forecasts(conn, c, since=since)
@@ -122,7 +129,7 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
             first = stored["as_of"].drop_nulls().min() or stored["ts"].min()
             n_bars = bars_to_read(first, until, bar_duration(c))
             universe = [i for i in instruments.instruments() if i.symbol in set(stored["symbol"].to_list())]
-            bars, unreadable = market_data.bars(universe, c, until, n_bars)
+            bars, unreadable = market_data.bar_source().bars(universe, c, until, n_bars)
             for symbol, reason in unreadable.items():
                 context.log.warning(f"{symbol}: bars unreadable, its forecasts are not scored: {reason}")
         forecasts, without_as_of = complete_as_of(stored, bars)
@@ -145,7 +152,7 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
             "forecasts_awaiting_realisation": dg.MetadataValue.json(result.forecasts_pending),
             "forecasts_without_as_of": dg.MetadataValue.json(result.forecasts_without_as_of),
             "unreadable_bars": dg.MetadataValue.json(unreadable),
-            "source": market_data.describe(),
+            "source": market_data.bar_source().describe(),
             "database": database.describe(),
         }
         if result.summary.height:

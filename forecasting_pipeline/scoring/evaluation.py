@@ -25,7 +25,6 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from forecasting_pipeline.storage.ml_predictions import KRONOS_MODEL_NAME, MODEL_NAME, read_predictions
 from forecasting_pipeline.scoring.scores import (
     BASELINE_MODELS,
     BASELINE_RANDOM_WALK,
@@ -43,6 +42,11 @@ from forecasting_pipeline.scoring.scores import (
     realised_views,
     rolling_model_comparison,
     summarise_scores,
+)
+from forecasting_pipeline.storage.ml_predictions import (
+    KRONOS_MODEL_NAME,
+    MODEL_NAME,
+    read_predictions,
 )
 
 logger = logging.getLogger(__name__)

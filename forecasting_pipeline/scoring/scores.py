@@ -49,7 +49,7 @@ from datetime import datetime
 
 import polars as pl
 
-from forecasting_pipeline.forecasting.inputs import FORECAST_SCHEMA
+from forecasting_pipeline.forecasting.shaping import FORECAST_SCHEMA
 
 logger = logging.getLogger(__name__)
 

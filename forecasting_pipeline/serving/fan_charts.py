@@ -15,8 +15,8 @@ from datetime import timedelta
 import polars as pl
 import psycopg
 
-from forecasting_pipeline.storage.ml_predictions import GUARDED_STEPS, KRONOS_MODEL_NAME
 from forecasting_pipeline.serving.plots import forecast_fan_png, png_markdown
+from forecasting_pipeline.storage.ml_predictions import GUARDED_STEPS, KRONOS_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -128,3 +128,29 @@ def window_fan_chart(
         + png_markdown(png, f"Forecast fan {timeframe} {window}")
     )
     return FanChart(window, png, markdown, origins.height, kronos_symbols)
+
+
+def fan_chart_metadata(
+    conn: psycopg.Connection,
+    timeframe: str,
+    forecasts: dict[str, pl.DataFrame],
+    history: dict[str, pl.DataFrame],
+) -> dict[str, object]:
+    """The fan of the last window as plain metadata values (``forecast_fan`` is markdown).
+
+    Called after the forecasts are committed: a Kronos row the database cannot read (a stored
+    date such as 30 February) is reported in ``forecast_fan`` rather than failing the write that
+    succeeded. Any other error is a bug and propagates.
+    """
+    try:
+        fan = window_fan_chart(conn, timeframe, forecasts, history)
+    except psycopg.Error as exc:
+        if not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            conn.rollback()
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return {"forecast_fan": f"Not drawn: {reason}"}
+    return {
+        "forecast_fan": fan.markdown,
+        "forecast_fan_window": fan.window,
+        "kronos_overlay_instruments": len(fan.kronos_instruments),
+    }

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import psycopg
 
 from forecasting_pipeline.storage.ml_predictions import KRONOS_MODEL_NAME
+from forecasting_pipeline.times import as_utc
 
 #: The model a caller gets when it names none: the gateway's historical behaviour.
 DEFAULT_MODEL = KRONOS_MODEL_NAME
@@ -27,7 +28,7 @@ FROM latest_ml_predictions(p_model => %(model)s, p_timeframe => %(timeframe)s, p
 """
 
 # Distinct model names by skipping through idx_ml_pred_latest (which leads with model_name): one
-# index probe per model instead of a scan of every row, as the table grows by ~1,000 rows a day.
+# index probe per model instead of a scan of every row, which grows every day.
 _KNOWN_MODELS = """
 WITH RECURSIVE models (model_name) AS (
     (SELECT model_name FROM ml_predictions ORDER BY model_name LIMIT 1)
@@ -174,10 +175,8 @@ def _step_time(value) -> str:
 
 
 def _utc(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        # A naive step time is read as UTC, the convention of every ts in ml_predictions.
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    # A naive step time is read as UTC, the convention of every ts in ml_predictions.
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M")
 
 
 def _listing(names: Sequence[str]) -> str:

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-# matplotlib is imported where a figure is drawn: importing it costs ~0.5 s, and every Dagster
+# matplotlib is imported where a figure is drawn: its import is slow, and every Dagster
 # process that loads the definitions (code server, each run) would pay that even when it draws nothing.
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-    import dagster as dg
 
 logger = logging.getLogger(__name__)
 
@@ -278,14 +277,6 @@ def png_markdown(png: bytes, alt: str) -> str:
     safe_alt = " ".join(alt.split()).replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
     encoded = base64.b64encode(png).decode("ascii")
     return f"![{safe_alt}](data:image/png;base64,{encoded})"
-
-
-def png_metadata(png: bytes, alt: str) -> dg.MetadataValue:
-    """Wrap ``png`` as Dagster markdown metadata, which the Dagster UI renders as an image."""
-    # Imported here so the rest of this module (and its tests) stays free of Dagster.
-    import dagster as dg
-
-    return dg.MetadataValue.md(png_markdown(png, alt))
 
 
 def _draw_fan_panel(

@@ -1,4 +1,4 @@
-"""PostgreSQL connections: a Dagster resource with retry on connect, and a redacted description for errors.
+"""PostgreSQL connections: retry on connect, and a redacted description for errors.
 
 The URL is a secret (it may hold a password): it is read through ``dg.EnvVar`` and never
 appears in logs, metadata or exception messages; only host, port and database do.
@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import dagster as dg
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field
 
 logger = logging.getLogger(__name__)
 
@@ -60,23 +56,3 @@ def connect(url: str, *, attempts: int = 3, backoff_s: float = 0.5, connect_time
         f"PostgreSQL at {describe_database(url)} is unreachable after {attempts} attempts "
         f"({type(last).__name__}). Check DATABASE_URL and that the server is running."
     ) from None
-
-
-class PostgresResource(dg.ConfigurableResource):
-    """The PostgreSQL database that holds ``ml_predictions``."""
-
-    url: str = Field(description="libpq URL of the database (a secret: set it with EnvVar('DATABASE_URL')).")
-    connect_attempts: int = Field(default=3, description="Connection attempts before failing.")
-    connect_backoff_s: float = Field(default=0.5, description="First retry delay in seconds; doubles each attempt.")
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        """Yield a connection that is closed however the block ends."""
-        conn = connect(self.url, attempts=self.connect_attempts, backoff_s=self.connect_backoff_s)
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    def describe(self) -> str:
-        return describe_database(self.url)

@@ -88,6 +88,14 @@ def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow], windo
     return len(rows)
 
 
+def write_window(conn: psycopg.Connection, window: str, forecasts: pl.DataFrame, timeframe: str) -> int:
+    """Upsert one window's long forecast rows (one ``model_version``) as rows of ``ml_predictions``; the row count."""
+    versions = forecasts["model_version"].unique().to_list()
+    if len(versions) != 1:
+        raise ValueError(f"window {window}: forecasts of {len(versions)} model versions ({versions}); expected one")
+    return upsert_window(conn, prediction_rows(forecasts, timeframe, versions[0]), window=window)
+
+
 def window_lock_name(timeframe: str, window: str | None) -> str:
     """The text whose hash keys a window's advisory lock (per database)."""
     return f"ml_predictions:{MODEL_NAME}:{timeframe}" + (f":{window}" if window is not None else "")
@@ -96,7 +104,7 @@ def window_lock_name(timeframe: str, window: str | None) -> str:
 # Another system (Kronos) writes rows here too, so a stored step can be malformed: predictions
 # that are not a JSON array, a ts that is not an ISO 8601 string, a value that is not a number.
 # The plain casts below fail the whole read on such a step; the guarded ones read it as NULLs. The
-# guards cost about 60% more read time (benchmarks/scoring_scale.py), so reads try the plain query
+# guards make reads markedly slower (benchmarks/scoring_scale.py), so reads try the plain query
 # first and fall back to the guarded one only when PostgreSQL refuses a value. The pattern admits
 # only well-formed dates, with or without a time (a day 30 in February still fails the cast).
 _ISO_TS = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?(Z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?)?$"
@@ -213,3 +221,11 @@ def read_predictions(
         )
         frame = frame.filter(pl.col("ts").is_not_null() & pl.col("p50").is_not_null())
     return frame
+
+
+def kronos_rows_since(conn: psycopg.Connection, timeframe: str, since: datetime) -> int:
+    """Kronos rows of one timeframe written (created or rewritten) at or after ``since``, by the server's clock."""
+    return conn.execute(
+        "SELECT count(*) FROM ml_predictions WHERE model_name = %s AND timeframe = %s AND created_at >= %s",
+        (KRONOS_MODEL_NAME, timeframe, since),
+    ).fetchone()[0]

@@ -7,32 +7,9 @@ in UTC, sorted by ``ts``. Checking that the bars are sane is left to the
 validation step.
 """
 
-from forecasting_pipeline.market.sources.files import find_bar_file, read_bar_file, read_bars_from_files
-from forecasting_pipeline.market.sources.postgres import BarTable, read_bars_from_table
-from forecasting_pipeline.market.sources.sample import SAMPLE_IS_SYNTHETIC_NOTE, sample_bars
-from forecasting_pipeline.market.sources.schema import (
-    BAR_COLUMNS,
-    BARS_SCHEMA,
-    NUMERIC_COLUMNS,
-    PRICE_COLUMNS,
-    TS_DTYPE,
-    coerce_bars,
-    empty_bars,
-)
+from forecasting_pipeline.market.sources.files import FileSource
+from forecasting_pipeline.market.sources.postgres import BarTable, TableSource
+from forecasting_pipeline.market.sources.sample import SampleSource
+from forecasting_pipeline.market.sources.schema import BarSource
 
-__all__ = [
-    "BAR_COLUMNS",
-    "BARS_SCHEMA",
-    "NUMERIC_COLUMNS",
-    "PRICE_COLUMNS",
-    "SAMPLE_IS_SYNTHETIC_NOTE",
-    "TS_DTYPE",
-    "BarTable",
-    "coerce_bars",
-    "empty_bars",
-    "find_bar_file",
-    "read_bar_file",
-    "read_bars_from_files",
-    "read_bars_from_table",
-    "sample_bars",
-]
+__all__ = ["BarSource", "BarTable", "FileSource", "SampleSource", "TableSource"]

@@ -9,14 +9,16 @@ This module owns the on-disk layout ``{root}/{cadence}/{symbol}.parquet``
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
-from forecasting_pipeline.market.calendars import CADENCES
-from forecasting_pipeline.market.instruments import SYMBOL_PATTERN
-from forecasting_pipeline.market.sources.schema import coerce_bars
+from forecasting_pipeline.market.cadences import CADENCES
+from forecasting_pipeline.market.instruments import SYMBOL_PATTERN, Instrument
+from forecasting_pipeline.market.sources.schema import coerce_bars, read_each
+from forecasting_pipeline.times import as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,26 @@ def read_bars_from_files(
     """
     if not isinstance(n_bars, int) or n_bars < 1:
         raise ValueError(f"{symbol}: n_bars must be a positive integer, got {n_bars!r}")
-    cutoff = end.replace(tzinfo=timezone.utc) if end.tzinfo is None else end.astimezone(timezone.utc)
+    cutoff = as_utc(end)
     bars = read_bar_file(find_bar_file(root, cadence, symbol), symbol)
     return bars.filter(pl.col("ts") <= cutoff).tail(n_bars)
+
+
+class FileSource:
+    """Bars from ``{root}/{cadence}/{SYMBOL}.parquet|csv`` files."""
+
+    is_synthetic = False
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return f"files under {self.root}"
+
+    def bars(
+        self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
+        return read_each(
+            instruments, lambda instrument: read_bars_from_files(self.root, cadence, instrument.symbol, end, n_bars)
+        )

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime
 
 import polars as pl
 import psycopg
 from psycopg import sql
 
-from forecasting_pipeline.market.calendars import CADENCES
-from forecasting_pipeline.market.sources.schema import BAR_COLUMNS, coerce_bars, empty_bars
+from forecasting_pipeline.market.cadences import CADENCES
+from forecasting_pipeline.market.instruments import Instrument
+from forecasting_pipeline.market.sources.schema import (
+    BAR_COLUMNS,
+    coerce_bars,
+    empty_bars,
+)
+from forecasting_pipeline.storage.database import connect
+from forecasting_pipeline.times import as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +121,7 @@ def read_bars_from_table(
     wanted = list(dict.fromkeys(symbols))
     if not wanted:
         return empty_bars()
-    cutoff = end.replace(tzinfo=timezone.utc) if end.tzinfo is None else end.astimezone(timezone.utc)
+    cutoff = as_utc(end)
 
     query, params = _build_query(table, wanted, cadence, cutoff, n_bars)
     with conn.cursor() as cursor:
@@ -143,9 +151,7 @@ def read_bars_from_table(
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return None if value is None else as_utc(value)
 
 
 def _build_query(
@@ -194,3 +200,29 @@ def _build_query(
         conditions=sql.SQL(" AND ").join(conditions),
     )
     return query, params
+
+
+class TableSource:
+    """Bars from a PostgreSQL table, read for every instrument in one query.
+
+    ``url`` is a secret (it may hold a password): it is never logged or shown.
+    """
+
+    is_synthetic = False
+
+    def __init__(self, url: str, table: BarTable) -> None:
+        self.url = url
+        self.table = table
+
+    def describe(self) -> str:
+        return f"PostgreSQL table {self.table.qualified_name}"
+
+    def bars(
+        self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
+        conn = connect(self.url)
+        try:
+            return read_bars_from_table(conn, self.table, [i.symbol for i in instruments], cadence, end, n_bars), {}
+        finally:
+            conn.close()

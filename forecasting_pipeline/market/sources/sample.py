@@ -22,8 +22,9 @@ import functools
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,8 @@ import polars as pl
 
 from forecasting_pipeline.market.calendars import bar_close_array, bar_duration
 from forecasting_pipeline.market.instruments import Instrument
-from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, TS_DTYPE, empty_bars
+from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, TS_DTYPE, empty_bars, read_each
+from forecasting_pipeline.times import ONE_US, as_utc, epoch_us
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def sample_bars(
         raise ValueError(f"{instrument.symbol}: unknown cadence {cadence!r}; expected one of {list(SAMPLE_EPOCHS)}")
     if not isinstance(n_bars, int) or n_bars < 1:
         raise ValueError(f"{instrument.symbol}: n_bars must be a positive integer, got {n_bars!r}")
-    limit = min(_as_utc(end), _as_utc(now) if now is not None else datetime.now(timezone.utc))
+    limit = min(as_utc(end), as_utc(now) if now is not None else datetime.now(timezone.utc))
     epoch = SAMPLE_EPOCHS[cadence]
     if limit <= epoch:
         return empty_bars()
@@ -134,7 +136,7 @@ def sample_bars(
     ts, columns = _full_series(
         instrument.symbol, instrument.asset_class, instrument.calendar, cadence, through_year
     )
-    stop = int(np.searchsorted(ts, _to_us(limit), side="right"))
+    stop = int(np.searchsorted(ts, epoch_us(limit), side="right"))
     start = max(0, stop - n_bars)
     frame = pl.DataFrame(
         [
@@ -190,7 +192,7 @@ def _full_series(
 
     # A short bar (the final part-hour of an exchange session) moves less;
     # variance scales with time. Bars after a pause count as full length.
-    nominal = _to_us_delta(bar_duration(cadence))
+    nominal = bar_duration(cadence) / ONE_US
     spacing = np.diff(closes, prepend=closes[0] - int(nominal))
     sigma = sigma * np.sqrt(np.minimum(spacing / nominal, 1.0))
 
@@ -201,7 +203,7 @@ def _full_series(
     # plausible over years without removing short-term randomness.
     reversion_alpha = 1.0 - 0.5 ** (1.0 / bars_per_year)
     deviation = _ewm(shocks, reversion_alpha, initial=0.0) / reversion_alpha
-    years = (closes - _to_us(_REFERENCE_DATE)) / 1e6 / _SECONDS_PER_YEAR
+    years = (closes - epoch_us(_REFERENCE_DATE)) / 1e6 / _SECONDS_PER_YEAR
     drift = profile.drift_range[0] + (profile.drift_range[1] - profile.drift_range[0]) * params[0]
     level = _REFERENCE_LEVELS.get(symbol)
     if level is None:
@@ -265,15 +267,18 @@ def _stable_seed(symbol: str, cadence: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def _as_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
-def _to_us(value: datetime) -> int:
-    return (_as_utc(value) - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+class SampleSource:
+    """The synthetic source: every instrument's bars generated on its own calendar."""
 
+    is_synthetic = True
 
-def _to_us_delta(value: timedelta) -> float:
-    return value / timedelta(microseconds=1)
+    def describe(self) -> str:
+        return SAMPLE_IS_SYNTHETIC_NOTE
+
+    def bars(
+        self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
+        return read_each(instruments, lambda instrument: sample_bars(instrument, cadence, end, n_bars))

@@ -11,8 +11,14 @@ question, so nothing here drops or repairs rows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from forecasting_pipeline.market.instruments import Instrument
 
 logger = logging.getLogger(__name__)
 
@@ -130,3 +136,39 @@ def _coerce_ts(series: pl.Series, symbol: str, origin: str) -> pl.Series:
         f"{origin}: {symbol}: column 'ts' has dtype {dtype}; expected a datetime (the bar close "
         "instant, naive means UTC) or ISO 8601 strings"
     )
+
+
+def read_each(
+    instruments: Sequence[Instrument], read: Callable[[Instrument], pl.DataFrame]
+) -> tuple[pl.DataFrame, dict[str, str]]:
+    """``read`` every instrument; one that cannot be read is reported by symbol and never hides the others.
+
+    Returns
+    -------
+    bars, errors
+        The bars of every instrument that could be read, and for each one that could not
+        (unreadable file, missing columns, wrong types), the reason.
+    """
+    frames, errors = [], {}
+    for instrument in instruments:
+        try:
+            frames.append(read(instrument))
+        except (OSError, ValueError) as exc:
+            errors[instrument.symbol] = str(exc)
+    return (pl.concat(frames) if frames else empty_bars()), errors
+
+
+class BarSource(Protocol):
+    """Where bars come from. ``bars`` returns the readable instruments' bars and, per unreadable one, why."""
+
+    is_synthetic: bool
+
+    def describe(self) -> str:
+        """Where the bars come from, for metadata (never a secret)."""
+        ...
+
+    def bars(
+        self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """The last ``n_bars`` bars closed at or before ``end`` for each instrument."""
+        ...

@@ -1,0 +1,120 @@
+"""Dagster metadata from the domain's results: the one place where frames, findings and rejections become
+tables, JSON and pictures a person reads in the UI, and where results become asset check results.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from forecasting_pipeline.forecasting.predict import QUANTILE_LEVELS
+from forecasting_pipeline.forecasting.shaping import rejections_frame
+from forecasting_pipeline.forecasting.window_forecasts import (
+    HORIZON_RULES,
+    INPUT_RULES,
+    QUANTILE_RULES,
+    WindowForecasts,
+)
+from forecasting_pipeline.market.instruments import Instrument
+from forecasting_pipeline.market.window_bars import WindowBars
+from forecasting_pipeline.serving.plots import png_markdown
+
+# Forecast checks of chronos2_forecasts_<cadence>: name, description, the rejection rules it reports.
+FORECAST_CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("inputs_in_model_range", "Every instrument's context is finite in float32, the model's precision.", INPUT_RULES),
+    ("quantiles_ordered_and_finite", "p10 <= p50 <= p90 and every value finite, for every step.", QUANTILE_RULES),
+    ("horizon_complete", "Every instrument has exactly `horizon` steps.", HORIZON_RULES),
+)
+
+
+def markdown_table(frame: pl.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
+    """The first ``max_rows`` rows as a markdown table; floats to 6 significant digits."""
+    head = frame.head(max_rows)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.iter_rows():
+        # A '|' inside a value would split its cell.
+        cells = [f"{v:.6g}" if isinstance(v, float) else str(v).replace("|", "\\|") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def png_metadata(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG as markdown metadata, which the Dagster UI renders as an image."""
+    return dg.MetadataValue.md(png_markdown(png, alt))
+
+
+def window_bars_metadata(result: WindowBars, source: str, synthetic: bool, instruments: int) -> dict[str, object]:
+    """Metadata of ``ohlcv_<cadence>``: the source, the row counts, exclusions and every finding."""
+    return {
+        "source": source,
+        "synthetic": synthetic,
+        "windows": len(result.windows),
+        "instruments": instruments,
+        "rows": sum(len(f) for f in result.bars.values()),
+        "excluded": dg.MetadataValue.json(result.excluded),
+        "findings": len(result.findings),
+        "findings_table": markdown_table(result.findings, 50),
+    }
+
+
+def bar_check_results(
+    result: WindowBars, universe: list[Instrument], check_of: dict[str, str]
+) -> list[dg.AssetCheckResult]:
+    """One result per instrument of the run that has a check: it passes unless the instrument was excluded."""
+    out = []
+    for instrument in universe:
+        if instrument.symbol not in check_of:
+            continue
+        mine = result.findings.filter(pl.col("symbol") == instrument.symbol).drop("symbol")
+        out.append(dg.AssetCheckResult(
+            check_name=check_of[instrument.symbol],
+            passed=instrument.symbol not in result.excluded,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "excluded_windows": dg.MetadataValue.json(result.excluded.get(instrument.symbol, [])),
+                "findings": len(mine),
+                "findings_table": markdown_table(mine, 20),
+            },
+        ))
+    return out
+
+
+def forecast_metadata(result: WindowForecasts) -> dict[str, object]:
+    """Metadata of ``chronos2_forecasts_<cadence>``: the model, where it ran, what was left out, a preview."""
+    out: dict[str, object] = {
+        "context_length": result.context_length,
+        "horizon": result.horizon,
+        "quantiles": dg.MetadataValue.json(list(QUANTILE_LEVELS)),
+        "series": result.series,
+        "windows": len(result.forecasts),
+        "rejected": dg.MetadataValue.json(result.left_out()),
+        "rejected_table": markdown_table(rejections_frame(result.rejected)),
+    }
+    if result.prediction is not None:
+        done = result.prediction
+        out |= {
+            "model_version": done.model.version,
+            "device": done.model.device,
+            "dtype": done.model.dtype,
+            "model_load_seconds": round(done.timings["model_load_seconds"], 3),
+            "predict_seconds": round(done.timings["predict_seconds"], 3),
+            **done.device_run.metadata(),
+        }
+    first_steps = [f.filter(pl.col("step") == 1).with_columns(pl.lit(w).alias("window")) for w, f in result.forecasts.items()]
+    if first_steps:
+        out["preview"] = markdown_table(
+            pl.concat(first_steps).select("window", "symbol", "as_of", "ts", "p10", "p50", "p90")
+        )
+    return out
+
+
+def forecast_check_results(result: WindowForecasts) -> list[dg.AssetCheckResult]:
+    """One result per forecast check: it fails, listing them, when an instrument was left out by its rules."""
+    results = []
+    for name, _description, rules in FORECAST_CHECKS:
+        problems = result.problems(rules)
+        results.append(dg.AssetCheckResult(
+            check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"left_out": len(problems), "problems": dg.MetadataValue.json(problems[:20])},
+        ))
+    return results
