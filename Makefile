@@ -10,6 +10,9 @@ TORCH_VERSION ?= 2.13.0
 # Dagster's instance config (dagster.yaml) lives at the repo root.
 export DAGSTER_HOME ?= $(CURDIR)
 export TQDM_DISABLE := 1
+# Dagster writes a backfill run's per-window events (planned and done materialisations) in batches
+# instead of one database round trip each.
+export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 export PYTHONUNBUFFERED := 1
 # platformdirs (via pgserver) warns on every start without a private runtime folder.
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.xdg-runtime

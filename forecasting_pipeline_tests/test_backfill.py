@@ -98,11 +98,12 @@ def test_when_ten_daily_windows_are_backfilled_then_one_run_with_one_model_load_
     # BTC-USD closes in every window; AAPL in the 8 weekday windows (its weekend windows re-use Friday's as_of).
     stored = read_predictions(conn, "1d")
     assert stored.select("symbol", "as_of").unique().height == 10 + 8
-    # Progress: one observation per stored window, counting up to the total.
-    observations = [
-        r.asset_observation for r in daemon_instance.fetch_observations(dg.AssetKey("ml_predictions_1d"), limit=100).records
+    # Progress: one materialization per stored window, as it commits, counting up to the total.
+    written = [
+        r.asset_materialization
+        for r in daemon_instance.fetch_materializations(dg.AssetKey("ml_predictions_1d"), limit=100).records
     ]
-    progress = sorted((o.metadata["windows_done"].value, o.metadata["windows_total"].value, o.partition) for o in observations)
+    progress = sorted((m.metadata["windows_done"].value, m.metadata["windows_total"].value, m.partition) for m in written)
     assert progress == [(i, 10, f"2025-06-{i + 1:02d}") for i in range(1, 11)]
 
 

@@ -50,9 +50,11 @@ def test_when_a_range_of_windows_runs_then_every_window_gets_its_rows_in_one_run
     stored = read_predictions(conn, "1d")
     # Crypto has a new daily close in each of the 3 windows; the other 18 instruments too (Mon-Wed).
     assert stored.select("symbol", "as_of").unique().height == 3 * N_INSTRUMENTS
-    metadata = result.asset_materializations_for_node("ml_predictions_1d")[0].metadata
-    assert metadata["windows"].value == 3
-    assert metadata["rows"].value == 3 * N_INSTRUMENTS
+    written = result.asset_materializations_for_node("ml_predictions_1d")
+    assert sorted((m.partition, m.metadata["rows"].value) for m in written) == [
+        ("2025-06-02", N_INSTRUMENTS), ("2025-06-03", N_INSTRUMENTS), ("2025-06-04", N_INSTRUMENTS)]
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "every_window_written"]
+    assert check.passed and check.metadata["windows_written"].value == 3
 
 
 def test_when_a_window_is_run_twice_then_its_rows_are_replaced_not_duplicated(resources, instance, conn):

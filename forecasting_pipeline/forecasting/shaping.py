@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from forecasting_pipeline.forecasting.inputs import Rejection, SeriesKey
+from forecasting_pipeline.times import epoch_us
 
 FORECAST_SCHEMA = {
     "symbol": pl.Utf8,
@@ -29,7 +30,7 @@ FORECAST_SCHEMA = {
 def shape_forecasts(
     keys: Sequence[SeriesKey],
     quantiles: np.ndarray,
-    forecast_times: Callable[[str, datetime, int], list[datetime]],
+    forecast_times: Callable[[str, datetime, int], Sequence[datetime] | np.ndarray],
 ) -> pl.DataFrame:
     """Turn model output into long forecast rows with calendar timestamps.
 
@@ -40,7 +41,8 @@ def shape_forecasts(
     quantiles
         Array (n_series, horizon, 3) of p10, p50, p90 in price units.
     forecast_times
-        ``(symbol, as_of, n) -> n`` bar close times after ``as_of`` on that instrument's calendar.
+        ``(symbol, as_of, n) -> n`` bar close times after ``as_of`` on that instrument's calendar:
+        datetimes, or int64 microseconds since the epoch.
 
     Returns
     -------
@@ -50,18 +52,25 @@ def shape_forecasts(
     if quantiles.shape[0] != len(keys):
         raise ValueError(f"got {quantiles.shape[0]} forecasts for {len(keys)} series")
     horizon = quantiles.shape[1]
-    columns: dict[str, list] = {name: [] for name in ("window", *FORECAST_SCHEMA)}
-    for key, values in zip(keys, quantiles, strict=True):
-        times = forecast_times(key.symbol, key.as_of, horizon)
-        columns["window"].extend([key.window] * horizon)
-        columns["symbol"].extend([key.symbol] * horizon)
-        columns["as_of"].extend([key.as_of] * horizon)
-        columns["step"].extend(range(1, horizon + 1))
-        columns["ts"].extend(times)
-        columns["p10"].extend(values[:, 0].tolist())
-        columns["p50"].extend(values[:, 1].tolist())
-        columns["p90"].extend(values[:, 2].tolist())
-    return pl.DataFrame(columns, schema={"window": pl.Utf8, **FORECAST_SCHEMA})
+    times = np.array([_epoch_us(forecast_times(k.symbol, k.as_of, horizon)) for k in keys], dtype=np.int64)
+    frame = pl.DataFrame({
+        "window": np.repeat(np.array([k.window for k in keys], dtype=object), horizon),
+        "symbol": np.repeat(np.array([k.symbol for k in keys], dtype=object), horizon),
+        "as_of": np.repeat(np.array([epoch_us(k.as_of) for k in keys], dtype=np.int64), horizon),
+        "step": np.tile(np.arange(1, horizon + 1, dtype=np.int32), len(keys)),
+        "ts": times.reshape(-1),
+        "p10": quantiles[:, :, 0].reshape(-1).astype(np.float64),
+        "p50": quantiles[:, :, 1].reshape(-1).astype(np.float64),
+        "p90": quantiles[:, :, 2].reshape(-1).astype(np.float64),
+    }) if len(keys) else pl.DataFrame(schema={"window": pl.Utf8, **FORECAST_SCHEMA})
+    instants = [pl.col(c).cast(pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC") for c in ("as_of", "ts")]
+    return frame.with_columns(instants).cast({"window": pl.Utf8, **FORECAST_SCHEMA}).select("window", *FORECAST_SCHEMA)
+
+
+def _epoch_us(times: Sequence[datetime] | np.ndarray) -> np.ndarray | list[int]:
+    if isinstance(times, np.ndarray):
+        return times.astype("datetime64[us]").astype(np.int64) if times.dtype.kind == "M" else times.astype(np.int64)
+    return [epoch_us(t) for t in times]
 
 
 def unfit_forecasts(forecasts: pl.DataFrame, horizon: int) -> list[Rejection]:

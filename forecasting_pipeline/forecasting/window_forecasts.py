@@ -51,13 +51,17 @@ class WindowForecasts:
 
     @property
     def empty(self) -> dict[str, str]:
-        """Window -> why it has nothing to forecast (each instrument's rejection)."""
-        return {
-            window: f"window {window}: every instrument's forecast was rejected, so nothing is written. "
-            + "; ".join(f"{r.symbol}: {r.rule}: {r.message}" for r in self.rejected if r.window == window)
-            for window, frame in self.forecasts.items()
-            if frame.is_empty()
-        }
+        """Window -> why it has nothing to forecast: no instrument's bars reached it, or each one's rejection."""
+        out = {}
+        for window, frame in self.forecasts.items():
+            if not frame.is_empty():
+                continue
+            reasons = [f"{r.symbol}: {r.rule}: {r.message}" for r in self.rejected if r.window == window]
+            out[window] = (
+                f"window {window}: every instrument's forecast was rejected, so nothing is written. " + "; ".join(reasons)
+                if reasons else f"window {window}: no instrument passed bar validation, so nothing is forecast or written"
+            )
+        return out
 
     def left_out(self) -> dict[str, list[str]]:
         """Symbol -> the windows it was left out of."""

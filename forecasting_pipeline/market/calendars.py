@@ -349,3 +349,35 @@ def _exchange_slice(name: str, cadence: str, lo: int, hi: int) -> np.ndarray:
     i = np.searchsorted(table, lo, side="right")
     j = np.searchsorted(table, hi, side="right")
     return table[i:j].astype("datetime64[us]")
+
+
+class UpcomingCloses:
+    """``next_bar_closes`` for many origins on a few calendars, answered from one array of closes per calendar.
+
+    A backfill asks for the next ``horizon`` closes after every instrument's ``as_of`` in every
+    window; the answers are slices of the same few arrays, grown as the origins move forward.
+    """
+
+    def __init__(self, cadence: str) -> None:
+        self.cadence = cadence
+        self._spans: dict[str, tuple[int, int, np.ndarray]] = {}
+
+    def __call__(self, calendar: str, after: datetime, n: int) -> np.ndarray:
+        """The ``n`` closes strictly after ``after``, as int64 microseconds since the epoch."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"next closes: n must be a positive integer, got {n!r}")
+        start = epoch_us(checked_utc(after, "after"))
+        lo, hi, closes = self._spans.get(calendar, (start, start, np.empty(0, dtype=np.int64)))
+        i = int(np.searchsorted(closes, start, side="right"))
+        if lo <= start and i + n <= len(closes):
+            return closes[i:i + n]
+        # Cover this origin with room for many later ones; the span of closes (lo, hi] is complete.
+        span = epoch_us(checked_utc(after, "after") + (bar_duration(self.cadence) * n * 2 + timedelta(days=5)) * 8) - start
+        lo, hi = min(lo, start), max(hi, start + span)
+        while True:
+            closes = bar_close_array(calendar, self.cadence, from_epoch_us(lo), from_epoch_us(hi)).astype(np.int64)
+            i = int(np.searchsorted(closes, start, side="right"))
+            if i + n <= len(closes):
+                self._spans[calendar] = (lo, hi, closes)
+                return closes[i:i + n]
+            hi += hi - lo

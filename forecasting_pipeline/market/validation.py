@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -257,14 +257,32 @@ def nothing_to_forecast(window: str, validated: ValidatedWindow) -> str | None:
     )
 
 
+class CalendarCloses:
+    """An instrument calendar's bar closes, asked of ``market.calendars`` each time."""
+
+    def __init__(self, calendar: str, cadence: str) -> None:
+        self.calendar, self.cadence = calendar, cadence
+
+    def between(self, start: datetime, end: datetime) -> np.ndarray:
+        """Closes ``c`` with ``start < c <= end`` (``datetime64[us]``); ValueError outside the calendar's range."""
+        return bar_close_array(self.calendar, self.cadence, start, end)
+
+    def last_at_or_before(self, moment: datetime) -> datetime:
+        return last_bar_close(self.calendar, self.cadence, moment)
+
+
 def validate_instrument(
     bars: pl.DataFrame,
     instrument: Instrument,
     cadence: str,
     window_end: datetime,
     config: ValidationConfig | None = None,
+    closes: CalendarCloses | None = None,
 ) -> tuple[pl.DataFrame, list[Finding]]:
     """Validate one instrument's bars.
+
+    ``closes`` answers calendar questions; a caller validating many windows of one instrument
+    passes one that has them precomputed (``window_bars``), with the same answers.
 
     Returns
     -------
@@ -273,6 +291,7 @@ def validate_instrument(
         instrument is excluded when any finding's action is ``"excluded"``.
     """
     config = config or ValidationConfig()
+    closes = closes or CalendarCloses(instrument.calendar, cadence)
     symbol = instrument.symbol
     end = as_utc(window_end)
     bars = bars.select(list(BARS_SCHEMA))
@@ -300,7 +319,7 @@ def validate_instrument(
         findings.append(Finding(symbol, None, "short_history", EXCLUDED,
                                 f"{len(bars)} bars, fewer than min_history_bars={config.min_history_bars}"))
     if len(bars):
-        findings += _calendar_rules(bars, instrument, cadence, end, config)
+        findings += calendar_rules(close_times(bars), instrument, cadence, end, config, closes)
         findings += _jumps(bars, symbol, config)
     return bars, findings
 
@@ -375,15 +394,24 @@ def _value_rules(bars: pl.DataFrame, symbol: str, config: ValidationConfig) -> l
     return findings
 
 
-def _calendar_rules(
-    bars: pl.DataFrame, instrument: Instrument, cadence: str, end: datetime, config: ValidationConfig
+def calendar_rules(
+    actual: np.ndarray,
+    instrument: Instrument,
+    cadence: str,
+    end: datetime,
+    config: ValidationConfig,
+    closes: CalendarCloses,
 ) -> list[Finding]:
+    """Staleness, off-calendar bars and calendar gaps of one instrument's bar closes.
+
+    ``actual``: the close times (``datetime64[us]``, UTC), ascending, at least one.
+    """
     symbol, calendar = instrument.symbol, instrument.calendar
     findings = []
-    last = bars["ts"][-1]
+    last = datetimes(actual[-1:])[0]
     try:
-        expected_last = last_bar_close(calendar, cadence, end)
-        behind = len(bar_close_array(calendar, cadence, last, end))
+        expected_last = closes.last_at_or_before(end)
+        behind = len(closes.between(last, end))
     except ValueError as error:
         return [Finding(symbol, None, "stale", EXCLUDED, f"the {calendar} calendar cannot place the window end: {error}")]
     if behind > config.max_stale_bars:
@@ -394,14 +422,13 @@ def _calendar_rules(
             f"(max_stale_bars={config.max_stale_bars})",
         ))
 
-    first = bars["ts"][0]
+    first = datetimes(actual[:1])[0]
     try:
-        expected = bar_close_array(calendar, cadence, first - timedelta(microseconds=1), last)
+        expected = closes.between(first - timedelta(microseconds=1), last)
     except ValueError as error:
         return findings + [Finding(symbol, None, "calendar_gap", WARNED, f"gaps not checked: {error}")]
-    actual = bars["ts"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
-    missing_mask = ~np.isin(expected, actual)
-    off = actual[~np.isin(actual, expected)]
+    missing_mask = ~_sorted_isin(expected, actual)
+    off = actual[~_sorted_isin(actual, expected)]
     if len(off):
         off_ts = datetimes(off)
         findings.append(Finding(
@@ -431,12 +458,31 @@ def _calendar_rules(
     return findings
 
 
+def close_times(bars: pl.DataFrame) -> np.ndarray:
+    """A bars frame's ``ts`` as ``datetime64[us]`` UTC instants."""
+    return bars["ts"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+
+
+def _sorted_isin(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_pool)`` for an ascending pool, by binary search instead of hashing both."""
+    if not len(sorted_pool):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_pool, values), len(sorted_pool) - 1)
+    return sorted_pool[at] == values
+
+
 def _jumps(bars: pl.DataFrame, symbol: str, config: ValidationConfig) -> list[Finding]:
     usable = bars.filter(pl.col("close").is_finite() & (pl.col("close") > 0))
     if len(usable) < 3:
         return []
-    close = usable["close"].to_numpy()
-    returns = np.diff(np.log(close))
+    ts = usable["ts"]
+    return jump_findings(symbol, np.diff(np.log(usable["close"].to_numpy())), lambda i: ts[int(i)], config)
+
+
+def jump_findings(
+    symbol: str, returns: np.ndarray, ts_at: Callable[[int], datetime], config: ValidationConfig
+) -> list[Finding]:
+    """Jumps among close-to-close log ``returns``; ``ts_at(i)`` is the close time of the i-th usable bar."""
     sigma = _MAD_TO_SIGMA * float(np.median(np.abs(returns - np.median(returns))))
     if sigma == 0.0:
         # A mostly flat series (a pegged or illiquid quote): fall back to the plain deviation.
@@ -445,15 +491,14 @@ def _jumps(bars: pl.DataFrame, symbol: str, config: ValidationConfig) -> list[Fi
         return []
     score = np.abs(returns - np.median(returns)) / sigma
     hits = np.flatnonzero(score > config.jump_sigma)
-    ts = usable["ts"].to_list()
     findings = []
     for i in hits[: config.max_findings_per_rule]:
         findings.append(Finding(
-            symbol, ts[i + 1], "jump", WARNED,
-            f"close moved {math.expm1(returns[i]):+.2%} since {ts[i].isoformat()}: {score[i]:.1f} robust "
+            symbol, ts_at(i + 1), "jump", WARNED,
+            f"close moved {math.expm1(returns[i]):+.2%} since {ts_at(i).isoformat()}: {score[i]:.1f} robust "
             f"standard deviations (jump_sigma={config.jump_sigma:g})",
         ))
-    findings += _summary(symbol, "jump", WARNED, [ts[i + 1] for i in hits], config, "jumps")
+    findings += _summary(symbol, "jump", WARNED, [ts_at(i + 1) for i in hits], config, "jumps")
     return findings
 
 

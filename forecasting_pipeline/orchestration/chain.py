@@ -11,17 +11,23 @@ import polars as pl
 
 from forecasting_pipeline.forecasting.shaping import AllForecastsRejectedError
 from forecasting_pipeline.forecasting.window_forecasts import forecast_windows
-from forecasting_pipeline.market.calendars import next_bar_closes
+from forecasting_pipeline.market.calendars import UpcomingCloses
 from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.market.validation import AllInstrumentsExcludedError, check_names
 from forecasting_pipeline.market.window_bars import read_window_bars
+from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
 from forecasting_pipeline.orchestration.metadata import (
+    EVERY_WINDOW_WRITTEN,
     FORECAST_CHECKS,
     bar_check_results,
+    exclusion_messages,
     forecast_check_results,
     forecast_metadata,
-    markdown_table,
+    nothing_to_forecast_reasons,
+    rejection_messages,
     window_bars_metadata,
+    windows_written_check,
+    written_window_metadata,
 )
 from forecasting_pipeline.orchestration.partitions import Windows
 from forecasting_pipeline.orchestration.pools import GPU_POOL
@@ -94,10 +100,11 @@ def ohlcv_asset(windows: Windows, symbols: list[str]) -> dg.AssetsDefinition:
         result = read_window_bars(
             source, universe, cadence.name, ends, config.history_bars or cadence.context_length, config.validation()
         )
-        for message in result.exclusion_messages():
+        for message in exclusion_messages(result):
             context.log.error(message)
+        fail_if_nothing_to_forecast(context.partition_keys, result.empty, AllInstrumentsExcludedError)
         for reason in result.empty.values():
-            raise AllInstrumentsExcludedError(reason)
+            context.log.error(f"{reason}; the other windows of this run go on")
         yield dg.Output(
             result.bars, output_name=name,
             metadata=window_bars_metadata(result, source.describe(), source.is_synthetic, len(universe)),
@@ -152,18 +159,19 @@ def forecasts_asset(windows: Windows) -> dg.AssetsDefinition:
     ):
         """Chronos-2 p10/p50/p90 close forecasts per instrument, timestamped on each instrument's trading calendar."""
         calendar_of = {i.symbol: i.calendar for i in instruments.instruments()}
+        upcoming = UpcomingCloses(cadence.name)
         result = forecast_windows(
             covariates,
-            lambda symbol, as_of, n: next_bar_closes(calendar_of[symbol], cadence.name, as_of, n),
+            lambda symbol, as_of, n: upcoming(calendar_of[symbol], as_of, n),
             chronos2.runner(),
             config.horizon or cadence.horizon,
             config.context_length or cadence.context_length,
         )
-        for rejection in result.rejected:
-            context.log.error(f"{rejection.window}: {rejection.symbol} left out ({rejection.rule}): {rejection.message}")
-        for reason in result.empty.values():
-            raise AllForecastsRejectedError(reason)
-        _log_prediction(context, result)
+        for message in rejection_messages(result):
+            context.log.error(message)
+        fail_if_nothing_to_forecast(context.partition_keys, result.empty, AllForecastsRejectedError)
+        if result.prediction is not None:
+            _log_prediction(context, result)
         yield dg.Output(result.forecasts, metadata=forecast_metadata(result))
         yield from forecast_check_results(result)
 
@@ -182,44 +190,66 @@ def _log_prediction(context: dg.AssetExecutionContext, result) -> None:
 
 def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
     cadence = windows.cadence.name
+    name = f"ml_predictions_{cadence}"
 
     @dg.asset(
-        name=f"ml_predictions_{cadence}",
-        # covariates_<cadence> feeds only the forecast fan's history (its close column).
-        ins={"forecasts": dg.AssetIn(f"chronos2_forecasts_{cadence}"), "covariates": dg.AssetIn(f"covariates_{cadence}")},
+        name=name,
+        ins={"forecasts": dg.AssetIn(f"chronos2_forecasts_{cadence}")},
+        # A single-window run draws its fan over the window's history, read from covariates_<cadence>.
+        deps=[dg.AssetKey(f"covariates_{cadence}")],
         kinds={"postgres"},
         retry_policy=WRITE_RETRY_POLICY,
+        # Materialised per window written, so a window with nothing to forecast stays missing.
+        output_required=False,
+        check_specs=[dg.AssetCheckSpec(
+            EVERY_WINDOW_WRITTEN, asset=name,
+            description="Every window of the run had something to forecast and has its rows in ml_predictions.",
+        )],
         **_common(windows),
     )
     def ml_predictions(
         context: dg.AssetExecutionContext,
         forecasts: dict[str, pl.DataFrame],
-        covariates: dict[str, pl.DataFrame],
         database: PostgresResource,
-    ) -> dg.MaterializeResult:
+        frames_io_manager: dg.ResourceParam[PartitionedFramesIOManager],
+    ):
         """Chronos-2 rows in ml_predictions (model_name 'chronos-2'), upserted in one transaction per window."""
-        written = 0
+        to_write = {window: frame for window, frame in sorted(forecasts.items()) if not frame.is_empty()}
         with database.connection() as conn:
-            for done, (window, frame) in enumerate(sorted(forecasts.items()), start=1):
+            for done, (window, frame) in enumerate(to_write.items(), start=1):
                 rows = write_window(conn, window, frame, cadence)
-                written += rows
-                context.log.info(f"window {window}: {rows} rows ({done}/{len(forecasts)} windows)")
-                # Backfill progress as metadata while the run goes on: one observation per stored window.
-                context.log_event(dg.AssetObservation(
-                    asset_key=context.asset_key, partition=window,
-                    metadata={"windows_done": done, "windows_total": len(forecasts), "rows": rows},
-                ))
-            # Every window is committed by now; the fan shows the last one.
-            fan = fan_chart_metadata(conn, cadence, forecasts, covariates)
-        if "forecast_fan_window" not in fan:
-            context.log.warning(f"forecast fan not drawn ({fan['forecast_fan'].removeprefix('Not drawn: ')}); the rows are stored")
-        preview = pl.concat(list(forecasts.values())).filter(pl.col("step") == 1)
-        return dg.MaterializeResult(metadata={
-            "rows": written,
-            "windows": len(forecasts),
-            "database": database.describe(),
-            "preview": markdown_table(preview.select("symbol", "as_of", "ts", "p10", "p50", "p90")),
-            **{key: dg.MetadataValue.md(value) if key == "forecast_fan" else value for key, value in fan.items()},
-        })
+                metadata = written_window_metadata(frame, rows, done, len(to_write), database.describe())
+                if len(forecasts) == 1:
+                    metadata |= _fan(context, conn, cadence, window, frame, frames_io_manager)
+                # Logged right after the window's transaction commits: progress while the run goes on.
+                context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=window, metadata=metadata))
+        context.log.info(f"wrote {len(to_write)} of {len(forecasts)} windows")
+        yield windows_written_check(forecasts, to_write, nothing_to_forecast_reasons(context, f"chronos2_forecasts_{cadence}"))
 
     return ml_predictions
+
+
+def _fan(context, conn, cadence: str, window: str, frame: pl.DataFrame, frames: PartitionedFramesIOManager) -> dict:
+    """The forecast fan of a single-window run, over the window's history, as metadata.
+
+    A backfill run draws none: one window's fan among hundreds says little, and drawing it costs
+    more than writing the windows.
+    """
+    history = {window: frames.load_window(dg.AssetKey(f"covariates_{cadence}"), window)}
+    fan = fan_chart_metadata(conn, cadence, {window: frame}, history)
+    if "forecast_fan_window" not in fan:
+        context.log.warning(f"forecast fan not drawn ({fan['forecast_fan'].removeprefix('Not drawn: ')}); the rows are stored")
+    return {key: dg.MetadataValue.md(value) if key == "forecast_fan" else value for key, value in fan.items()}
+
+
+def fail_if_nothing_to_forecast(windows: list[str], empty: dict[str, str], error: type[Exception]) -> None:
+    """Fail a run none of whose windows has anything to forecast.
+
+    A scheduled run covers one window, so it fails and alerts fire. A backfill run writes every
+    window that has something to forecast; only when none has does it fail, since it would write nothing.
+    """
+    if len(empty) < len(windows):
+        return
+    if len(windows) == 1:
+        raise error(empty[windows[0]])
+    raise error(f"none of this run's {len(windows)} windows has anything to forecast: " + " | ".join(empty.values()))

@@ -16,6 +16,7 @@ from forecasting_pipeline.forecasting.window_forecasts import (
     WindowForecasts,
 )
 from forecasting_pipeline.market.instruments import Instrument
+from forecasting_pipeline.market.validation import EXCLUDED
 from forecasting_pipeline.market.window_bars import WindowBars
 from forecasting_pipeline.serving.plots import png_markdown
 
@@ -43,6 +44,14 @@ def png_metadata(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(png_markdown(png, alt))
 
 
+# The check of ml_predictions_<cadence> that fails when a window of the run had nothing to forecast.
+EVERY_WINDOW_WRITTEN = "every_window_written"
+
+# Per instrument, exclusions (or rejections) listed one line each up to this many windows; beyond
+# that, one line sums them up, so a long backfill of a broken feed does not flood the event log.
+LINES_PER_INSTRUMENT = 3
+
+
 def window_bars_metadata(result: WindowBars, source: str, synthetic: bool, instruments: int) -> dict[str, object]:
     """Metadata of ``ohlcv_<cadence>``: the source, the row counts, exclusions and every finding."""
     return {
@@ -52,9 +61,78 @@ def window_bars_metadata(result: WindowBars, source: str, synthetic: bool, instr
         "instruments": instruments,
         "rows": sum(len(f) for f in result.bars.values()),
         "excluded": dg.MetadataValue.json(result.excluded),
+        "excluded_by_rule": dg.MetadataValue.json(result.excluded_by_rule()),
+        "nothing_to_forecast": dg.MetadataValue.json(result.empty),
         "findings": len(result.findings),
         "findings_table": markdown_table(result.findings, 50),
     }
+
+
+def exclusion_messages(result: WindowBars) -> list[str]:
+    """Log lines naming each excluded instrument, its windows and the rules that excluded it."""
+    lines = {}
+    for window, validated in result.windows.items():
+        for symbol in validated.excluded:
+            reasons = "; ".join(f"{f.rule}: {f.message}" for f in validated.findings_of(symbol) if f.action == EXCLUDED)
+            lines.setdefault(symbol, []).append(f"{window}: {symbol} excluded: {reasons}")
+    return _at_most_per_instrument(lines, "excluded from")
+
+
+def rejection_messages(result: WindowForecasts) -> list[str]:
+    """Log lines naming each instrument left out of the forecasts, its windows and why."""
+    lines = {}
+    for r in result.rejected:
+        lines.setdefault(r.symbol, []).append(f"{r.window}: {r.symbol} left out ({r.rule}): {r.message}")
+    return _at_most_per_instrument(lines, "left out of")
+
+
+def _at_most_per_instrument(lines: dict[str, list[str]], what: str) -> list[str]:
+    out = []
+    for symbol, mine in lines.items():
+        if len(mine) <= LINES_PER_INSTRUMENT:
+            out += mine
+        else:
+            out.append(f"{symbol} {what} {len(mine)} windows (metadata lists them); the first: {mine[0]}")
+    return out
+
+
+def nothing_to_forecast_reasons(context: dg.AssetExecutionContext, forecasts_asset: str) -> dict[str, str]:
+    """Window -> why it had nothing to forecast, as this run's forecast step recorded it."""
+    for record in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.asset_materialization
+        if materialization and materialization.asset_key == dg.AssetKey(forecasts_asset):
+            value = materialization.metadata.get("nothing_to_forecast")
+            return dict(value.value) if value is not None else {}
+    return {}
+
+
+def written_window_metadata(frame: pl.DataFrame, rows: int, done: int, total: int, database: str) -> dict[str, object]:
+    """Metadata of one window of ``ml_predictions_<cadence>``, logged when its rows are committed."""
+    return {
+        "rows": rows,
+        "windows_done": done,
+        "windows_total": total,
+        "database": database,
+        "preview": markdown_table(frame.filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")),
+    }
+
+
+def windows_written_check(
+    forecasts: dict[str, pl.DataFrame], written: dict[str, pl.DataFrame], reasons: dict[str, str]
+) -> dg.AssetCheckResult:
+    """Fails, naming them and why, when windows of the run had nothing to forecast and so no rows."""
+    missing = {window: reasons.get(window, "nothing to forecast") for window in sorted(forecasts) if window not in written}
+    return dg.AssetCheckResult(
+        check_name=EVERY_WINDOW_WRITTEN,
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "windows_requested": len(forecasts),
+            "windows_written": len(written),
+            "windows_with_nothing_to_forecast": dg.MetadataValue.json(missing),
+            "rerun": dg.MetadataValue.json(sorted(missing)),
+        },
+    )
 
 
 def bar_check_results(
@@ -88,6 +166,7 @@ def forecast_metadata(result: WindowForecasts) -> dict[str, object]:
         "series": result.series,
         "windows": len(result.forecasts),
         "rejected": dg.MetadataValue.json(result.left_out()),
+        "nothing_to_forecast": dg.MetadataValue.json(result.empty),
         "rejected_table": markdown_table(rejections_frame(result.rejected)),
     }
     if result.prediction is not None:
@@ -100,10 +179,11 @@ def forecast_metadata(result: WindowForecasts) -> dict[str, object]:
             "predict_seconds": round(done.timings["predict_seconds"], 3),
             **done.device_run.metadata(),
         }
-    first_steps = [f.filter(pl.col("step") == 1).with_columns(pl.lit(w).alias("window")) for w, f in result.forecasts.items()]
-    if first_steps:
+    last = max(result.forecasts, default=None)
+    if last is not None:
         out["preview"] = markdown_table(
-            pl.concat(first_steps).select("window", "symbol", "as_of", "ts", "p10", "p50", "p90")
+            result.forecasts[last].filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")
+            .with_columns(pl.lit(last).alias("window"))
         )
     return out
 

@@ -23,9 +23,12 @@ MODEL_NAME = "chronos-2"
 KRONOS_MODEL_NAME = "kronos-base"
 TIMEFRAMES = ("1h", "1d")
 
+# One statement per window, its rows passed as arrays: a round trip per window rather than per row.
 _UPSERT = """
 INSERT INTO ml_predictions (symbol, timeframe, model_name, model_version, as_of, predictions, created_at)
-VALUES (%s, %s, %s, %s, %s, %s::jsonb, now())
+SELECT r.symbol, r.timeframe, r.model_name, r.model_version, r.as_of, r.predictions::jsonb, now()
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+    AS r(symbol, timeframe, model_name, model_version, as_of, predictions)
 ON CONFLICT (symbol, timeframe, model_name, as_of)
 DO UPDATE SET predictions = EXCLUDED.predictions,
               model_version = EXCLUDED.model_version,
@@ -51,16 +54,16 @@ def prediction_rows(forecasts: pl.DataFrame, timeframe: str, model_version: str)
     """Group long forecast rows (symbol, as_of, step, ts, p10, p50, p90) into one row per forecast."""
     if timeframe not in TIMEFRAMES:
         raise ValueError(f"timeframe must be one of {TIMEFRAMES}, got {timeframe!r}")
-    rows = []
-    for (symbol, as_of), frame in forecasts.sort("symbol", "as_of", "step").group_by(
-        "symbol", "as_of", maintain_order=True
-    ):
-        steps = [
+    steps_of: dict[tuple[str, datetime], list[dict]] = {}
+    ordered = forecasts.sort("symbol", "as_of", "step").select("symbol", "as_of", "step", "ts", "p10", "p50", "p90")
+    for symbol, as_of, s, t, lo, mid, hi in ordered.iter_rows():
+        steps_of.setdefault((symbol, as_of), []).append(
             {"step": s, "ts": t.isoformat(), "p10": lo, "p50": mid, "p90": hi, "close": mid}
-            for s, t, lo, mid, hi in frame.select("step", "ts", "p10", "p50", "p90").iter_rows()
-        ]
-        rows.append(PredictionRow(symbol, timeframe, MODEL_NAME, model_version, as_of, steps))
-    return rows
+        )
+    return [
+        PredictionRow(symbol, timeframe, MODEL_NAME, model_version, as_of, steps)
+        for (symbol, as_of), steps in steps_of.items()
+    ]
 
 
 def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow], window: str | None = None) -> int:
@@ -84,7 +87,8 @@ def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow], windo
             for timeframe in sorted({row.timeframe for row in rows}):
                 cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                             (window_lock_name(timeframe, window),))
-            cur.executemany(_UPSERT, [row.params() for row in rows])
+            if rows:
+                cur.execute(_UPSERT, [list(column) for column in zip(*(row.params() for row in rows))])
     return len(rows)
 
 

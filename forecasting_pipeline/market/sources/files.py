@@ -126,11 +126,19 @@ def read_bars_from_files(
         A bars frame with at most ``n_bars`` rows. Rows with a null ``ts``
         are kept out because they cannot be placed before ``end``.
     """
+    return read_history_from_files(root, cadence, symbol, end, end, n_bars)
+
+
+def read_history_from_files(
+    root: Path | str, cadence: str, symbol: str, first_end: datetime, last_end: datetime, n_bars: int
+) -> pl.DataFrame:
+    """The last ``n_bars`` bars at or before ``first_end`` and every bar after it up to ``last_end``, in file order
+    sorted by ``ts`` (see ``read_bars_from_files``)."""
     if not isinstance(n_bars, int) or n_bars < 1:
         raise ValueError(f"{symbol}: n_bars must be a positive integer, got {n_bars!r}")
-    cutoff = as_utc(end)
-    bars = read_bar_file(find_bar_file(root, cadence, symbol), symbol)
-    return bars.filter(pl.col("ts") <= cutoff).tail(n_bars)
+    bars = read_bar_file(find_bar_file(root, cadence, symbol), symbol).filter(pl.col("ts") <= as_utc(last_end))
+    before_first = bars.filter(pl.col("ts") <= as_utc(first_end)).height
+    return bars.slice(max(0, before_first - n_bars))
 
 
 class FileSource:
@@ -148,6 +156,13 @@ class FileSource:
         self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
     ) -> tuple[pl.DataFrame, dict[str, str]]:
         """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
+        return self.history(instruments, cadence, end, end, n_bars)
+
+    def history(
+        self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """Every bar the windows ending from ``first_end`` to ``last_end`` read, each file read once (``BarSource``)."""
         return read_each(
-            instruments, lambda instrument: read_bars_from_files(self.root, cadence, instrument.symbol, end, n_bars)
+            instruments,
+            lambda instrument: read_history_from_files(self.root, cadence, instrument.symbol, first_end, last_end, n_bars),
         )

@@ -114,6 +114,22 @@ def read_bars_from_table(
         A bars frame with rows for several symbols, sorted by ``symbol`` then
         ``ts``; at most ``n_bars`` rows per symbol.
     """
+    return read_history_from_table(conn, table, symbols, cadence, end, end, n_bars)
+
+
+def read_history_from_table(
+    conn: psycopg.Connection,
+    table: BarTable,
+    symbols: list[str],
+    cadence: str,
+    first_end: datetime,
+    last_end: datetime,
+    n_bars: int,
+) -> pl.DataFrame:
+    """Per symbol, the last ``n_bars`` bars at or before ``first_end`` and every bar after it up to ``last_end``.
+
+    One query for all symbols; see ``read_bars_from_table`` for the frame.
+    """
     if cadence not in CADENCES:
         raise ValueError(f"{table.qualified_name}: unknown cadence {cadence!r}; expected one of {list(CADENCES)}")
     if not isinstance(n_bars, int) or n_bars < 1:
@@ -121,9 +137,8 @@ def read_bars_from_table(
     wanted = list(dict.fromkeys(symbols))
     if not wanted:
         return empty_bars()
-    cutoff = as_utc(end)
 
-    query, params = _build_query(table, wanted, cadence, cutoff, n_bars)
+    query, params = _build_query(table, wanted, cadence, as_utc(first_end), as_utc(last_end), n_bars)
     with conn.cursor() as cursor:
         cursor.execute(query, params)
         rows = cursor.fetchall()
@@ -155,7 +170,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _build_query(
-    table: BarTable, symbols: list[str], cadence: str, cutoff: datetime, n_bars: int
+    table: BarTable, symbols: list[str], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
 ) -> tuple[sql.Composed, list[object]]:
     target = (
         sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.table))
@@ -168,14 +183,14 @@ def _build_query(
         sql.SQL("{} = ANY(%s)").format(symbol),
         sql.SQL("{} <= %s").format(ts),
     ]
-    params: list[object] = [symbols, cutoff]
+    params: list[object] = [first_end, symbols, last_end]
     if table.timeframe_col is not None:
         conditions.append(sql.SQL("{} = %s").format(sql.Identifier(table.timeframe_col)))
         params.append(cadence)
-    params.append(n_bars)
+    params += [first_end, n_bars]
     # Numeric columns are cast in SQL so numeric/decimal tables arrive as
-    # floats; the window keeps the newest n_bars per symbol without one
-    # query per symbol.
+    # floats; the window keeps, per symbol and without one query each, the
+    # newest n_bars at or before first_end and every bar after it.
     numeric = sql.SQL(", ").join(
         sql.SQL("CAST({} AS double precision) AS {}").format(sql.Identifier(column), sql.Identifier(alias))
         for column, alias in (
@@ -189,9 +204,9 @@ def _build_query(
     query = sql.SQL(
         "SELECT symbol, ts, open, high, low, close, volume FROM ("
         "SELECT CAST({symbol} AS text) AS symbol, {ts} AS ts, {numeric}, "
-        "row_number() OVER (PARTITION BY {symbol} ORDER BY {ts} DESC) AS rn "
+        "row_number() OVER (PARTITION BY {symbol}, {ts} <= %s ORDER BY {ts} DESC) AS rn "
         "FROM {target} WHERE {conditions}"
-        ") AS recent WHERE rn <= %s ORDER BY symbol, ts"
+        ") AS recent WHERE ts > %s OR rn <= %s ORDER BY symbol, ts"
     ).format(
         symbol=symbol,
         ts=ts,
@@ -221,8 +236,15 @@ class TableSource:
         self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
     ) -> tuple[pl.DataFrame, dict[str, str]]:
         """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
+        return self.history(instruments, cadence, end, end, n_bars)
+
+    def history(
+        self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """Every bar the windows ending from ``first_end`` to ``last_end`` read, in one query (``BarSource``)."""
         conn = connect(self.url)
         try:
-            return read_bars_from_table(conn, self.table, [i.symbol for i in instruments], cadence, end, n_bars), {}
+            symbols = [i.symbol for i in instruments]
+            return read_history_from_table(conn, self.table, symbols, cadence, first_end, last_end, n_bars), {}
         finally:
             conn.close()

@@ -121,11 +121,27 @@ def sample_bars(
         A bars frame (see ``market_data.schema``), at most ``n_bars`` rows,
         every ``ts <= min(end, now)``.
     """
+    return sample_history(instrument, cadence, end, end, n_bars, now)
+
+
+def sample_history(
+    instrument: Instrument,
+    cadence: str,
+    first_end: datetime,
+    last_end: datetime,
+    n_bars: int,
+    now: datetime | None = None,
+) -> pl.DataFrame:
+    """The last ``n_bars`` synthetic bars at or before ``first_end`` and every bar after it up to ``last_end``.
+
+    See ``sample_bars``; bars closing after ``now`` do not exist yet.
+    """
     if cadence not in SAMPLE_EPOCHS:
         raise ValueError(f"{instrument.symbol}: unknown cadence {cadence!r}; expected one of {list(SAMPLE_EPOCHS)}")
     if not isinstance(n_bars, int) or n_bars < 1:
         raise ValueError(f"{instrument.symbol}: n_bars must be a positive integer, got {n_bars!r}")
-    limit = min(as_utc(end), as_utc(now) if now is not None else datetime.now(timezone.utc))
+    present = as_utc(now) if now is not None else datetime.now(timezone.utc)
+    limit = min(as_utc(last_end), present)
     epoch = SAMPLE_EPOCHS[cadence]
     if limit <= epoch:
         return empty_bars()
@@ -137,7 +153,8 @@ def sample_bars(
         instrument.symbol, instrument.asset_class, instrument.calendar, cadence, through_year
     )
     stop = int(np.searchsorted(ts, epoch_us(limit), side="right"))
-    start = max(0, stop - n_bars)
+    first_stop = int(np.searchsorted(ts, epoch_us(min(as_utc(first_end), present)), side="right"))
+    start = max(0, first_stop - n_bars)
     frame = pl.DataFrame(
         [
             pl.Series("ts", ts[start:stop], dtype=pl.Int64).cast(TS_DTYPE),
@@ -281,4 +298,12 @@ class SampleSource:
         self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
     ) -> tuple[pl.DataFrame, dict[str, str]]:
         """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
-        return read_each(instruments, lambda instrument: sample_bars(instrument, cadence, end, n_bars))
+        return self.history(instruments, cadence, end, end, n_bars)
+
+    def history(
+        self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """Every bar the windows ending from ``first_end`` to ``last_end`` read (see ``BarSource``)."""
+        return read_each(
+            instruments, lambda instrument: sample_history(instrument, cadence, first_end, last_end, n_bars)
+        )

@@ -159,7 +159,7 @@ def read_each(
 
 
 class BarSource(Protocol):
-    """Where bars come from. ``bars`` returns the readable instruments' bars and, per unreadable one, why."""
+    """Where bars come from. Reads return the readable instruments' bars and, per unreadable one, why."""
 
     is_synthetic: bool
 
@@ -171,4 +171,15 @@ class BarSource(Protocol):
         self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
     ) -> tuple[pl.DataFrame, dict[str, str]]:
         """The last ``n_bars`` bars closed at or before ``end`` for each instrument."""
+        ...
+
+    def history(
+        self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
+    ) -> tuple[pl.DataFrame, dict[str, str]]:
+        """Every bar a window ending between ``first_end`` and ``last_end`` can read, in one pass per instrument.
+
+        That is, per instrument: the last ``n_bars`` bars closed at or before ``first_end`` and every
+        bar closed after it up to ``last_end``, in the order ``bars`` returns them; so the window
+        ending at ``e`` reads exactly the last ``n_bars`` of these closed at or before ``e``.
+        """
         ...
