@@ -23,6 +23,7 @@ from forecasting_pipeline.market.instruments import load_instruments
 from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
 from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
 from forecasting_pipeline.orchestration.partitions import Windows, cadence_windows
+from forecasting_pipeline.orchestration.placement import GpuPlacement, parse_node_selector, parse_tolerations
 from forecasting_pipeline.orchestration.resources import (
     Chronos2Resource,
     InstrumentsResource,
@@ -52,8 +53,13 @@ class Settings:
     chronos2_dtype: str = "float32"  # CHRONOS2_DTYPE
     min_free_gpu_gb: float = 1.5  # CHRONOS2_MIN_FREE_GPU_GB
     gpu_lock_timeout_s: float = 60.0  # CHRONOS2_GPU_LOCK_TIMEOUT_S
+    gpu_lock_scope: str = "shared"  # CHRONOS2_GPU_LOCK: shared (Kronos's key) or per-gpu
     model_server_socket: str | None = None  # CHRONOS2_SERVER
+    # FRAMES_DIR, else DAGSTER_HOME/storage/frames; on Kubernetes a volume every pod mounts.
     frames_dir: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "storage" / "frames"))
+    k8s_step_pods: bool = False  # K8S_STEP_PODS: one pod per step (dagster-k8s's k8s_job_executor)
+    # K8S_GPUS_PER_STEP, K8S_GPU_NODE_SELECTOR, K8S_GPU_TOLERATIONS: the model step's pod; only with step pods.
+    gpu_placement: GpuPlacement | None = None
     # FIRST_WINDOW_1H / FIRST_WINDOW_1D: the first partition of each cadence (None: the default).
     first_window: Mapping[str, str | None] = field(default_factory=lambda: {name: None for name in CADENCES})
     kronos_batch: bool = False  # KRONOS_BATCH_URL is set (the URL itself is a secret)
@@ -81,8 +87,11 @@ class Settings:
             chronos2_dtype=get("CHRONOS2_DTYPE", "float32"),
             min_free_gpu_gb=float(get("CHRONOS2_MIN_FREE_GPU_GB", 1.5)),
             gpu_lock_timeout_s=float(get("CHRONOS2_GPU_LOCK_TIMEOUT_S", 60)),
+            gpu_lock_scope=get("CHRONOS2_GPU_LOCK", "shared"),
             model_server_socket=get("CHRONOS2_SERVER"),
-            frames_dir=str(Path(home) / "storage" / "frames"),
+            frames_dir=get("FRAMES_DIR") or str(Path(home) / "storage" / "frames"),
+            k8s_step_pods=_flag(env, "K8S_STEP_PODS"),
+            gpu_placement=_gpu_placement(env),
             first_window={name: get(f"FIRST_WINDOW_{name.upper()}") for name in CADENCES},
             kronos_batch=bool(get("KRONOS_BATCH_URL")),
             kronos_batch_token=bool(get("KRONOS_BATCH_TOKEN")),
@@ -101,6 +110,28 @@ class Settings:
         return [i.symbol for i in load_instruments(self.instruments_file)]
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = (env.get(name) or "").strip().lower()
+    if value not in ("", "0", "false", "no", "1", "true", "yes"):
+        raise ValueError(f"{name} must be true or false, got {env.get(name)!r}")
+    return value in ("1", "true", "yes")
+
+
+def _gpu_placement(env: Mapping[str, str]) -> GpuPlacement | None:
+    """The model step's pod on Kubernetes; None without step pods, where a pod tag would reach nothing."""
+    placement_vars = [name for name in ("K8S_GPUS_PER_STEP", "K8S_GPU_NODE_SELECTOR", "K8S_GPU_TOLERATIONS") if env.get(name)]
+    if not _flag(env, "K8S_STEP_PODS"):
+        if placement_vars:
+            raise ValueError(f"{', '.join(placement_vars)} take effect only with K8S_STEP_PODS=true (one pod per step)")
+        return None
+    gpus = env.get("K8S_GPUS_PER_STEP") or "1"
+    if not gpus.strip().isdigit():
+        raise ValueError(f"K8S_GPUS_PER_STEP must be a whole number of GPUs, got {gpus!r}")
+    return GpuPlacement(
+        int(gpus), parse_node_selector(env.get("K8S_GPU_NODE_SELECTOR")), parse_tolerations(env.get("K8S_GPU_TOLERATIONS"))
+    )
+
+
 def _chronos2_fields(settings: Settings) -> dict[str, object]:
     return dict(
         model=settings.chronos2_model,
@@ -109,6 +140,7 @@ def _chronos2_fields(settings: Settings) -> dict[str, object]:
         dtype=settings.chronos2_dtype,
         min_free_memory_gb=settings.min_free_gpu_gb,
         lock_timeout_s=settings.gpu_lock_timeout_s,
+        lock_scope=settings.gpu_lock_scope,
     )
 
 

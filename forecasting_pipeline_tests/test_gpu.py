@@ -6,6 +6,7 @@ real Dagster instance built from the repository's dagster.yaml.
 """
 
 import shutil
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +22,8 @@ from forecasting_pipeline.forecasting.device import (
     GpuProcess,
     GpuSettings,
     advisory_lock,
+    gpu_lock_key,
+    lock_key_for,
     run_on_device,
 )
 from forecasting_pipeline.forecasting.runner import _MODEL_CACHE
@@ -34,13 +37,19 @@ from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 REPO = Path(__file__).resolve().parents[1]
 HORIZON = 10
 CONTEXT = 64  # the daily_inputs fixture's length (conftest.py)
+# Two GPUs as CUDA names them (torch.cuda.get_device_properties(i).uuid).
+GPU_A = "5b9c3a1e-8f0d-4c55-9d2e-0a1b2c3d4e5f"
+GPU_B = "e07d21c4-13aa-4b6f-8e90-77f1a2b3c4d5"
 
 
 class FakeCuda:
     """A CUDA device that is only numbers, for machines without one; optionally OOMs on its first run."""
 
-    def __init__(self, available: bool = True, free_gb: float = 8.0, oom_on_first_run: bool = False) -> None:
+    def __init__(
+        self, available: bool = True, free_gb: float = 8.0, oom_on_first_run: bool = False, uuid: str | None = None
+    ) -> None:
         self.available = available
+        self.device_uuid = uuid
         self.free_bytes = int(free_gb * GIB)
         self.oom_on_first_run = oom_on_first_run
         self.runs = 0
@@ -48,6 +57,9 @@ class FakeCuda:
 
     def is_available(self) -> bool:
         return self.available
+
+    def uuid(self) -> str | None:
+        return self.device_uuid
 
     def mem_get_info(self) -> tuple[int, int]:
         return self.free_bytes, 8 * GIB
@@ -197,6 +209,53 @@ def test_when_another_connection_holds_the_gpu_lock_then_the_resource_runs_on_cp
     assert record.reason == f"GPU lock {GPU_LOCK_KEY} busy for 0.5s"
     assert record.lock_wait_seconds >= 0.5
     assert cuda.runs == 0
+
+
+def test_when_two_gpus_are_used_then_they_have_two_lock_keys_and_one_gpu_has_one():
+    per_gpu, shared = GpuSettings(lock_scope="per-gpu"), GpuSettings()
+    two_gpus = [FakeCuda(uuid=GPU_A), FakeCuda(uuid=GPU_B)]
+    # Two processes on one GPU, one reading CUDA's spelling of its UUID and one NVML's.
+    one_gpu = [FakeCuda(uuid=GPU_A), FakeCuda(uuid=f"GPU-{GPU_A.upper()}")]
+
+    assert len({lock_key_for(per_gpu, cuda) for cuda in two_gpus}) == 2
+    assert {lock_key_for(per_gpu, cuda) for cuda in one_gpu} == {gpu_lock_key(GPU_A)}
+    assert GPU_LOCK_KEY not in {gpu_lock_key(GPU_A), gpu_lock_key(GPU_B)}
+    # Kronos's box keeps the documented key, whatever the card.
+    assert {lock_key_for(shared, cuda) for cuda in two_gpus} == {GPU_LOCK_KEY}
+
+
+def test_when_a_gpu_has_no_readable_uuid_then_the_per_gpu_lock_takes_the_shared_key():
+    assert lock_key_for(GpuSettings(lock_scope="per-gpu"), FakeCuda(uuid=None)) == GPU_LOCK_KEY
+
+
+def test_when_per_gpu_locks_are_held_then_a_second_user_of_the_same_gpu_waits_and_of_another_gpu_does_not(
+    empty_database_url,
+):
+    settings = GpuSettings(device="auto", lock_scope="per-gpu", lock_timeout_s=0.3, lock_poll_s=0.1)
+    inside, release, held = threading.Event(), threading.Event(), []
+
+    def hold(device):
+        inside.set()
+        release.wait(30)
+        return device
+
+    holder = threading.Thread(target=lambda: held.append(
+        run_on_device(hold, settings, database_url=empty_database_url, cuda=FakeCuda(uuid=GPU_A))
+    ))
+    holder.start()
+    try:
+        assert inside.wait(30)
+        _result, same_gpu = run_on_device(lambda d: d, settings, database_url=empty_database_url, cuda=FakeCuda(uuid=GPU_A))
+        _result, other_gpu = run_on_device(lambda d: d, settings, database_url=empty_database_url, cuda=FakeCuda(uuid=GPU_B))
+    finally:
+        release.set()
+        holder.join()
+
+    assert (same_gpu.device, same_gpu.fell_back) == ("cpu", True)
+    assert same_gpu.reason == f"GPU lock {gpu_lock_key(GPU_A)} busy for 0.3s"
+    assert (other_gpu.device, other_gpu.fell_back) == ("cuda", False)
+    assert other_gpu.metadata()["gpu_lock_key"] == str(gpu_lock_key(GPU_B))
+    assert held[0][1].device == "cuda"
 
 
 def test_when_the_lock_database_is_unreachable_then_auto_runs_on_cpu():

@@ -7,9 +7,12 @@ This module owns the device decision and its record:
   (``torch.cuda.mem_get_info``, which counts every process on the device, Kronos included).
   ``device="cuda"`` skips the free-memory test but still takes the lock; ``device="cpu"`` never
   touches CUDA.
-- The cross-process lock is a PostgreSQL session-level advisory lock on ``GPU_LOCK_KEY``, held on
-  a connection of its own for as long as the GPU is in use. Any other GPU user (Kronos) that takes
-  the same key in the same database is serialised with us; see the README for the SQL.
+- The cross-process lock is a PostgreSQL session-level advisory lock, held on a connection of its
+  own for as long as the GPU is in use. With ``lock_scope="shared"`` (the default) its key is
+  ``GPU_LOCK_KEY``: any other GPU user (Kronos) that takes the same key in the same database is
+  serialised with us; see the README for the SQL. With ``lock_scope="per-gpu"`` the key is derived
+  from the UUID of the device the work runs on (``gpu_lock_key``), so users of different GPUs (pods
+  on several GPU nodes) do not wait for each other, while two users of one GPU still do.
 - A CUDA out-of-memory error during the work frees GPU memory, logs a warning and reruns the same
   work on the CPU: a run never fails because the GPU was full.
 
@@ -20,6 +23,7 @@ decision can be tested on machines without a GPU.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +36,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Device = Literal["auto", "cuda", "cpu"]
+LockScope = Literal["shared", "per-gpu"]
 
 # The advisory-lock key every GPU user on the shared card takes before using it: the ASCII bytes
 # of "GPU_LOCK" read as a big-endian bigint (0x4750555F4C4F434B). Documented in the README.
 GPU_LOCK_KEY = 5138701042620253003
+# Hashed in front of a GPU's UUID, so per-GPU keys are apart from any other advisory-lock user's keys.
+PER_GPU_KEY_NAMESPACE = b"forecasting_pipeline GPU lock "
 
 GIB = 1024**3
 
@@ -49,10 +56,13 @@ class GpuSettings:
     lock_timeout_s: float = 60.0
     lock_poll_s: float = 0.5
     lock_key: int = GPU_LOCK_KEY
+    lock_scope: LockScope = "shared"
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {self.device!r}")
+        if self.lock_scope not in ("shared", "per-gpu"):
+            raise ValueError(f"lock_scope must be 'shared' or 'per-gpu', got {self.lock_scope!r}")
         if self.min_free_memory_gb < 0 or self.lock_timeout_s < 0 or self.lock_poll_s <= 0:
             raise ValueError(
                 f"min_free_memory_gb and lock_timeout_s must be >= 0 and lock_poll_s > 0, got "
@@ -72,6 +82,10 @@ class Cuda(Protocol):
     """The CUDA readings and calls the device decision needs."""
 
     def is_available(self) -> bool: ...
+
+    def uuid(self) -> str | None:
+        """The UUID of the device the work runs on, or None when it cannot be read."""
+        ...
 
     def mem_get_info(self) -> tuple[int, int]:
         """Free and total device memory in bytes, over all processes."""
@@ -102,6 +116,15 @@ class TorchCuda:
         import torch
 
         return torch.cuda.is_available()
+
+    def uuid(self) -> str | None:
+        import torch
+
+        # CUDA's own identity of the device this process computes on: in a container given one GPU
+        # (or one MIG slice) by Kubernetes it names that GPU, whatever its index on the node. NVML's
+        # index order may differ from CUDA's, so NVML is not asked.
+        uuid = getattr(torch.cuda.get_device_properties(self.index), "uuid", None)
+        return None if uuid is None else str(uuid)
 
     def mem_get_info(self) -> tuple[int, int]:
         import torch
@@ -168,6 +191,7 @@ class DeviceRun:
     other_gpu_processes: list[GpuProcess] | None = field(default=None)
     # "this run", or the model server that ran it (model_server.py).
     model_process: str = "this run"
+    lock_key: int | None = None
 
     def metadata(self) -> dict[str, object]:
         """Plain values for Dagster metadata; peak memory only when CUDA was used."""
@@ -187,6 +211,8 @@ class DeviceRun:
             out["free_gpu_memory_mb"] = round(self.free_gpu_memory_bytes / 1024**2, 1)
         if self.other_gpu_processes is not None:
             out["other_gpu_processes"] = len(self.other_gpu_processes)
+        if self.lock_key is not None:
+            out["gpu_lock_key"] = str(self.lock_key)
         return out
 
     def to_json(self) -> dict[str, object]:
@@ -196,6 +222,33 @@ class DeviceRun:
     def from_json(cls, data: dict) -> DeviceRun:
         processes = data.get("other_gpu_processes")
         return cls(**{**data, "other_gpu_processes": None if processes is None else [GpuProcess(**p) for p in processes]})
+
+
+def gpu_lock_key(uuid: str) -> int:
+    """The advisory-lock key of one GPU, from its UUID: a signed 64-bit integer, as PostgreSQL wants.
+
+    NVML writes UUIDs as ``GPU-<hex groups>``, CUDA without the prefix; both give the same key.
+    """
+    normal = uuid.strip().lower().removeprefix("gpu-")
+    if not normal:
+        raise ValueError("a GPU UUID is needed for its lock key, got an empty string")
+    digest = hashlib.blake2b(PER_GPU_KEY_NAMESPACE + normal.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_key_for(settings: GpuSettings, cuda: Cuda) -> int:
+    """The key to hold while using the device: the shared one, or the device's own (``lock_scope``).
+
+    A per-GPU lock whose device has no readable UUID takes the shared key: it then waits for every
+    other GPU user rather than for none.
+    """
+    if settings.lock_scope == "shared":
+        return settings.lock_key
+    uuid = cuda.uuid()
+    if uuid is None:
+        logger.warning("the GPU's UUID cannot be read; taking the shared GPU lock %d instead", settings.lock_key)
+        return settings.lock_key
+    return gpu_lock_key(uuid)
 
 
 @contextmanager
@@ -242,6 +295,7 @@ class _Plan:
     lock_wait_seconds: float | None = None
     free_bytes: int | None = None
     processes: list[GpuProcess] | None = None
+    lock_key: int | None = None
 
 
 def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: ExitStack) -> _Plan:
@@ -252,9 +306,11 @@ def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: Ex
         # With auto, no CUDA at all is a plain decision; with cuda it is a fallback.
         return _Plan("cpu", settings.device == "cuda", "CUDA is not available")
 
+    key = lock_key_for(settings, cuda)
     lock_wait = None
     if database_url is None:
         logger.warning("no database for the GPU lock: using the GPU without cross-process coordination")
+        key = None
     else:
         from forecasting_pipeline.storage.database import (
             DatabaseUnavailableError,
@@ -263,14 +319,12 @@ def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: Ex
 
         started = time.monotonic()
         try:
-            taken = stack.enter_context(
-                advisory_lock(database_url, settings.lock_key, settings.lock_timeout_s, settings.lock_poll_s)
-            )
+            taken = stack.enter_context(advisory_lock(database_url, key, settings.lock_timeout_s, settings.lock_poll_s))
         except DatabaseUnavailableError:
-            return _Plan("cpu", True, f"GPU lock database {describe_database(database_url)} unreachable")
+            return _Plan("cpu", True, f"GPU lock database {describe_database(database_url)} unreachable", lock_key=key)
         lock_wait = time.monotonic() - started
         if not taken:
-            return _Plan("cpu", True, f"GPU lock {settings.lock_key} busy for {settings.lock_timeout_s:g}s", lock_wait)
+            return _Plan("cpu", True, f"GPU lock {key} busy for {settings.lock_timeout_s:g}s", lock_wait, lock_key=key)
 
     free, _total = cuda.mem_get_info()
     processes = cuda.processes()
@@ -280,9 +334,9 @@ def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: Ex
         return _Plan(
             "cpu", True,
             f"{free / GIB:.2f} GiB free on the GPU, below min_free_memory_gb={settings.min_free_memory_gb:g}",
-            lock_wait, free, processes,
+            lock_wait, free, processes, key,
         )
-    return _Plan("cuda", False, f"{free / GIB:.2f} GiB free on the GPU", lock_wait, free, processes)
+    return _Plan("cuda", False, f"{free / GIB:.2f} GiB free on the GPU", lock_wait, free, processes, key)
 
 
 def run_on_device(
@@ -337,11 +391,11 @@ def run_on_device(
             if oom is None:
                 return result, DeviceRun(
                     settings.device, "cuda", False, plan.reason, time.perf_counter() - started,
-                    plan.lock_wait_seconds, peak, plan.free_bytes, plan.processes,
+                    plan.lock_wait_seconds, peak, plan.free_bytes, plan.processes, lock_key=plan.lock_key,
                 )
             logger.warning("CUDA out of memory (%s); retrying the same batch on the CPU", oom)
             plan = _Plan("cpu", True, f"CUDA out of memory: {oom}", plan.lock_wait_seconds, plan.free_bytes,
-                         plan.processes)
+                         plan.processes, plan.lock_key)
         # The CPU does not need the GPU lock: release it before the (long) CPU work.
         stack.close()
         result = work("cpu")
@@ -349,5 +403,5 @@ def run_on_device(
         logger.warning("running on the CPU instead of the GPU: %s", plan.reason)
     return result, DeviceRun(
         settings.device, "cpu", plan.fell_back, plan.reason, time.perf_counter() - started,
-        plan.lock_wait_seconds, peak, plan.free_bytes, plan.processes,
+        plan.lock_wait_seconds, peak, plan.free_bytes, plan.processes, lock_key=plan.lock_key,
     )

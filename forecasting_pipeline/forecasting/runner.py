@@ -14,7 +14,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY, Cuda, DeviceRun, GpuSettings, run_on_device
+from forecasting_pipeline.forecasting.device import (
+    GPU_LOCK_KEY,
+    Cuda,
+    DeviceRun,
+    GpuSettings,
+    LockScope,
+    run_on_device,
+)
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID, LoadedModel, ModelIdentity, load_chronos2
 from forecasting_pipeline.forecasting.predict import predict_quantiles
 
@@ -56,6 +63,7 @@ class Chronos2Runner:
     min_free_memory_gb: float = 1.5
     lock_timeout_s: float = 60.0
     lock_key: int = GPU_LOCK_KEY
+    lock_scope: LockScope = "shared"
     lock_database_url: str | None = None
     server_socket: str | None = None
 
@@ -63,7 +71,9 @@ class Chronos2Runner:
         return self.batch_size or (CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE)
 
     def gpu_settings(self) -> GpuSettings:
-        return GpuSettings(self.device, self.min_free_memory_gb, self.lock_timeout_s, lock_key=self.lock_key)
+        return GpuSettings(
+            self.device, self.min_free_memory_gb, self.lock_timeout_s, lock_key=self.lock_key, lock_scope=self.lock_scope
+        )
 
     def load(self, device: str = "cpu") -> LoadedModel:
         """The checkpoint on ``device``, loaded once per process; later batches in the same process reuse it."""

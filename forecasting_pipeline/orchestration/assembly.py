@@ -6,6 +6,7 @@ import dagster as dg
 
 from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.kronos_assets import build_kronos_batch, kronos_job, kronos_schedule
+from forecasting_pipeline.orchestration.placement import model_step_tags, run_executor
 from forecasting_pipeline.orchestration.schedules import chain_job, chain_schedule
 from forecasting_pipeline.orchestration.scoring_assets import build_scoring, scoring_schedule
 from forecasting_pipeline.settings import Settings, kronos_batch_resource, resources
@@ -28,10 +29,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     symbols = settings.symbols()
     windows = settings.windows()
     jobs = [(w, chain_job(w)) for w in windows]
+    model_tags = model_step_tags(settings.gpu_placement)
     return dg.Definitions.merge(
         dg.Definitions(
             assets=[
-                *(asset for w in windows for asset in build_chain(w, symbols)),
+                *(asset for w in windows for asset in build_chain(w, symbols, model_tags)),
                 *(asset for w in windows for asset in build_scoring(w.cadence)),
             ],
             jobs=[job for _, job in jobs],
@@ -41,8 +43,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 *(scoring_schedule(w.cadence) for w in windows),
             ],
             resources=resources(settings),
-            # One process per run, not per step: a step process costs seconds of imports each.
-            executor=dg.in_process_executor,
+            # One process per run; one pod per step only on Kubernetes with K8S_STEP_PODS (placement.py).
+            executor=run_executor(settings.k8s_step_pods),
         ),
         kronos_definitions(settings),
     )

@@ -6,6 +6,8 @@ body calls a domain function and turns its result into metadata (``metadata``).
 """
 
 # No `from __future__ import annotations` here: Dagster reads these annotations (config, resources) at decoration time.
+from collections.abc import Mapping
+
 import dagster as dg
 import polars as pl
 
@@ -48,12 +50,17 @@ FRAMES_IO_MANAGER = "frames_io_manager"
 WRITE_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 
 
-def build_chain(windows: Windows, symbols: list[str]) -> list[dg.AssetsDefinition]:
-    """The four assets of one cadence's chain; each of ``symbols`` gets a bar-validation check."""
+def build_chain(
+    windows: Windows, symbols: list[str], model_op_tags: Mapping[str, object] | None = None
+) -> list[dg.AssetsDefinition]:
+    """The four assets of one cadence's chain; each of ``symbols`` gets a bar-validation check.
+
+    ``model_op_tags`` go on the model step only (``placement.model_step_tags``: its GPU pod on Kubernetes).
+    """
     return [
         ohlcv_asset(windows, symbols),
         covariates_asset(windows),
-        forecasts_asset(windows),
+        forecasts_asset(windows, model_op_tags),
         ml_predictions_asset(windows),
     ]
 
@@ -135,7 +142,7 @@ def covariates_asset(windows: Windows) -> dg.AssetsDefinition:
     return covariates
 
 
-def forecasts_asset(windows: Windows) -> dg.AssetsDefinition:
+def forecasts_asset(windows: Windows, op_tags: Mapping[str, object] | None = None) -> dg.AssetsDefinition:
     cadence = windows.cadence
     name = f"chronos2_forecasts_{cadence.name}"
 
@@ -145,6 +152,7 @@ def forecasts_asset(windows: Windows) -> dg.AssetsDefinition:
         io_manager_key=FRAMES_IO_MANAGER,
         kinds={"pytorch"},
         pool=GPU_POOL,
+        op_tags=op_tags,
         # Not blocking: an instrument that fails one is left out of the asset (and so of the stored
         # rows) and named in its metadata, while the other instruments' forecasts are written.
         check_specs=[dg.AssetCheckSpec(check, asset=name, description=text) for check, text, _ in FORECAST_CHECKS],

@@ -111,6 +111,11 @@ class Chronos2Resource(dg.ConfigurableResource):
         default=60.0, description="Seconds to wait for the GPU advisory lock before running on the CPU (CHRONOS2_GPU_LOCK_TIMEOUT_S)."
     )
     lock_key: int = Field(default=GPU_LOCK_KEY, description="PostgreSQL advisory-lock key every GPU user takes (README).")
+    lock_scope: Literal["shared", "per-gpu"] = Field(
+        default="shared",
+        description="shared: take lock_key, as Kronos does on the shared card; per-gpu: a key per GPU UUID, so "
+        "several GPUs (Kubernetes GPU nodes) work at once (CHRONOS2_GPU_LOCK).",
+    )
     lock_database_url: str | None = Field(
         default=None, description="Database of the GPU advisory lock, the ml_predictions one (a secret; EnvVar DATABASE_URL)."
     )
@@ -124,6 +129,7 @@ class Chronos2Resource(dg.ConfigurableResource):
         return Chronos2Runner(
             model=self.model, revision=self.revision, device=self.device, dtype=self.dtype,
             batch_size=self.batch_size, num_threads=self.num_threads, min_free_memory_gb=self.min_free_memory_gb,
-            lock_timeout_s=self.lock_timeout_s, lock_key=self.lock_key, lock_database_url=self.lock_database_url,
+            lock_timeout_s=self.lock_timeout_s, lock_key=self.lock_key, lock_scope=self.lock_scope,
+            lock_database_url=self.lock_database_url,
             server_socket=self.server_socket,
         )
