@@ -5,7 +5,9 @@
     forecasting-pipeline setup-instance      give the Dagster instance's `gpu` pool a limit of 1
     forecasting-pipeline run                 materialise the latest window of a cadence and print a summary
     forecasting-pipeline init-model          write a RANDOM-WEIGHT Chronos-2 checkpoint (tests, benchmarks, offline demos)
-    forecasting-pipeline backfill            submit an asset backfill of a cadence's chain (the daemon of `make dev` runs it)
+    forecasting-pipeline backfill            submit an asset backfill of a cadence's chain (the daemon of `make dev` runs it),
+                                             wait for its runs and print what they did
+    forecasting-pipeline backfill-summary ID what a backfill's runs did (any backfill of a chain, UI ones too)
     forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
     forecasting-pipeline model-server        keep Chronos-2 loaded and forecast for every run that sets CHRONOS2_SERVER
 """
@@ -106,15 +108,52 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         # A mistyped or reversed range: say so and submit nothing.
         print(f"forecasting-pipeline backfill: {exc}", file=sys.stderr)
         return 2
-    backfill_id = submit_chain_backfill(
-        dg.DagsterInstance.get(), defs.resolve_asset_graph(), windows, args.start, args.end
-    )
+    instance = dg.DagsterInstance.get()
+    backfill_id = submit_chain_backfill(instance, defs.resolve_asset_graph(), windows, args.start, args.end)
     print(
         f"backfill {backfill_id}: {n_windows} {args.cadence} windows {args.start}...{args.end} as "
         f"{runs_for(windows, n_windows)} run(s); the Dagster daemon (`make dev`) launches them. "
-        "Progress: http://127.0.0.1:3000/runs/b/" + backfill_id
+        "Progress: http://127.0.0.1:3000/runs/b/" + backfill_id, flush=True,
     )
-    return 0
+    if args.no_wait:
+        return 0
+    return print_backfill_summary(instance, backfill_id, args.wait_timeout_s)
+
+
+def cmd_backfill_summary(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    return print_backfill_summary(dg.DagsterInstance.get(), args.backfill_id, timeout_s=None, wait=not args.no_wait)
+
+
+def print_backfill_summary(instance, backfill_id: str, timeout_s: float | None, wait: bool = True) -> int:
+    """Wait for the backfill's runs, print what they did and record it on ml_predictions_<cadence>.
+
+    Exit status: 0 when every window was written, 1 when some were not (each is listed with the
+    command that re-runs it), 2 for an unknown backfill, 3 when the wait timed out.
+    """
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.backfill_summary import backfill_runs, summarise_runs
+    from forecasting_pipeline.orchestration.backfills import backfill_windows, wait_for_backfill
+
+    try:
+        cadence, requested = backfill_windows(instance, backfill_id)
+    except ValueError as exc:
+        print(f"forecasting-pipeline: {exc}", file=sys.stderr)
+        return 2
+    if wait and not wait_for_backfill(instance, backfill_id, timeout_s, lambda line: print(line, flush=True)):
+        print(f"backfill {backfill_id} has not finished; see it later with "
+              f"`forecasting-pipeline backfill-summary {backfill_id}`")
+        return 3
+    summary = summarise_runs(instance, backfill_runs(instance, backfill_id), cadence, requested)
+    print(summary.text())
+    if not wait:
+        return 0
+    instance.report_runless_asset_event(dg.AssetObservation(
+        asset_key=f"ml_predictions_{cadence}", metadata={"backfill": backfill_id, **summary.metadata()},
+    ))
+    return 1 if summary.not_written else 0
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
@@ -267,7 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cadence", choices=["1h", "1d"], default="1d")
     p.add_argument("--from", dest="start", required=True, help="first window, e.g. 2025-03-01 or 2026-03-02-15:00")
     p.add_argument("--to", dest="end", required=True, help="last window, inclusive")
+    p.add_argument("--no-wait", action="store_true", help="submit and return; do not wait for the runs and their summary")
+    p.add_argument("--wait-timeout-s", type=float, default=None, help="stop waiting after this many seconds (exit 3)")
     p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("backfill-summary", help="what a backfill's runs did: windows written, nothing to forecast, exclusions")
+    p.add_argument("backfill_id")
+    p.add_argument("--no-wait", action="store_true", help="summarise now, even if runs are still going")
+    p.set_defaults(func=cmd_backfill_summary)
 
     p = sub.add_parser("init-model", help="write a random-initialised Chronos-2 checkpoint (weights are RANDOM)")
     p.add_argument("--size", choices=["tiny", "full"], required=True,

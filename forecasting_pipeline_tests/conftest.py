@@ -6,7 +6,9 @@ server and sets it), or on a pgserver started here when DATABASE_URL is unset.
 
 from __future__ import annotations
 
+import functools
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +34,7 @@ from forecasting_pipeline.forecasting.inputs import model_inputs
 from forecasting_pipeline.forecasting.model import write_random_checkpoint
 from forecasting_pipeline.forecasting.model_server import describe
 from forecasting_pipeline.market.cadences import DAILY, HOURLY
+from forecasting_pipeline.market.calendars import bar_closes
 from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.market.instruments import load_instruments
 from forecasting_pipeline.market.sources.sample import sample_bars
@@ -183,6 +187,40 @@ class BarFiles:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         return path
+
+
+# Real market history shipped by the `backtesting` package (a test dependency): daily GOOG on
+# NASDAQ, 2004-08-19 to 2013-03-01, and hourly EUR/USD, 2017-04-19 to 2018-02-07.
+REAL_BARS = {"GOOG": ("GOOG.csv", "XNAS", "1d"), "EURUSD": ("EURUSD.csv", "24/5", "1h")}
+
+
+@functools.cache
+def _real_bars(name: str) -> pl.DataFrame:
+    # Found without importing the package, which would import its plotting stack.
+    folder = Path(importlib.util.find_spec("backtesting").submodule_search_locations[0]) / "test"
+    file, calendar, cadence = REAL_BARS[name]
+    raw = pl.read_csv(folder / file).rename({"": "stamp", "Open": "open", "High": "high", "Low": "low",
+                                             "Close": "close", "Volume": "volume"})
+    if cadence == "1d":
+        # Dated by session: each bar closes at its exchange's close that day (early closes included).
+        closes = pl.Series("ts", bar_closes(calendar, cadence, datetime(2004, 8, 18), datetime(2013, 3, 2)))
+        by_day = pl.DataFrame({"stamp": closes.dt.strftime("%Y-%m-%d"), "ts": closes})
+        bars = raw.join(by_day, on="stamp", how="inner")
+        assert bars.height == raw.height, "every GOOG session is a session of the XNAS calendar"
+    else:
+        # Stamped by the hour the bar opened, in UTC: it closes an hour later.
+        bars = raw.with_columns(
+            (pl.col("stamp").str.to_datetime(time_unit="us", time_zone="UTC") + pl.duration(hours=1)).alias("ts")
+        )
+    return bars.with_columns(pl.lit(name).alias("symbol"), pl.col("volume").cast(pl.Float64)).select(
+        "symbol", "ts", "open", "high", "low", "close", "volume"
+    )
+
+
+@pytest.fixture(scope="session")
+def real_bars():
+    """``real_bars(name)``: real OHLCV of ``GOOG`` (daily) or ``EURUSD`` (hourly) as a bars frame."""
+    return _real_bars
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 
 import forecasting_pipeline.forecasting.runner as runner_module
+from forecasting_pipeline.cli import print_backfill_summary
 from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.market.calendars import bar_closes
 from forecasting_pipeline.orchestration.backfills import runs_for, submit_chain_backfill
@@ -105,6 +106,31 @@ def test_when_ten_daily_windows_are_backfilled_then_one_run_with_one_model_load_
     ]
     progress = sorted((m.metadata["windows_done"].value, m.metadata["windows_total"].value, m.partition) for m in written)
     assert progress == [(i, 10, f"2025-06-{i + 1:02d}") for i in range(1, 11)]
+
+
+def test_when_a_backfill_has_run_then_its_summary_is_printed_and_recorded(
+    daemon_instance, database_url, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    instruments_file = tmp_path / "instruments.yaml"
+    instruments_file.write_text(INSTRUMENTS_YAML)
+    for name, value in {"DATABASE_URL": database_url, "INSTRUMENTS_FILE": str(instruments_file),
+                        "CHRONOS2_MODEL": str(tiny_checkpoint), "FRAMES_DIR": str(tmp_path / "frames")}.items():
+        monkeypatch.setenv(name, value)
+    from forecasting_pipeline_tests.backfill_code_location import defs
+
+    backfill_id = submit_chain_backfill(
+        daemon_instance, defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-04",
+        run_config={"ops": {"ohlcv_1d": {"config": {"history_bars": 256}}}},
+    )
+    run_backfill_daemon(daemon_instance, backfill_id)
+
+    assert print_backfill_summary(daemon_instance, backfill_id, timeout_s=60) == 0
+    printed = capsys.readouterr().out
+    assert "3 1d windows requested (2025-06-02 .. 2025-06-04), 3 written, 0 not written; 1 run(s): success 1" in printed
+    [recorded] = [r.asset_observation for r in daemon_instance.fetch_observations(
+        dg.AssetKey("ml_predictions_1d"), limit=10).records if "backfill" in r.asset_observation.metadata]
+    assert recorded.metadata["backfill"].value == backfill_id
+    assert recorded.metadata["windows_written"].value == 3
 
 
 # ---------------------------------------------------------------------------

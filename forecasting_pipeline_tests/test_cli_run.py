@@ -64,7 +64,7 @@ def test_when_a_backfill_is_submitted_from_the_command_line_then_the_instance_ho
 
     done = subprocess.run(
         [sys.executable, "-m", "forecasting_pipeline.cli", "backfill", "--cadence", "1d",
-         "--from", "2025-06-02", "--to", "2025-06-06"],
+         "--from", "2025-06-02", "--to", "2025-06-06", "--no-wait"],
         env=os.environ, capture_output=True, text=True, timeout=240,
     )
 
@@ -100,3 +100,21 @@ def test_when_a_backfill_range_is_reversed_or_not_a_window_then_the_command_says
         assert "Traceback" not in done.stderr
     with dg.DagsterInstance.get() as instance:
         assert instance.get_backfills() == []
+
+
+def test_when_no_daemon_launches_the_runs_then_the_waiting_command_gives_up_saying_how_to_look_later(
+    empty_database_url, tmp_path, monkeypatch
+):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "forecasting_pipeline.cli", "backfill", "--cadence", "1d",
+         "--from", "2025-06-02", "--to", "2025-06-03", "--wait-timeout-s", "1"],
+        env=os.environ, capture_output=True, text=True, timeout=240,
+    )
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    backfill_id = done.stdout.split()[1].rstrip(":")
+    assert f"has not finished; see it later with `forecasting-pipeline backfill-summary {backfill_id}`" in done.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import dagster as dg
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
@@ -88,3 +89,45 @@ def submit_chain_backfill(
     )
     instance.add_backfill(backfill)
     return backfill.backfill_id
+
+
+def backfill_windows(instance: dg.DagsterInstance, backfill_id: str) -> tuple[str, list[str]]:
+    """The cadence and the windows a stored chain backfill targets; ValueError when it is no chain backfill."""
+    backfill = instance.get_backfill(backfill_id)
+    if backfill is None:
+        raise ValueError(f"no backfill {backfill_id!r} on this instance (DAGSTER_HOME)")
+    targets = backfill.asset_backfill_data.target_subset if backfill.asset_backfill_data else None
+    for key in targets.asset_keys if targets else ():
+        name = key.to_user_string()
+        if name.startswith("ml_predictions_"):
+            return name.removeprefix("ml_predictions_"), sorted(targets.get_partitions_subset(key).get_partition_keys())
+    raise ValueError(f"backfill {backfill_id} does not target a forecast chain (no ml_predictions_<cadence>)")
+
+
+def wait_for_backfill(
+    instance: dg.DagsterInstance, backfill_id: str, timeout_s: float | None, say: Callable[[str], None],
+    poll_s: float = 2.0,
+) -> bool:
+    """Wait until the backfill has finished launching and running its runs; False on ``timeout_s``.
+
+    ``say`` hears progress: each time a run ends, and once if nothing has started after a minute
+    (the runs are launched by the Dagster daemon, which ``make dev`` starts).
+    """
+    from forecasting_pipeline.orchestration.backfill_summary import FINISHED, backfill_runs
+
+    started, ended_seen, hinted = time.monotonic(), -1, False
+    while True:
+        runs = backfill_runs(instance, backfill_id)
+        ended = sum(run.is_finished for run in runs)
+        if instance.get_backfill(backfill_id).status in FINISHED and ended == len(runs):
+            return True
+        if ended != ended_seen:
+            say(f"runs: {ended} of {len(runs)} launched so far have ended")
+            ended_seen = ended
+        waited = time.monotonic() - started
+        if not runs and waited > 60 and not hinted:
+            say("no run has started yet: the Dagster daemon launches them (`make dev` starts one)")
+            hinted = True
+        if timeout_s is not None and waited > timeout_s:
+            return False
+        time.sleep(poll_s)

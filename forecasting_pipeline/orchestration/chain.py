@@ -109,6 +109,11 @@ def ohlcv_asset(windows: Windows, symbols: list[str]) -> dg.AssetsDefinition:
         )
         for message in exclusion_messages(result):
             context.log.error(message)
+        # Checks exist for the universe known when definitions load. Symbols outside this run's
+        # selection (InstrumentsResource.symbols) were not read and get no result; a run-time symbol
+        # without a check (another INSTRUMENTS_FILE) is still reported in the metadata below. They
+        # come first, so a run that fails for want of anything to forecast still says which failed.
+        yield from bar_check_results(result, universe, check_of)
         fail_if_nothing_to_forecast(context.partition_keys, result.empty, AllInstrumentsExcludedError)
         for reason in result.empty.values():
             context.log.error(f"{reason}; the other windows of this run go on")
@@ -116,10 +121,6 @@ def ohlcv_asset(windows: Windows, symbols: list[str]) -> dg.AssetsDefinition:
             result.bars, output_name=name,
             metadata=window_bars_metadata(result, source.describe(), source.is_synthetic, len(universe)),
         )
-        # Checks exist for the universe known when definitions load. Symbols outside this run's
-        # selection (InstrumentsResource.symbols) were not read and get no result; a run-time symbol
-        # without a check (another INSTRUMENTS_FILE) is still reported in the metadata above.
-        yield from bar_check_results(result, universe, check_of)
 
     return ohlcv
 
@@ -232,7 +233,7 @@ def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
                 # Logged right after the window's transaction commits: progress while the run goes on.
                 context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=window, metadata=metadata))
         context.log.info(f"wrote {len(to_write)} of {len(forecasts)} windows")
-        yield windows_written_check(forecasts, to_write, nothing_to_forecast_reasons(context, f"chronos2_forecasts_{cadence}"))
+        yield windows_written_check(forecasts, to_write, nothing_to_forecast_reasons(context, cadence))
 
     return ml_predictions
 

@@ -96,14 +96,22 @@ def _at_most_per_instrument(lines: dict[str, list[str]], what: str) -> list[str]
     return out
 
 
-def nothing_to_forecast_reasons(context: dg.AssetExecutionContext, forecasts_asset: str) -> dict[str, str]:
-    """Window -> why it had nothing to forecast, as this run's forecast step recorded it."""
+def nothing_to_forecast_reasons(context: dg.AssetExecutionContext, cadence: str) -> dict[str, str]:
+    """Window -> why it had nothing to forecast, as this run's bar and forecast steps recorded it.
+
+    A window whose every instrument validation excluded is explained by ``ohlcv_<cadence>`` (which
+    rule, which bar); one whose every forecast was rejected, by ``chronos2_forecasts_<cadence>``.
+    """
+    recorded: dict[dg.AssetKey, dict[str, str]] = {}
     for record in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
         materialization = record.asset_materialization
-        if materialization and materialization.asset_key == dg.AssetKey(forecasts_asset):
-            value = materialization.metadata.get("nothing_to_forecast")
-            return dict(value.value) if value is not None else {}
-    return {}
+        value = materialization.metadata.get("nothing_to_forecast") if materialization else None
+        if value is not None:
+            recorded.setdefault(materialization.asset_key, dict(value.value))
+    return {
+        **recorded.get(dg.AssetKey(f"chronos2_forecasts_{cadence}"), {}),
+        **recorded.get(dg.AssetKey(f"ohlcv_{cadence}"), {}),
+    }
 
 
 def written_window_metadata(frame: pl.DataFrame, rows: int, done: int, total: int, database: str) -> dict[str, object]:
