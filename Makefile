@@ -1,11 +1,20 @@
 # The two set-up commands: `make run` (the daily job on embedded defaults) and `make test`.
 # Each builds .venv on first use; nothing has to be installed by hand.
 
-PYTHON ?= python3.11
+# Python 3.11 or 3.12 (pgserver, the embedded PostgreSQL, ships wheels up to 3.12): PYTHON when
+# given, else the first of these that runs and is one of them. 3.11 comes first because this
+# machine's disk holds the CPU torch wheel for 3.11; on 3.12 pip takes torch's PyPI wheel.
+SUPPORTED_PYTHONS := 3.11 3.12
+PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+	$$p -c 'import sys; sys.exit(f"{sys.version_info[0]}.{sys.version_info[1]}" not in "$(SUPPORTED_PYTHONS)".split())' \
+	2>/dev/null && { echo $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The CPU wheel lies on this machine's disk; installing it first stops pip resolving a CUDA build.
 TORCH_VERSION ?= 2.13.0
+# The environment is rebuilt when the interpreter, torch or the project's dependencies change.
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null)
+STAMP := $(BIN)/.installed-py$(PYTHON_VERSION)-torch$(TORCH_VERSION)
 
 # Dagster's instance config (dagster.yaml) lives at the repo root.
 export DAGSTER_HOME ?= $(CURDIR)
@@ -18,15 +27,19 @@ export PYTHONUNBUFFERED := 1
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.xdg-runtime
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: install run dev test migrate clean-db browser model-server
+.PHONY: install run dev test migrate browser model-server
 
-$(BIN)/.installed: pyproject.toml
+$(STAMP): pyproject.toml setup.cfg
+	@test -n "$(PYTHON_VERSION)" || { echo "make: no supported Python: looked for python3.11, python3.12 and python3 (3.11 or 3.12); set PYTHON=/path/to/python3.11"; exit 1; }
+	@if [ -x $(BIN)/python ] && [ "$$($(BIN)/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" != "$(PYTHON_VERSION)" ]; then \
+		echo "make: .venv was built with another Python; rebuilding it with $(PYTHON) ($(PYTHON_VERSION))"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	rm -f $(BIN)/.installed*
 	touch $@
 
-install: $(BIN)/.installed
+install: $(STAMP)
 
 # Migrates, sets the instance's gpu pool limit, materialises the latest daily window and prints a summary.
 run: install

@@ -35,7 +35,9 @@ DEMO_CHECKPOINT = Path(".models") / "chronos2-random-tiny"
 
 
 def _database_url() -> str:
-    url = os.environ.get("DATABASE_URL")
+    from forecasting_pipeline.settings import database_url
+
+    url = database_url()
     if not url:
         sys.exit("DATABASE_URL is not set; run through `forecasting-pipeline with-db -- ...` or `make run`.")
     return url
@@ -47,7 +49,10 @@ def cmd_with_db(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         sys.exit("with-db needs a command after --")
-    with database_environment(args.pgdata) as env:
+    from forecasting_pipeline.settings import Settings, dagster_database_url, database_url
+
+    pgdata = args.pgdata or Settings.from_env().pgdata
+    with database_environment(database_url(), dagster_database_url(), pgdata) as env:
         child = subprocess.Popen(command, env={**os.environ, **env})
         # Ctrl-C reaches the child through the terminal; the server must outlive the child's own
         # shutdown, so this process waits instead of unwinding (and stopping PostgreSQL) first.
@@ -169,7 +174,7 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
 def _demo_model_if_unset(settings: Settings) -> Settings:
     """On fully embedded defaults only, a random tiny checkpoint instead of the hub's model, said loudly."""
-    if os.environ.get("CHRONOS2_MODEL") or os.environ.get("FORECASTING_EMBEDDED_DB") != "1":
+    if settings.model_configured or not settings.embedded_database:
         return settings
     from forecasting_pipeline.forecasting.model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
 
@@ -269,7 +274,7 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     from forecasting_pipeline.forecasting.model_server import serve
     from forecasting_pipeline.settings import Settings, chronos2_runner
 
-    socket_path = args.socket or os.environ.get("CHRONOS2_SERVER")
+    socket_path = args.socket or Settings.from_env().model_server_socket
     if not socket_path:
         sys.exit("model-server needs a socket path: --socket PATH or CHRONOS2_SERVER")
     # The same settings, read from the same environment, as the runs' chronos2 resource.
@@ -283,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("with-db", help="run a command with DATABASE_URL/DAGSTER_PG_URL set")
-    p.add_argument("--pgdata", default=os.environ.get("FORECASTING_PGDATA", ".pgdata"),
-                   help="embedded server data folder (used only when DATABASE_URL is unset)")
+    p.add_argument("--pgdata", default=None,
+                   help="embedded server data folder, used only when DATABASE_URL is unset (FORECASTING_PGDATA, else .pgdata)")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_with_db)
 

@@ -13,25 +13,33 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import dagster as dg
+from typing import TYPE_CHECKING
 
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
-from forecasting_pipeline.forecasting.runner import Chronos2Runner
 from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY
-from forecasting_pipeline.market.instruments import load_instruments
-from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
-from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
-from forecasting_pipeline.orchestration.partitions import Windows, cadence_windows
-from forecasting_pipeline.orchestration.placement import GpuPlacement, parse_node_selector, parse_tolerations
-from forecasting_pipeline.orchestration.resources import (
-    Chronos2Resource,
-    InstrumentsResource,
-    MarketDataResource,
-    PostgresResource,
-)
+
+# Dagster and what builds on it are imported where resources are built: `forecasting-pipeline
+# with-db` and the other light commands read settings without loading them.
+if TYPE_CHECKING:
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+    from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
+    from forecasting_pipeline.orchestration.partitions import Windows
+    from forecasting_pipeline.orchestration.placement import GpuPlacement
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource
 
 DATABASE_URL = "DATABASE_URL"
+# Set by `forecasting-pipeline with-db` for its child when it started the embedded server.
+EMBEDDED_DATABASE = "FORECASTING_EMBEDDED_DB"
+
+
+def database_url(env: Mapping[str, str] | None = None) -> str | None:
+    """The ml_predictions database (a secret: never logged), for commands that run outside Dagster."""
+    return (os.environ if env is None else env).get(DATABASE_URL) or None
+
+
+def dagster_database_url(env: Mapping[str, str] | None = None) -> str | None:
+    """Dagster's own storage (DAGSTER_PG_URL), when it is not the ml_predictions database."""
+    return (os.environ if env is None else env).get("DAGSTER_PG_URL") or None
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,9 @@ class Settings:
     kronos_batch: bool = False  # KRONOS_BATCH_URL is set (the URL itself is a secret)
     kronos_batch_token: bool = False  # KRONOS_BATCH_TOKEN is set
     kronos_timeout_s: float = 900.0  # KRONOS_BATCH_TIMEOUT_S
+    model_configured: bool = False  # CHRONOS2_MODEL is set: never fall back to the demo checkpoint
+    embedded_database: bool = False  # FORECASTING_EMBEDDED_DB=1: the database is `with-db`'s demo one
+    pgdata: str = ".pgdata"  # FORECASTING_PGDATA: the embedded server's data folder
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -96,6 +107,9 @@ class Settings:
             kronos_batch=bool(get("KRONOS_BATCH_URL")),
             kronos_batch_token=bool(get("KRONOS_BATCH_TOKEN")),
             kronos_timeout_s=float(get("KRONOS_BATCH_TIMEOUT_S", 900)),
+            model_configured=bool(get("CHRONOS2_MODEL")),
+            embedded_database=get(EMBEDDED_DATABASE) == "1",
+            pgdata=get("FORECASTING_PGDATA", ".pgdata"),
         )
 
     def with_model(self, model: str) -> Settings:
@@ -103,10 +117,14 @@ class Settings:
 
     def windows(self) -> list[Windows]:
         """Both cadences' windows, hourly first."""
+        from forecasting_pipeline.orchestration.partitions import cadence_windows
+
         return [cadence_windows(cadence, self.first_window.get(cadence.name)) for cadence in (HOURLY, DAILY)]
 
     def symbols(self) -> list[str]:
         """The universe's symbols, for the per-instrument checks the definitions declare."""
+        from forecasting_pipeline.market.instruments import load_instruments
+
         return [i.symbol for i in load_instruments(self.instruments_file)]
 
 
@@ -124,6 +142,8 @@ def _gpu_placement(env: Mapping[str, str]) -> GpuPlacement | None:
         if placement_vars:
             raise ValueError(f"{', '.join(placement_vars)} take effect only with K8S_STEP_PODS=true (one pod per step)")
         return None
+    from forecasting_pipeline.orchestration.placement import GpuPlacement, parse_node_selector, parse_tolerations
+
     gpus = env.get("K8S_GPUS_PER_STEP") or "1"
     if not gpus.strip().isdigit():
         raise ValueError(f"K8S_GPUS_PER_STEP must be a whole number of GPUs, got {gpus!r}")
@@ -145,6 +165,10 @@ def _chronos2_fields(settings: Settings) -> dict[str, object]:
 
 
 def chronos2_resource(settings: Settings) -> Chronos2Resource:
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource
+
     return Chronos2Resource(
         **_chronos2_fields(settings),
         lock_database_url=dg.EnvVar(DATABASE_URL),
@@ -154,13 +178,19 @@ def chronos2_resource(settings: Settings) -> Chronos2Resource:
 
 def chronos2_runner(settings: Settings, env: Mapping[str, str] | None = None) -> Chronos2Runner:
     """The runner of a process outside Dagster (the model server): the runs' settings, the lock's URL from ``env``."""
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+
     env = os.environ if env is None else env
     return Chronos2Runner(**_chronos2_fields(settings), lock_database_url=env.get(DATABASE_URL))
 
 
 def resources(settings: Settings) -> dict[str, object]:
     """Every resource the definitions bind, by key."""
+    import dagster as dg
+
     from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER
+    from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
+    from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
 
     source = settings.market_data_source
     return {
@@ -178,6 +208,10 @@ def resources(settings: Settings) -> dict[str, object]:
 
 
 def kronos_batch_resource(settings: Settings) -> KronosBatchResource:
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
+
     return KronosBatchResource(
         url=dg.EnvVar("KRONOS_BATCH_URL"),
         token=dg.EnvVar("KRONOS_BATCH_TOKEN") if settings.kronos_batch_token else None,

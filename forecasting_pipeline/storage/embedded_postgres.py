@@ -62,17 +62,16 @@ def embedded_server(pgdata: str | os.PathLike[str] = DEFAULT_PGDATA) -> Iterator
 
 
 @contextmanager
-def database_environment(pgdata: str | os.PathLike[str] = DEFAULT_PGDATA) -> Iterator[dict[str, str]]:
+def database_environment(
+    given: str | None, given_dagster: str | None = None, pgdata: str | os.PathLike[str] = DEFAULT_PGDATA
+) -> Iterator[dict[str, str]]:
     """Yield the environment a child process needs: DATABASE_URL and DAGSTER_PG_URL.
 
-    Uses DATABASE_URL when it is set; otherwise starts the embedded server.
+    Uses the ``given`` database (and ``given_dagster`` for Dagster's storage, else the same one);
+    without one, starts the embedded server.
     """
-    given = os.environ.get("DATABASE_URL")
     if given:
-        yield {
-            "DATABASE_URL": given,
-            "DAGSTER_PG_URL": os.environ.get("DAGSTER_PG_URL") or dagster_storage_url(given),
-        }
+        yield {"DATABASE_URL": given, "DAGSTER_PG_URL": given_dagster or dagster_storage_url(given)}
         return
     with embedded_server(pgdata) as url:
         logger.info("started embedded PostgreSQL in %s", Path(pgdata).resolve())

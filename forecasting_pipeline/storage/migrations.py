@@ -13,8 +13,8 @@ understand (for example a Kronos table whose shape changed).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +76,16 @@ class Migration:
 
 
 def default_migrations_dir() -> Path:
-    """``MIGRATIONS_DIR`` if set, else the repository's ``migrations/`` folder."""
-    return Path(os.environ.get("MIGRATIONS_DIR") or Path(__file__).resolve().parents[2] / "migrations")
+    """The repository's ``migrations/`` folder, as the installed package holds it.
+
+    A wheel (``pip install .``) carries the folder as the data package
+    ``forecasting_pipeline._migrations`` (pyproject.toml); a source checkout, editable installs
+    included, reads it where it lies.
+    """
+    packaged = importlib.util.find_spec("forecasting_pipeline._migrations")
+    if packaged is None or not packaged.submodule_search_locations:
+        return Path(__file__).resolve().parents[2] / "migrations"
+    return Path(next(iter(packaged.submodule_search_locations)))
 
 
 def discover(directory: Path | None = None) -> list[Migration]:

@@ -1,0 +1,353 @@
+"""The ``forecasting-pipeline`` command: set-up steps, the main job, and offline checkpoints.
+
+    forecasting-pipeline with-db -- CMD...   run CMD with DATABASE_URL set (embedded PostgreSQL when unset)
+    forecasting-pipeline migrate             apply pending migrations to DATABASE_URL
+    forecasting-pipeline setup-instance      give the Dagster instance's `gpu` pool a limit of 1
+    forecasting-pipeline run                 materialise the latest window of a cadence and print a summary
+    forecasting-pipeline init-model          write a RANDOM-WEIGHT Chronos-2 checkpoint (tests, benchmarks, offline demos)
+    forecasting-pipeline backfill            submit an asset backfill of a cadence's chain (the daemon of `make dev` runs it),
+                                             wait for its runs and print what they did
+    forecasting-pipeline backfill-summary ID what a backfill's runs did (any backfill of a chain, UI ones too)
+    forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
+    forecasting-pipeline model-server        keep Chronos-2 loaded and forecast for every run that sets CHRONOS2_SERVER
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from forecasting_pipeline.orchestration.partitions import Windows
+    from forecasting_pipeline.settings import Settings
+
+logger = logging.getLogger("forecasting_pipeline")
+
+DEMO_CHECKPOINT = Path(".models") / "chronos2-random-tiny"
+
+
+def _database_url() -> str:
+    from forecasting_pipeline.settings import database_url
+
+    url = database_url()
+    if not url:
+        sys.exit("DATABASE_URL is not set; run through `forecasting-pipeline with-db -- ...` or `make run`.")
+    return url
+
+
+def cmd_with_db(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.storage.embedded_postgres import database_environment
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        sys.exit("with-db needs a command after --")
+    from forecasting_pipeline.settings import Settings, dagster_database_url, database_url
+
+    pgdata = args.pgdata or Settings.from_env().pgdata
+    with database_environment(database_url(), dagster_database_url(), pgdata) as env:
+        child = subprocess.Popen(command, env={**os.environ, **env})
+        # Ctrl-C reaches the child through the terminal; the server must outlive the child's own
+        # shutdown, so this process waits instead of unwinding (and stopping PostgreSQL) first.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_term = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+        try:
+            return child.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.storage.database import connect
+    from forecasting_pipeline.storage.migrations import migrate
+
+    conn = connect(_database_url())
+    try:
+        applied = migrate(conn, Path(args.dir) if args.dir else None)
+    finally:
+        conn.close()
+    print(f"migrations: {len(applied)} applied" + (f" ({', '.join(applied)})" if applied else ", already up to date"))
+    return 0
+
+
+def setup_instance() -> int:
+    """Give the `gpu` pool its limit on the DAGSTER_HOME instance (idempotent); return the limit read back.
+
+    An explicit limit, rather than relying on dagster.yaml's `pools: default_limit`, keeps the pool
+    at 1 even if that default is changed for other pools. Every asset that runs the model is in
+    this pool, so hourly runs, daily runs and backfills (UI ones included) never share the GPU.
+    """
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.pools import GPU_POOL, GPU_POOL_LIMIT
+
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_POOL_LIMIT)
+        return instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count
+
+
+def cmd_setup_instance(args: argparse.Namespace) -> int:
+    limit = setup_instance()
+    print(f"Dagster instance at {os.environ.get('DAGSTER_HOME')}: pool 'gpu' limited to {limit}")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from forecasting_pipeline.definitions import defs
+    from forecasting_pipeline.orchestration.backfills import partition_range, runs_for, submit_chain_backfill
+
+    windows = _windows(args.cadence)
+    try:
+        n_windows = len(partition_range(windows, args.start, args.end))
+    except ValueError as exc:
+        # A mistyped or reversed range: say so and submit nothing.
+        print(f"forecasting-pipeline backfill: {exc}", file=sys.stderr)
+        return 2
+    instance = dg.DagsterInstance.get()
+    backfill_id = submit_chain_backfill(instance, defs.resolve_asset_graph(), windows, args.start, args.end)
+    print(
+        f"backfill {backfill_id}: {n_windows} {args.cadence} windows {args.start}...{args.end} as "
+        f"{runs_for(windows, n_windows)} run(s); the Dagster daemon (`make dev`) launches them. "
+        "Progress: http://127.0.0.1:3000/runs/b/" + backfill_id, flush=True,
+    )
+    if args.no_wait:
+        return 0
+    return print_backfill_summary(instance, backfill_id, args.wait_timeout_s)
+
+
+def cmd_backfill_summary(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    return print_backfill_summary(dg.DagsterInstance.get(), args.backfill_id, timeout_s=None, wait=not args.no_wait)
+
+
+def print_backfill_summary(instance, backfill_id: str, timeout_s: float | None, wait: bool = True) -> int:
+    """Wait for the backfill's runs, print what they did and record it on ml_predictions_<cadence>.
+
+    Exit status: 0 when every window was written, 1 when some were not (each is listed with the
+    command that re-runs it), 2 for an unknown backfill, 3 when the wait timed out.
+    """
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.backfill_summary import backfill_runs, summarise_runs
+    from forecasting_pipeline.orchestration.backfills import backfill_windows, wait_for_backfill
+
+    try:
+        cadence, requested = backfill_windows(instance, backfill_id)
+    except ValueError as exc:
+        print(f"forecasting-pipeline: {exc}", file=sys.stderr)
+        return 2
+    if wait and not wait_for_backfill(instance, backfill_id, timeout_s, lambda line: print(line, flush=True)):
+        print(f"backfill {backfill_id} has not finished; see it later with "
+              f"`forecasting-pipeline backfill-summary {backfill_id}`")
+        return 3
+    summary = summarise_runs(instance, backfill_runs(instance, backfill_id), cadence, requested)
+    print(summary.text())
+    if not wait:
+        return 0
+    instance.report_runless_asset_event(dg.AssetObservation(
+        asset_key=f"ml_predictions_{cadence}", metadata={"backfill": backfill_id, **summary.metadata()},
+    ))
+    return 1 if summary.not_written else 0
+
+
+def cmd_init_model(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.forecasting.model import (
+        RANDOM_WEIGHTS_NOTE,
+        write_random_checkpoint,
+    )
+
+    path = write_random_checkpoint(args.dir, args.size)
+    print(f"wrote {args.size} Chronos-2 checkpoint to {path}\n{RANDOM_WEIGHTS_NOTE}")
+    return 0
+
+
+def _demo_model_if_unset(settings: Settings) -> Settings:
+    """On fully embedded defaults only, a random tiny checkpoint instead of the hub's model, said loudly."""
+    if settings.model_configured or not settings.embedded_database:
+        return settings
+    from forecasting_pipeline.forecasting.model import RANDOM_WEIGHTS_NOTE, write_random_checkpoint
+
+    if not (DEMO_CHECKPOINT / "config.json").exists():
+        write_random_checkpoint(DEMO_CHECKPOINT, "tiny")
+    print(
+        "!! CHRONOS2_MODEL is unset and the database is the embedded demo one: using a random tiny checkpoint\n"
+        f"!! at {DEMO_CHECKPOINT}. {RANDOM_WEIGHTS_NOTE}\n"
+        "!! Set CHRONOS2_MODEL=amazon/chronos-2 (with hub access) or a local checkpoint directory for real forecasts."
+    )
+    return settings.with_model(str(DEMO_CHECKPOINT.resolve()))
+
+
+def _windows(cadence: str, settings: Settings | None = None) -> Windows:
+    from forecasting_pipeline.settings import Settings
+
+    return next(w for w in (settings or Settings.from_env()).windows() if w.cadence.name == cadence)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.assembly import build_definitions
+    from forecasting_pipeline.orchestration.schedules import chain_group
+    from forecasting_pipeline.settings import Settings
+    from forecasting_pipeline.storage.database import connect
+    from forecasting_pipeline.storage.migrations import migrate
+    from forecasting_pipeline.storage.ml_predictions import MODEL_NAME
+
+    url = _database_url()
+    conn = connect(url)
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    setup_instance()
+    settings = Settings.from_env()
+    if args.demo_model_if_unset:
+        settings = _demo_model_if_unset(settings)
+    windows = _windows(args.cadence, settings)
+    partition = args.partition or windows.partitions_def.get_last_partition_key()
+    started = datetime.now(timezone.utc)
+    result = build_definitions(settings).resolve_job_def(f"{chain_group(windows)}_job").execute_in_process(
+        instance=dg.DagsterInstance.get(), partition_key=partition, raise_on_error=False,
+        # The full DEBUG event stream stays in the instance (the UI shows it); the terminal gets INFO.
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    if not result.success:
+        print(f"run {result.run_id} for window {partition} failed; see the Dagster UI (`make dev`) for its logs")
+        return 1
+    conn = connect(url)
+    try:
+        rows = conn.execute(
+            """
+            SELECT symbol, as_of, jsonb_array_length(predictions),
+                   (predictions->0->>'p10')::float8, (predictions->0->>'p50')::float8, (predictions->0->>'p90')::float8,
+                   model_version
+            FROM ml_predictions
+            WHERE model_name = %s AND timeframe = %s AND created_at >= %s
+            ORDER BY symbol
+            """,
+            (MODEL_NAME, args.cadence, started),
+        ).fetchall()
+    finally:
+        conn.close()
+    print(f"\nwindow {partition} ({args.cadence}): {len(rows)} {MODEL_NAME} rows written to ml_predictions")
+    print(f"{'symbol':<9} {'as_of (UTC)':<17} {'steps':>5} {'p10[1]':>12} {'p50[1]':>12} {'p90[1]':>12}")
+    for symbol, as_of, steps, p10, p50, p90, _version in rows:
+        print(f"{symbol:<9} {as_of.astimezone(timezone.utc):%Y-%m-%d %H:%M} {steps:>5} {p10:>12.5g} {p50:>12.5g} {p90:>12.5g}")
+    if rows:
+        print(f"model_version: {rows[0][6]}")
+    return 0
+
+
+def cmd_latest(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.serving.gateway import (
+        ReadPathMissingError,
+        UnknownSeriesError,
+        format_forecast,
+        latest_forecast,
+    )
+    from forecasting_pipeline.storage.database import connect
+
+    conn = connect(_database_url())
+    try:
+        forecast = latest_forecast(conn, args.symbol, args.timeframe, args.model)
+    except (UnknownSeriesError, ReadPathMissingError) as exc:
+        print(f"forecasting-pipeline latest: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        conn.close()
+    print(format_forecast(forecast))
+    return 0
+
+
+def cmd_model_server(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.forecasting.model_server import serve
+    from forecasting_pipeline.settings import Settings, chronos2_runner
+
+    socket_path = args.socket or Settings.from_env().model_server_socket
+    if not socket_path:
+        sys.exit("model-server needs a socket path: --socket PATH or CHRONOS2_SERVER")
+    # The same settings, read from the same environment, as the runs' chronos2 resource.
+    serve(chronos2_runner(Settings.from_env()), socket_path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forecasting-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("with-db", help="run a command with DATABASE_URL/DAGSTER_PG_URL set")
+    p.add_argument("--pgdata", default=None,
+                   help="embedded server data folder, used only when DATABASE_URL is unset (FORECASTING_PGDATA, else .pgdata)")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_with_db)
+
+    p = sub.add_parser("migrate", help="apply pending SQL migrations to DATABASE_URL")
+    p.add_argument("--dir", help="migrations folder (default: the repository's migrations/)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("setup-instance", help="limit the Dagster instance's gpu pool to 1")
+    p.set_defaults(func=cmd_setup_instance)
+
+    p = sub.add_parser("run", help="migrate, then materialise one window of a cadence and print a summary")
+    p.add_argument("--cadence", choices=["1h", "1d"], default="1d")
+    p.add_argument("--partition", help="window to run (default: the latest complete one)")
+    p.add_argument("--no-demo-model", dest="demo_model_if_unset", action="store_false",
+                   help="never fall back to a random demo checkpoint")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("backfill", help="submit an asset backfill of a cadence's chain, run by the daemon")
+    p.add_argument("--cadence", choices=["1h", "1d"], default="1d")
+    p.add_argument("--from", dest="start", required=True, help="first window, e.g. 2025-03-01 or 2026-03-02-15:00")
+    p.add_argument("--to", dest="end", required=True, help="last window, inclusive")
+    p.add_argument("--no-wait", action="store_true", help="submit and return; do not wait for the runs and their summary")
+    p.add_argument("--wait-timeout-s", type=float, default=None, help="stop waiting after this many seconds (exit 3)")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("backfill-summary", help="what a backfill's runs did: windows written, nothing to forecast, exclusions")
+    p.add_argument("backfill_id")
+    p.add_argument("--no-wait", action="store_true", help="summarise now, even if runs are still going")
+    p.set_defaults(func=cmd_backfill_summary)
+
+    p = sub.add_parser("init-model", help="write a random-initialised Chronos-2 checkpoint (weights are RANDOM)")
+    p.add_argument("--size", choices=["tiny", "full"], required=True,
+                   help="tiny: the chronos tests' geometry; full: the published 120M-parameter geometry")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_init_model)
+
+    p = sub.add_parser("latest", help="print the latest forecast of one symbol, read as the gateway reads it")
+    p.add_argument("symbol")
+    p.add_argument("--timeframe", choices=["1h", "1d"], default="1d")
+    p.add_argument("--model", default="kronos-base", help="model_name to read (default: kronos-base, as the gateway)")
+    p.set_defaults(func=cmd_latest)
+
+    p = sub.add_parser("model-server", help="keep Chronos-2 loaded; runs with CHRONOS2_SERVER set forecast through it")
+    p.add_argument("--socket", help="Unix socket to listen on (default: CHRONOS2_SERVER)")
+    p.set_defaults(func=cmd_model_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # pgserver logs every initdb/pg_ctl command line, and alembic (Dagster's storage) each plugin, at INFO.
+    for chatty in ("pgserver", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # BackfillPolicy is marked beta in Dagster 1.13; the policy is deliberate (README: Backfills).
+    warnings.filterwarnings("ignore", message=".*backfill_policy.*beta", category=Warning)
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""Where Chronos-2 inference runs, and how it shares one GPU with Kronos.
+
+This module owns the device decision and its record:
+
+- ``device="auto"`` runs on CUDA only when CUDA is available, the cross-process GPU lock is free
+  within ``lock_timeout_s``, and the GPU then has at least ``min_free_memory_gb`` free
+  (``torch.cuda.mem_get_info``, which counts every process on the device, Kronos included).
+  ``device="cuda"`` skips the free-memory test but still takes the lock; ``device="cpu"`` never
+  touches CUDA.
+- The cross-process lock is a PostgreSQL session-level advisory lock, held on a connection of its
+  own for as long as the GPU is in use. With ``lock_scope="shared"`` (the default) its key is
+  ``GPU_LOCK_KEY``: any other GPU user (Kronos) that takes the same key in the same database is
+  serialised with us; see the README for the SQL. With ``lock_scope="per-gpu"`` the key is derived
+  from the UUID of the device the work runs on (``gpu_lock_key``), so users of different GPUs (pods
+  on several GPU nodes) do not wait for each other, while two users of one GPU still do.
+- A CUDA out-of-memory error during the work frees GPU memory, logs a warning and reruns the same
+  work on the CPU: a run never fails because the GPU was full.
+
+CUDA is reached only through the small ``Cuda`` interface (``TorchCuda`` is the real one), so the
+decision can be tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Device = Literal["auto", "cuda", "cpu"]
+LockScope = Literal["shared", "per-gpu"]
+
+# The advisory-lock key every GPU user on the shared card takes before using it: the ASCII bytes
+# of "GPU_LOCK" read as a big-endian bigint (0x4750555F4C4F434B). Documented in the README.
+GPU_LOCK_KEY = 5138701042620253003
+# Hashed in front of a GPU's UUID, so per-GPU keys are apart from any other advisory-lock user's keys.
+PER_GPU_KEY_NAMESPACE = b"forecasting_pipeline GPU lock "
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    """How to choose the device (see the module docstring)."""
+
+    device: Device = "auto"
+    min_free_memory_gb: float = 1.5
+    lock_timeout_s: float = 60.0
+    lock_poll_s: float = 0.5
+    lock_key: int = GPU_LOCK_KEY
+    lock_scope: LockScope = "shared"
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {self.device!r}")
+        if self.lock_scope not in ("shared", "per-gpu"):
+            raise ValueError(f"lock_scope must be 'shared' or 'per-gpu', got {self.lock_scope!r}")
+        if self.min_free_memory_gb < 0 or self.lock_timeout_s < 0 or self.lock_poll_s <= 0:
+            raise ValueError(
+                f"min_free_memory_gb and lock_timeout_s must be >= 0 and lock_poll_s > 0, got "
+                f"{self.min_free_memory_gb}, {self.lock_timeout_s}, {self.lock_poll_s}"
+            )
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """Another process on the GPU, as NVML reports it."""
+
+    pid: int
+    used_memory_bytes: int | None
+
+
+class Cuda(Protocol):
+    """The CUDA readings and calls the device decision needs."""
+
+    def is_available(self) -> bool: ...
+
+    def uuid(self) -> str | None:
+        """The UUID of the device the work runs on, or None when it cannot be read."""
+        ...
+
+    def mem_get_info(self) -> tuple[int, int]:
+        """Free and total device memory in bytes, over all processes."""
+        ...
+
+    def processes(self) -> list[GpuProcess] | None:
+        """Compute processes on the device (NVML), or None when NVML is not installed."""
+        ...
+
+    def reset_peak_memory_stats(self) -> None: ...
+
+    def max_memory_allocated(self) -> int: ...
+
+    def empty_cache(self) -> None: ...
+
+    def run(self, work: Callable[[], T]) -> T:
+        """Run ``work`` that uses the device and wait for the device to finish it."""
+        ...
+
+
+class TorchCuda:
+    """The real ``Cuda``: torch's CUDA runtime, plus NVML when ``nvidia-ml-py`` is installed."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.index = index
+
+    def is_available(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    def uuid(self) -> str | None:
+        import torch
+
+        # CUDA's own identity of the device this process computes on: in a container given one GPU
+        # (or one MIG slice) by Kubernetes it names that GPU, whatever its index on the node. NVML's
+        # index order may differ from CUDA's, so NVML is not asked.
+        uuid = getattr(torch.cuda.get_device_properties(self.index), "uuid", None)
+        return None if uuid is None else str(uuid)
+
+    def mem_get_info(self) -> tuple[int, int]:
+        import torch
+
+        free, total = torch.cuda.mem_get_info(self.index)
+        return int(free), int(total)
+
+    def processes(self) -> list[GpuProcess] | None:
+        try:
+            import pynvml  # nvidia-ml-py, optional: it only adds who else is on the device
+        except ImportError:
+            return None
+        try:
+            pynvml.nvmlInit()
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+                return [
+                    GpuProcess(p.pid, p.usedGpuMemory)
+                    for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                ]
+            finally:
+                pynvml.nvmlShutdown()
+        except pynvml.NVMLError as exc:
+            logger.info("NVML could not list GPU processes: %s", exc)
+            return None
+
+    def reset_peak_memory_stats(self) -> None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(self.index)
+
+    def max_memory_allocated(self) -> int:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(self.index))
+
+    def empty_cache(self) -> None:
+        import torch
+
+        torch.cuda.empty_cache()
+
+    def run(self, work: Callable[[], T]) -> T:
+        import torch
+
+        result = work()
+        # Kernels run asynchronously: wait here so an out-of-memory error surfaces inside the
+        # fallback's reach and wall time is the real time.
+        torch.cuda.synchronize(self.index)
+        return result
+
+
+@dataclass(frozen=True)
+class DeviceRun:
+    """Where one piece of inference ran, and why."""
+
+    requested: Device
+    device: Literal["cuda", "cpu"]
+    fell_back: bool
+    reason: str
+    wall_seconds: float
+    lock_wait_seconds: float | None = None
+    peak_gpu_memory_bytes: int | None = None
+    free_gpu_memory_bytes: int | None = None
+    other_gpu_processes: list[GpuProcess] | None = field(default=None)
+    # "this run", or the model server that ran it (model_server.py).
+    model_process: str = "this run"
+    lock_key: int | None = None
+
+    def metadata(self) -> dict[str, object]:
+        """Plain values for Dagster metadata; peak memory only when CUDA was used."""
+        out: dict[str, object] = {
+            "device_requested": self.requested,
+            "device_used": self.device,
+            "device_fell_back": self.fell_back,
+            "device_reason": self.reason,
+            "device_wall_seconds": round(self.wall_seconds, 3),
+            "model_process": self.model_process,
+        }
+        if self.lock_wait_seconds is not None:
+            out["gpu_lock_wait_seconds"] = round(self.lock_wait_seconds, 3)
+        if self.peak_gpu_memory_bytes is not None:
+            out["peak_gpu_memory_mb"] = round(self.peak_gpu_memory_bytes / 1024**2, 1)
+        if self.free_gpu_memory_bytes is not None:
+            out["free_gpu_memory_mb"] = round(self.free_gpu_memory_bytes / 1024**2, 1)
+        if self.other_gpu_processes is not None:
+            out["other_gpu_processes"] = len(self.other_gpu_processes)
+        if self.lock_key is not None:
+            out["gpu_lock_key"] = str(self.lock_key)
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> DeviceRun:
+        processes = data.get("other_gpu_processes")
+        return cls(**{**data, "other_gpu_processes": None if processes is None else [GpuProcess(**p) for p in processes]})
+
+
+def gpu_lock_key(uuid: str) -> int:
+    """The advisory-lock key of one GPU, from its UUID: a signed 64-bit integer, as PostgreSQL wants.
+
+    NVML writes UUIDs as ``GPU-<hex groups>``, CUDA without the prefix; both give the same key.
+    """
+    normal = uuid.strip().lower().removeprefix("gpu-")
+    if not normal:
+        raise ValueError("a GPU UUID is needed for its lock key, got an empty string")
+    digest = hashlib.blake2b(PER_GPU_KEY_NAMESPACE + normal.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_key_for(settings: GpuSettings, cuda: Cuda) -> int:
+    """The key to hold while using the device: the shared one, or the device's own (``lock_scope``).
+
+    A per-GPU lock whose device has no readable UUID takes the shared key: it then waits for every
+    other GPU user rather than for none.
+    """
+    if settings.lock_scope == "shared":
+        return settings.lock_key
+    uuid = cuda.uuid()
+    if uuid is None:
+        logger.warning("the GPU's UUID cannot be read; taking the shared GPU lock %d instead", settings.lock_key)
+        return settings.lock_key
+    return gpu_lock_key(uuid)
+
+
+@contextmanager
+def advisory_lock(database_url: str, key: int, timeout_s: float, poll_s: float = 0.5) -> Iterator[bool]:
+    """Hold the session-level advisory lock ``key`` for the block; yield whether it was taken.
+
+    Polls ``pg_try_advisory_lock`` until ``timeout_s`` rather than blocking in
+    ``pg_advisory_lock``, so a GPU user that never lets go cannot stall us. The lock lives on a
+    connection of its own (a session lock belongs to its connection; closing it releases the lock,
+    so a crashed holder frees it too). Yields False, without raising, when the lock is busy.
+    """
+    # Imported here so that the GPU check (benchmarks/gpu_check.py) runs where only torch is installed.
+    import psycopg
+
+    from forecasting_pipeline.storage.database import connect
+
+    conn = connect(database_url, attempts=1)
+    conn.autocommit = True
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+            if taken or time.monotonic() >= deadline:
+                break
+            time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
+        try:
+            yield bool(taken)
+        finally:
+            if taken:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                except psycopg.Error:
+                    # A broken connection has already lost the lock; closing below is enough.
+                    logger.warning("could not unlock GPU lock %d explicitly; closing its connection", key)
+    finally:
+        conn.close()
+
+
+@dataclass
+class _Plan:
+    device: Literal["cuda", "cpu"]
+    fell_back: bool
+    reason: str
+    lock_wait_seconds: float | None = None
+    free_bytes: int | None = None
+    processes: list[GpuProcess] | None = None
+    lock_key: int | None = None
+
+
+def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: ExitStack) -> _Plan:
+    """Decide the device; when it is CUDA, the GPU lock is held in ``stack``."""
+    if settings.device == "cpu":
+        return _Plan("cpu", False, "device=cpu configured")
+    if not cuda.is_available():
+        # With auto, no CUDA at all is a plain decision; with cuda it is a fallback.
+        return _Plan("cpu", settings.device == "cuda", "CUDA is not available")
+
+    key = lock_key_for(settings, cuda)
+    lock_wait = None
+    if database_url is None:
+        logger.warning("no database for the GPU lock: using the GPU without cross-process coordination")
+        key = None
+    else:
+        from forecasting_pipeline.storage.database import (
+            DatabaseUnavailableError,
+            describe_database,
+        )
+
+        started = time.monotonic()
+        try:
+            taken = stack.enter_context(advisory_lock(database_url, key, settings.lock_timeout_s, settings.lock_poll_s))
+        except DatabaseUnavailableError:
+            return _Plan("cpu", True, f"GPU lock database {describe_database(database_url)} unreachable", lock_key=key)
+        lock_wait = time.monotonic() - started
+        if not taken:
+            return _Plan("cpu", True, f"GPU lock {key} busy for {settings.lock_timeout_s:g}s", lock_wait, lock_key=key)
+
+    free, _total = cuda.mem_get_info()
+    processes = cuda.processes()
+    needed = int(settings.min_free_memory_gb * GIB)
+    if settings.device == "auto" and free < needed:
+        stack.close()  # give the lock back at once: we will not use the GPU
+        return _Plan(
+            "cpu", True,
+            f"{free / GIB:.2f} GiB free on the GPU, below min_free_memory_gb={settings.min_free_memory_gb:g}",
+            lock_wait, free, processes, key,
+        )
+    return _Plan("cuda", False, f"{free / GIB:.2f} GiB free on the GPU", lock_wait, free, processes, key)
+
+
+def run_on_device(
+    work: Callable[[str], T],
+    settings: GpuSettings,
+    *,
+    database_url: str | None = None,
+    cuda: Cuda | None = None,
+    release_cuda: Callable[[], None] | None = None,
+) -> tuple[T, DeviceRun]:
+    """Run ``work(device)`` on the device the settings choose, falling back to the CPU on CUDA OOM.
+
+    Parameters
+    ----------
+    work
+        Does the whole job on the given torch device (``"cuda"`` or ``"cpu"``): placing the model
+        and predicting. It may be called twice (CUDA, then CPU after an out-of-memory error), so
+        it must be safe to repeat.
+    database_url
+        The database of the GPU advisory lock; without it the GPU is used uncoordinated.
+    release_cuda
+        Drops this process's references to GPU tensors (cached model weights), so that the GPU
+        memory is given back before the lock is; called after any CUDA attempt.
+
+    Returns
+    -------
+    result, record
+        What ``work`` returned and where it ran (peak GPU memory when CUDA ran to the end or OOMed).
+    """
+    import torch
+
+    cuda = cuda or TorchCuda()
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        plan = _plan(settings, cuda, database_url, stack)
+        peak = None
+        if plan.device == "cuda":
+            cuda.reset_peak_memory_stats()
+            oom: str | None = None
+            try:
+                result = cuda.run(lambda: work("cuda"))
+            except torch.cuda.OutOfMemoryError as exc:
+                oom = str(exc).splitlines()[0][:200] if str(exc) else "CUDA out of memory"
+            finally:
+                # After the except block, so an OOM traceback's frames (and their GPU tensors) are
+                # gone; on any other error too, so no model stays on the GPU once the lock is released.
+                peak = cuda.max_memory_allocated()
+                if release_cuda is not None:
+                    release_cuda()
+                gc.collect()
+                cuda.empty_cache()
+            if oom is None:
+                return result, DeviceRun(
+                    settings.device, "cuda", False, plan.reason, time.perf_counter() - started,
+                    plan.lock_wait_seconds, peak, plan.free_bytes, plan.processes, lock_key=plan.lock_key,
+                )
+            logger.warning("CUDA out of memory (%s); retrying the same batch on the CPU", oom)
+            plan = _Plan("cpu", True, f"CUDA out of memory: {oom}", plan.lock_wait_seconds, plan.free_bytes,
+                         plan.processes, plan.lock_key)
+        # The CPU does not need the GPU lock: release it before the (long) CPU work.
+        stack.close()
+        result = work("cpu")
+    if plan.fell_back:
+        logger.warning("running on the CPU instead of the GPU: %s", plan.reason)
+    return result, DeviceRun(
+        settings.device, "cpu", plan.fell_back, plan.reason, time.perf_counter() - started,
+        plan.lock_wait_seconds, peak, plan.free_bytes, plan.processes, lock_key=plan.lock_key,
+    )

@@ -1,0 +1,110 @@
+"""Model inputs: one Chronos-2 input per instrument and window, and the instruments left out before the call.
+
+An input is ``{"target": close, "past_covariates": {name: values}}``, float32, the context the
+model reads. An instrument whose context the model cannot take is rejected here, before the
+call, because one bad series would spoil the whole batch (``Rejection`` says which and why).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from forecasting_pipeline.market.features import COVARIATE_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    """Which forecast a model input belongs to: a partition window and an instrument."""
+
+    window: str
+    symbol: str
+    as_of: datetime
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An instrument left out of one window's forecasts, and why.
+
+    ``rule``: ``model_input`` (rejected before the model call), or, for the forecast itself,
+    ``horizon`` (wrong step count), ``non_finite`` or ``crossing``.
+    """
+
+    window: str
+    symbol: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.window}: {self.symbol}: {self.message}"
+
+
+def _input_problem(frame: pl.DataFrame) -> str | None:
+    """Why one instrument's context cannot go to the model, or None.
+
+    The model computes in float32. A finite float64 beyond its range (about 3.4e38) becomes
+    infinite there, and with chronos-forecasting 2.3.2 one infinite value turns every series of
+    the batch into NaN, so the instrument must be left out before the call, not after it.
+    """
+    for name in ("close", *COVARIATE_COLUMNS):
+        wide = frame[name].to_numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = ~np.isfinite(wide.astype(np.float32))
+        overflow = bad & np.isfinite(wide)
+        if overflow.any():
+            i = int(np.argmax(overflow))
+            bar = frame["ts"][i].isoformat()
+            return f"{name} {wide[i]:.6g} at bar {bar} is beyond float32, in which the model computes (max 3.4e38)"
+        if name == "close" and bad.all():
+            # The model returns values near 0 for an all-NaN target instead of failing.
+            return "the close has no finite value in the context"
+        if bad.any():
+            return f"non-finite {name} at bar {frame['ts'][int(np.argmax(bad))].isoformat()}"
+    return None
+
+
+def usable_model_inputs(
+    covariates: pl.DataFrame, window: str, context_length: int
+) -> tuple[list[SeriesKey], list[dict], list[Rejection]]:
+    """Build one ``predict_quantiles`` input per instrument from a window's covariates, leaving out unusable ones.
+
+    Returns
+    -------
+    keys, inputs, rejected
+        ``inputs[i]`` is ``{"target": (T,), "past_covariates": {name: (T,)}}`` with T <= context_length,
+        float32; ``keys[i]`` says whose it is, with ``as_of`` the close time of its last bar.
+        ``rejected`` names each instrument left out and why (``_input_problem``).
+    """
+    if context_length < 1:
+        raise ValueError(f"context_length must be positive, got {context_length}")
+    keys: list[SeriesKey] = []
+    inputs: list[dict] = []
+    rejected: list[Rejection] = []
+    for (symbol,), frame in covariates.sort("symbol", "ts").group_by("symbol", maintain_order=True):
+        frame = frame.tail(context_length)
+        problem = _input_problem(frame)
+        if problem is not None:
+            rejected.append(Rejection(window, symbol, "model_input", problem))
+            continue
+        keys.append(SeriesKey(window, symbol, frame["ts"][-1]))
+        inputs.append(
+            {
+                "target": frame["close"].to_numpy().astype(np.float32),
+                "past_covariates": {name: frame[name].to_numpy().astype(np.float32) for name in COVARIATE_COLUMNS},
+            }
+        )
+    return keys, inputs, rejected
+
+
+def model_inputs(covariates: pl.DataFrame, window: str, context_length: int) -> tuple[list[SeriesKey], list[dict]]:
+    """``usable_model_inputs`` for callers that want every instrument or nothing: the first rejection raises ValueError."""
+    keys, inputs, rejected = usable_model_inputs(covariates, window, context_length)
+    if rejected:
+        raise ValueError(str(rejected[0]))
+    return keys, inputs

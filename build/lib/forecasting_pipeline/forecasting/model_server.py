@@ -1,0 +1,298 @@
+"""The model server: one long-lived process that keeps Chronos-2 loaded and forecasts for every run.
+
+Without it each run of a chain imports torch, transformers and chronos and loads the checkpoint
+before its first forecast, which costs more than the whole daily batch on a GPU (README:
+Performance). The server pays that once. A run (``Chronos2Runner`` with ``server_socket`` set) sends
+its batch over a Unix socket and gets the quantiles back; when no server answers, the run loads
+the model itself, as it would without one.
+
+Placement does not change: the server runs each request through the same
+``Chronos2Runner.predict_here`` a run uses, so the GPU advisory lock, the free-memory test, the
+CPU fallback and the release of CUDA memory after each batch (gpu.py) apply per request. Only the
+CPU copy of the model, and the imports, stay warm. Requests are served one at a time.
+
+Wire format, both ways: an 8-byte big-endian length and a UTF-8 JSON header, then an 8-byte length
+and an ``.npz`` payload, read with ``allow_pickle=False``. The socket is made mode 0600, so only the
+user who started the server can send it work.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import struct
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from forecasting_pipeline.forecasting.device import DeviceRun
+from forecasting_pipeline.forecasting.model import ModelIdentity
+from forecasting_pipeline.forecasting.runner import Prediction
+
+if TYPE_CHECKING:
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+
+logger = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct(">Q")
+MAX_HEADER_BYTES = 1 << 20
+# Large enough for an hourly backfill run's inputs (120 windows x 69 series x 2048 float32 values).
+MAX_PAYLOAD_BYTES = 1 << 31
+CONNECT_TIMEOUT_S = 5.0
+IDLE_CLIENT_TIMEOUT_S = 30.0
+
+
+class ModelServerUnavailable(ConnectionError):
+    """No model server answers at the socket: the run loads the model itself."""
+
+
+class ModelServerError(RuntimeError):
+    """The model server answered, but with an error (its message says which)."""
+
+
+class ProtocolError(ValueError):
+    """A message that is not in the wire format."""
+
+
+# ---------------------------------------------------------------- wire format
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise EOFError(f"connection closed with {left} of {n} bytes unread")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def send_message(sock: socket.socket, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+    head = json.dumps(header).encode()
+    body = io.BytesIO()
+    np.savez(body, **(arrays or {}))
+    payload = body.getvalue()
+    sock.sendall(_LENGTH.pack(len(head)) + head + _LENGTH.pack(len(payload)))
+    sock.sendall(payload)
+
+
+def receive_message(sock: socket.socket) -> tuple[dict, dict[str, np.ndarray]]:
+    """One message; EOFError when the peer closed before it, ProtocolError when it is malformed."""
+    (head_len,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+    if head_len > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {head_len} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(_read_exactly(sock, head_len))
+    except ValueError as exc:
+        raise ProtocolError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    (payload_len,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+    if payload_len > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"payload of {payload_len} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    payload = _read_exactly(sock, payload_len)
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError) as exc:
+        raise ProtocolError(f"payload is not an .npz of plain arrays: {exc}") from None
+    return header, arrays
+
+
+def encode_inputs(inputs: list[dict]) -> tuple[list[list[str]], dict[str, np.ndarray]]:
+    """Model inputs (forecasting.model_inputs) as covariate names per series plus named arrays."""
+    names, arrays = [], {}
+    for i, series in enumerate(inputs):
+        arrays[f"t{i}"] = np.asarray(series["target"])
+        covariates = series.get("past_covariates", {})
+        names.append(list(covariates))
+        for j, values in enumerate(covariates.values()):
+            arrays[f"c{i}_{j}"] = np.asarray(values)
+    return names, arrays
+
+
+def decode_inputs(covariate_names: list[list[str]], arrays: dict[str, np.ndarray]) -> list[dict]:
+    try:
+        return [
+            {"target": arrays[f"t{i}"], "past_covariates": {name: arrays[f"c{i}_{j}"] for j, name in enumerate(names)}}
+            for i, names in enumerate(covariate_names)
+        ]
+    except KeyError as exc:
+        raise ProtocolError(f"payload lacks array {exc}") from None
+
+
+def model_key(model: str, revision: str | None, dtype: str) -> dict[str, str | None]:
+    """What must match between a run's settings and the server's (a local path compares resolved)."""
+    path = Path(model)
+    return {"model": str(path.resolve()) if path.is_dir() else model, "revision": revision, "dtype": dtype}
+
+
+# ---------------------------------------------------------------- client
+
+
+def request_forecast(
+    socket_path: str, key: dict, inputs: list[dict], horizon: int, context_length: int
+) -> Prediction:
+    """Send one batch to the model server at ``socket_path`` and wait for its quantiles.
+
+    Raises ModelServerUnavailable when nothing listens there (the caller may run the model
+    itself), and ModelServerError when the server refuses or fails the batch.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(socket_path)
+        except (FileNotFoundError, ConnectionRefusedError, TimeoutError, PermissionError) as exc:
+            raise ModelServerUnavailable(f"no model server at {socket_path}: {exc.strerror or exc}") from None
+        # A CPU backfill batch takes minutes: wait as long as the server works.
+        sock.settimeout(None)
+        names, arrays = encode_inputs(inputs)
+        request = {"op": "predict", **key, "horizon": horizon, "context_length": context_length, "covariates": names}
+        try:
+            send_message(sock, request, arrays)
+            header, out = receive_message(sock)
+        except (EOFError, ConnectionResetError, BrokenPipeError) as exc:
+            raise ModelServerError(f"model server at {socket_path} dropped the request: {exc}") from None
+    finally:
+        sock.close()
+    if not header.get("ok"):
+        raise ModelServerError(f"model server at {socket_path}: {header.get('error', 'no reason given')}")
+    return Prediction(
+        quantiles=out["quantiles"],
+        model=ModelIdentity(**header["model"]),
+        timings=header["timings"],
+        device_run=DeviceRun.from_json(header["device_run"]),
+    )
+
+
+def describe(socket_path: str, wait_s: float = 0.0) -> dict:
+    """The server's pid, model key and batches served; waits up to ``wait_s`` for it to come up."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.connect(socket_path)
+            send_message(sock, {"op": "describe"})
+            header, _ = receive_message(sock)
+            return header
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if time.monotonic() >= deadline:
+                raise ModelServerUnavailable(f"no model server at {socket_path}: {exc.strerror or exc}") from None
+            time.sleep(0.1)
+        finally:
+            sock.close()
+
+
+# ---------------------------------------------------------------- server
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _UnixServer
+
+    def handle(self) -> None:
+        # Requests are served one at a time: a client that connects and stalls must not hold the rest.
+        self.request.settimeout(IDLE_CLIENT_TIMEOUT_S)
+        while True:
+            try:
+                header, arrays = receive_message(self.request)
+            except (EOFError, TimeoutError, ConnectionResetError):
+                return
+            except ProtocolError as exc:
+                logger.warning("refused a malformed request: %s", exc)
+                send_message(self.request, {"ok": False, "error": f"malformed request: {exc}"})
+                return  # the stream may be out of step: the client reconnects
+            try:
+                reply, out = self.server.answer(header, arrays)
+            except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the server
+                logger.exception("request failed")
+                reply, out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}, None
+            send_message(self.request, reply, out)
+
+
+class _UnixServer(socketserver.UnixStreamServer):
+    def __init__(self, path: str, runner: Chronos2Runner) -> None:
+        self.runner = runner
+        self.key = model_key(runner.model, runner.revision, runner.dtype)
+        self.served = 0
+        super().__init__(path, _Handler)
+
+    def server_bind(self) -> None:
+        old = os.umask(0o177)  # the socket is created 0600: no window in which others may connect
+        try:
+            super().server_bind()
+        finally:
+            os.umask(old)
+
+    def answer(self, header: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray] | None]:
+        op = header.get("op")
+        if op == "describe":
+            return {"ok": True, "pid": os.getpid(), "served": self.served, **self.key}, None
+        if op != "predict":
+            return {"ok": False, "error": f"unknown op {op!r}"}, None
+        wanted = {name: header.get(name) for name in self.key}
+        if wanted != self.key:
+            return {"ok": False, "error": f"this server runs {self.key}, the run asked for {wanted}"}, None
+        inputs = decode_inputs(header.get("covariates") or [], arrays)
+        done = self.runner.predict_here(inputs, int(header["horizon"]), int(header["context_length"]))
+        device_run = replace(done.device_run, model_process=f"model server pid {os.getpid()} at {self.server_address}")
+        self.served += 1
+        reply = {
+            "ok": True,
+            "model": {"version": done.model.version, "device": done.model.device, "dtype": done.model.dtype},
+            "timings": done.timings,
+            "device_run": device_run.to_json(),
+        }
+        return reply, {"quantiles": done.quantiles}
+
+
+def serve(runner: Chronos2Runner, socket_path: str | Path) -> None:
+    """Load the model on the CPU, then answer requests at ``socket_path`` until SIGTERM or SIGINT."""
+    path = Path(socket_path)
+    if path.exists() and not path.is_socket():
+        raise SystemExit(f"{path} exists and is not a socket: choose another path for the model server")
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # left by a server that died
+        else:
+            raise SystemExit(f"a model server already listens at {path}")
+        finally:
+            probe.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    loaded = runner.load("cpu")
+    logger.info("loaded %s on the CPU in %.1fs", loaded.version, time.perf_counter() - started)
+    server = _UnixServer(str(path), runner)
+
+    def stop(signum, _frame) -> None:
+        # A second signal (Ctrl-C reaches `with-db` and this process alike) must not cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        logger.info("stopping on signal %d", signum)
+        # shutdown() waits for serve_forever to return, which runs in this thread: raise instead.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info("serving at %s (pid %d)", path, os.getpid())
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        path.unlink(missing_ok=True)
+        logger.info("stopped after %d batches", server.served)

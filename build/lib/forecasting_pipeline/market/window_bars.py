@@ -1,0 +1,244 @@
+"""Bars per forecast window: read from a source, point-in-time, and validated, for one window or a range of them.
+
+A window reads only bars that closed at or before its end, so a window forecast today from a
+source that already holds later bars sees what a run at that window saw.
+
+A backfill covers many windows whose contexts overlap almost entirely. Each instrument's bars
+are therefore read once for the whole range, and what validation needs of them (bad values,
+duplicate timestamps, the calendar's closes, log returns) is computed once. A window's slice
+with no bad value and no duplicate is validated from those: the same rule functions as
+``validation.validate_instrument``, fed precomputed calendar answers. Any other slice goes
+through ``validate_instrument`` itself. Either way a window gets exactly the bars and findings a
+run of that window alone would get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from forecasting_pipeline.market.calendars import bar_close_array
+from forecasting_pipeline.market.instruments import Instrument
+from forecasting_pipeline.market.sources import BarSource
+from forecasting_pipeline.market.sources.schema import NUMERIC_COLUMNS, PRICE_COLUMNS, empty_bars
+from forecasting_pipeline.market.validation import (
+    EXCLUDED,
+    CalendarCloses,
+    Finding,
+    ValidatedWindow,
+    ValidationConfig,
+    calendar_rules,
+    findings_frame,
+    jump_findings,
+    nothing_to_forecast,
+    validate_instrument,
+)
+from forecasting_pipeline.times import epoch_us, from_epoch_us
+
+FINDING_COLUMNS = ("window", "symbol", "ts", "rule", "action", "message")
+
+
+@dataclass(frozen=True)
+class WindowBars:
+    """Validated bars of each window, what validation found, and the windows left with nothing to forecast.
+
+    Attributes
+    ----------
+    windows
+        Window key -> its validation (kept bars, findings, excluded and kept symbols).
+    findings
+        Every finding of every window: ``FINDING_COLUMNS``, exclusions first.
+    excluded
+        Symbol -> the windows it was excluded from.
+    empty
+        Window -> why nothing is left to forecast in it (every instrument excluded).
+    """
+
+    windows: dict[str, ValidatedWindow]
+    findings: pl.DataFrame
+    excluded: dict[str, list[str]] = field(default_factory=dict)
+    empty: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bars(self) -> dict[str, pl.DataFrame]:
+        return {key: validated.bars for key, validated in self.windows.items()}
+
+    def excluded_by_rule(self) -> dict[str, dict[str, list[str]]]:
+        """Rule -> symbol -> the windows that rule excluded it from (its first excluding rule per window)."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for window, validated in self.windows.items():
+            for symbol in validated.excluded:
+                rule = next(f.rule for f in validated.findings_of(symbol) if f.action == EXCLUDED)
+                out.setdefault(rule, {}).setdefault(symbol, []).append(window)
+        return out
+
+
+def read_window_bars(
+    source: BarSource,
+    universe: Sequence[Instrument],
+    cadence: str,
+    ends: Mapping[str, datetime],
+    n_bars: int,
+    rules: ValidationConfig,
+) -> WindowBars:
+    """Read each instrument's bars once for all windows, and validate every instrument of every window."""
+    if not ends:
+        return WindowBars({}, _findings([]))
+    bars, errors = source.history(universe, cadence, min(ends.values()), max(ends.values()), n_bars)
+    by_symbol = {symbol: frame for (symbol,), frame in bars.group_by("symbol")} if len(bars) else {}
+    histories = {
+        i.symbol: _InstrumentHistory.of(i, by_symbol.get(i.symbol, empty_bars()), cadence, max(ends.values()))
+        for i in universe if i.symbol not in errors
+    }
+    windows: dict[str, ValidatedWindow] = {}
+    excluded: dict[str, list[str]] = {}
+    empty: dict[str, str] = {}
+    for key, end in ends.items():
+        validated = _validate(universe, histories, errors, cadence, end, n_bars, rules)
+        windows[key] = validated
+        for symbol in validated.excluded:
+            excluded.setdefault(symbol, []).append(key)
+        reason = nothing_to_forecast(key, validated)
+        if reason is not None:
+            empty[key] = reason
+    return WindowBars(windows, _findings(list(windows.items())), excluded, empty)
+
+
+def _validate(
+    universe: Sequence[Instrument],
+    histories: Mapping[str, _InstrumentHistory],
+    errors: Mapping[str, str],
+    cadence: str,
+    end: datetime,
+    n_bars: int,
+    rules: ValidationConfig,
+) -> ValidatedWindow:
+    """One window, as ``validation.validate_window`` would validate the source's bars for it."""
+    findings: list[Finding] = []
+    kept: dict[str, pl.DataFrame] = {}
+    excluded: list[str] = []
+    for instrument in universe:
+        if instrument.symbol in errors:
+            found = [Finding(instrument.symbol, None, "unreadable", EXCLUDED, errors[instrument.symbol])]
+            bars = empty_bars()
+        else:
+            bars, found = histories[instrument.symbol].validate(end, n_bars, cadence, rules)
+        findings += found
+        if any(f.action == EXCLUDED for f in found):
+            excluded.append(instrument.symbol)
+        else:
+            kept[instrument.symbol] = bars
+    # Concatenated in symbol order, each slice already in time order: the (symbol, ts) order
+    # validate_window sorts into, without copying the slices.
+    out = pl.concat([kept[s] for s in sorted(kept)], rechunk=False) if kept else empty_bars()
+    return ValidatedWindow(out, findings, excluded, [i.symbol for i in universe if i.symbol in kept])
+
+
+def _findings(windows: list[tuple[str, ValidatedWindow]]) -> pl.DataFrame:
+    frames = [findings_frame(v.findings).with_columns(pl.lit(k).alias("window")) for k, v in windows]
+    found = pl.concat(frames) if frames else findings_frame([]).with_columns(pl.lit(None, pl.Utf8).alias("window"))
+    return found.select(FINDING_COLUMNS).sort(pl.col("action") != EXCLUDED, "window", "symbol", maintain_order=True)
+
+
+class PrecomputedCloses(CalendarCloses):
+    """A calendar's closes over ``(lo, hi]``, computed once; questions outside that span go to the calendar."""
+
+    def __init__(self, calendar: str, cadence: str, lo: datetime, hi: datetime) -> None:
+        super().__init__(calendar, cadence)
+        self._lo, self._hi = epoch_us(lo), epoch_us(hi)
+        self._closes = bar_close_array(calendar, cadence, lo, hi)
+        self._us = self._closes.astype(np.int64)
+
+    def between(self, start: datetime, end: datetime) -> np.ndarray:
+        s, e = epoch_us(start), epoch_us(end)
+        if not (self._lo <= s and e <= self._hi):
+            return super().between(start, end)
+        if e <= s:
+            return self._closes[:0]
+        return self._closes[np.searchsorted(self._us, s, "right"):np.searchsorted(self._us, e, "right")]
+
+    def last_at_or_before(self, moment: datetime) -> datetime:
+        m = epoch_us(moment)
+        j = int(np.searchsorted(self._us, m, "right")) if self._lo <= m <= self._hi else 0
+        return from_epoch_us(self._us[j - 1]) if j > 0 else super().last_at_or_before(moment)
+
+
+@dataclass(frozen=True)
+class _InstrumentHistory:
+    """One instrument's bars over a range of windows, and what validating any window of them needs."""
+
+    instrument: Instrument
+    bars: pl.DataFrame
+    ts_us: np.ndarray
+    # Cumulative counts (length n + 1) of rows with a bad value, and of rows repeating the previous ts.
+    bad_before: np.ndarray
+    repeat_before: np.ndarray
+    log_close: np.ndarray
+    closes: CalendarCloses
+    in_order: bool
+
+    @classmethod
+    def of(cls, instrument: Instrument, bars: pl.DataFrame, cadence: str, last_end: datetime) -> _InstrumentHistory:
+        ts = bars["ts"]
+        in_order = ts.null_count() == 0 and ts.is_sorted()
+        ts_us = ts.dt.epoch("us").to_numpy() if in_order else np.zeros(len(bars), dtype=np.int64)
+        closes: CalendarCloses = CalendarCloses(instrument.calendar, cadence)
+        if in_order and len(bars):
+            try:
+                closes = PrecomputedCloses(
+                    instrument.calendar, cadence, from_epoch_us(ts_us[0]) - timedelta(microseconds=1), last_end
+                )
+            except ValueError:
+                pass  # the calendar cannot place this span: each window asks it and reports why
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_close = np.log(bars["close"].to_numpy())
+        return cls(
+            instrument, bars, ts_us,
+            np.concatenate(([0], np.cumsum(_bad_values(bars)))),
+            np.concatenate(([0, 0], np.cumsum(ts_us[1:] == ts_us[:-1]))) if len(bars) else np.zeros(1, np.int64),
+            log_close, closes, in_order,
+        )
+
+    def validate(
+        self, end: datetime, n_bars: int, cadence: str, config: ValidationConfig
+    ) -> tuple[pl.DataFrame, list[Finding]]:
+        """The window ending at ``end``: its last ``n_bars`` bars, validated."""
+        if not self.in_order:
+            window = self.bars.filter(pl.col("ts") <= end).tail(n_bars)
+            return validate_instrument(window, self.instrument, cadence, end, config, self.closes)
+        b = int(np.searchsorted(self.ts_us, epoch_us(end), "right"))
+        a = max(0, b - n_bars)
+        window = self.bars.slice(a, b - a)
+        clean = b > a and self.bad_before[b] == self.bad_before[a] and self.repeat_before[b] == self.repeat_before[a + 1]
+        if not clean:
+            return validate_instrument(window, self.instrument, cadence, end, config, self.closes)
+        symbol = self.instrument.symbol
+        findings = []
+        if b - a < config.min_history_bars:
+            findings.append(Finding(symbol, None, "short_history", EXCLUDED,
+                                    f"{b - a} bars, fewer than min_history_bars={config.min_history_bars}"))
+        findings += calendar_rules(self.ts_us[a:b].astype("datetime64[us]"), self.instrument, cadence, end, config,
+                                   self.closes)
+        if b - a >= 3:
+            ts = window["ts"]
+            findings += jump_findings(symbol, np.diff(self.log_close[a:b]), lambda i: ts[int(i)], config)
+        return window, findings
+
+
+def _bad_values(bars: pl.DataFrame) -> np.ndarray:
+    """Rows that ``validation``'s value rules would report: non-finite, non-positive price, inconsistent OHLC,
+    negative volume."""
+    numeric = pl.col(list(NUMERIC_COLUMNS))
+    finite = pl.all_horizontal(numeric.is_not_null() & numeric.is_finite())
+    prices = pl.col(list(PRICE_COLUMNS))
+    inconsistent = (
+        (pl.col("high") < pl.col("low"))
+        | (pl.col("open") < pl.col("low")) | (pl.col("open") > pl.col("high"))
+        | (pl.col("close") < pl.col("low")) | (pl.col("close") > pl.col("high"))
+    )
+    bad = ~finite | pl.any_horizontal(prices <= 0) | inconsistent | (pl.col("volume") < 0)
+    return bars.select(bad.fill_null(True).alias("bad"))["bad"].to_numpy().astype(np.int64)

@@ -1,0 +1,72 @@
+"""Dagster's PostgreSQL storages, keeping their connection open for the life of the process.
+
+Outside the webserver, dagster-postgres opens a new connection for every storage call. One run
+of a window writes every event and, for each asset check result, reads back the checked
+partition's materialisation: hundreds of connections per run (README: Performance).
+These classes give every process the pooled engine the webserver already gets
+(``optimize_for_webserver``): one held connection per storage, more only under concurrent use,
+and no statement timeout (a run's writes must not be cut off). ``dagster.yaml`` names them.
+"""
+
+from __future__ import annotations
+
+from forecasting_pipeline.heap import imports_without_collection
+
+# Every process that opens this instance (runs, the daemon, the webserver) has just imported
+# Dagster, SQLAlchemy and alembic to get here, and keeps them (heap.py says why this saves time).
+with imports_without_collection():
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+    from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+
+# Connections beyond the held one while threads (the daemon's, the webserver's) overlap.
+MAX_OVERFLOW = 10
+POOL_RECYCLE_S = 3600
+NO_STATEMENT_TIMEOUT = 0
+
+
+def _pooled(storage):
+    storage.optimize_for_webserver(
+        statement_timeout=NO_STATEMENT_TIMEOUT, pool_recycle=POOL_RECYCLE_S, max_overflow=MAX_OVERFLOW
+    )
+    return storage
+
+
+# dagster-postgres' from_config_value builds its own class by name: wrap it rather than subclass
+# the constructor. inst_data still names these classes, so every process (run workers, the daemon)
+# builds the pooled storage from the instance's config.
+class PooledPostgresRunStorage(PostgresRunStorage):
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return _pooled(super().from_config_value(inst_data, config_value))
+
+
+class PooledPostgresEventLogStorage(PostgresEventLogStorage):
+    """Also remembers which tables exist.
+
+    Storing each asset event asks whether the asset-event tags table exists while its own
+    transaction holds the one pooled connection, so every asset event opened (and closed) an
+    extra connection. Tables are created by migrations, never dropped while a process runs, so a
+    table seen once is known from then on.
+    """
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        storage = cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+        )
+        return _pooled(storage)
+
+    def has_table(self, table_name: str) -> bool:
+        known = self.__dict__.setdefault("_tables_known", set())
+        if table_name not in known and super().has_table(table_name):
+            known.add(table_name)
+        return table_name in known
+
+
+class PooledPostgresScheduleStorage(PostgresScheduleStorage):
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return _pooled(super().from_config_value(inst_data, config_value))

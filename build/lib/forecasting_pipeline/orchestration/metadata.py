@@ -1,0 +1,208 @@
+"""Dagster metadata from the domain's results: the one place where frames, findings and rejections become
+tables, JSON and pictures a person reads in the UI, and where results become asset check results.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from forecasting_pipeline.forecasting.predict import QUANTILE_LEVELS
+from forecasting_pipeline.forecasting.shaping import rejections_frame
+from forecasting_pipeline.forecasting.window_forecasts import (
+    HORIZON_RULES,
+    INPUT_RULES,
+    QUANTILE_RULES,
+    WindowForecasts,
+)
+from forecasting_pipeline.market.instruments import Instrument
+from forecasting_pipeline.market.validation import EXCLUDED
+from forecasting_pipeline.market.window_bars import WindowBars
+from forecasting_pipeline.serving.plots import png_markdown
+
+# Forecast checks of chronos2_forecasts_<cadence>: name, description, the rejection rules it reports.
+FORECAST_CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("inputs_in_model_range", "Every instrument's context is finite in float32, the model's precision.", INPUT_RULES),
+    ("quantiles_ordered_and_finite", "p10 <= p50 <= p90 and every value finite, for every step.", QUANTILE_RULES),
+    ("horizon_complete", "Every instrument has exactly `horizon` steps.", HORIZON_RULES),
+)
+
+
+def markdown_table(frame: pl.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
+    """The first ``max_rows`` rows as a markdown table; floats to 6 significant digits."""
+    head = frame.head(max_rows)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.iter_rows():
+        # A '|' inside a value would split its cell.
+        cells = [f"{v:.6g}" if isinstance(v, float) else str(v).replace("|", "\\|") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def png_metadata(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG as markdown metadata, which the Dagster UI renders as an image."""
+    return dg.MetadataValue.md(png_markdown(png, alt))
+
+
+# The check of ml_predictions_<cadence> that fails when a window of the run had nothing to forecast.
+EVERY_WINDOW_WRITTEN = "every_window_written"
+
+# Per instrument, exclusions (or rejections) listed one line each up to this many windows; beyond
+# that, one line sums them up, so a long backfill of a broken feed does not flood the event log.
+LINES_PER_INSTRUMENT = 3
+
+
+def window_bars_metadata(result: WindowBars, source: str, synthetic: bool, instruments: int) -> dict[str, object]:
+    """Metadata of ``ohlcv_<cadence>``: the source, the row counts, exclusions and every finding."""
+    return {
+        "source": source,
+        "synthetic": synthetic,
+        "windows": len(result.windows),
+        "instruments": instruments,
+        "rows": sum(len(f) for f in result.bars.values()),
+        "excluded": dg.MetadataValue.json(result.excluded),
+        "excluded_by_rule": dg.MetadataValue.json(result.excluded_by_rule()),
+        "nothing_to_forecast": dg.MetadataValue.json(result.empty),
+        "findings": len(result.findings),
+        "findings_table": markdown_table(result.findings, 50),
+    }
+
+
+def exclusion_messages(result: WindowBars) -> list[str]:
+    """Log lines naming each excluded instrument, its windows and the rules that excluded it."""
+    lines = {}
+    for window, validated in result.windows.items():
+        for symbol in validated.excluded:
+            reasons = "; ".join(f"{f.rule}: {f.message}" for f in validated.findings_of(symbol) if f.action == EXCLUDED)
+            lines.setdefault(symbol, []).append(f"{window}: {symbol} excluded: {reasons}")
+    return _at_most_per_instrument(lines, "excluded from")
+
+
+def rejection_messages(result: WindowForecasts) -> list[str]:
+    """Log lines naming each instrument left out of the forecasts, its windows and why."""
+    lines = {}
+    for r in result.rejected:
+        lines.setdefault(r.symbol, []).append(f"{r.window}: {r.symbol} left out ({r.rule}): {r.message}")
+    return _at_most_per_instrument(lines, "left out of")
+
+
+def _at_most_per_instrument(lines: dict[str, list[str]], what: str) -> list[str]:
+    out = []
+    for symbol, mine in lines.items():
+        if len(mine) <= LINES_PER_INSTRUMENT:
+            out += mine
+        else:
+            out.append(f"{symbol} {what} {len(mine)} windows (metadata lists them); the first: {mine[0]}")
+    return out
+
+
+def nothing_to_forecast_reasons(context: dg.AssetExecutionContext, cadence: str) -> dict[str, str]:
+    """Window -> why it had nothing to forecast, as this run's bar and forecast steps recorded it.
+
+    A window whose every instrument validation excluded is explained by ``ohlcv_<cadence>`` (which
+    rule, which bar); one whose every forecast was rejected, by ``chronos2_forecasts_<cadence>``.
+    """
+    recorded: dict[dg.AssetKey, dict[str, str]] = {}
+    for record in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.asset_materialization
+        value = materialization.metadata.get("nothing_to_forecast") if materialization else None
+        if value is not None:
+            recorded.setdefault(materialization.asset_key, dict(value.value))
+    return {
+        **recorded.get(dg.AssetKey(f"chronos2_forecasts_{cadence}"), {}),
+        **recorded.get(dg.AssetKey(f"ohlcv_{cadence}"), {}),
+    }
+
+
+def written_window_metadata(frame: pl.DataFrame, rows: int, done: int, total: int, database: str) -> dict[str, object]:
+    """Metadata of one window of ``ml_predictions_<cadence>``, logged when its rows are committed."""
+    return {
+        "rows": rows,
+        "windows_done": done,
+        "windows_total": total,
+        "database": database,
+        "preview": markdown_table(frame.filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")),
+    }
+
+
+def windows_written_check(
+    forecasts: dict[str, pl.DataFrame], written: dict[str, pl.DataFrame], reasons: dict[str, str]
+) -> dg.AssetCheckResult:
+    """Fails, naming them and why, when windows of the run had nothing to forecast and so no rows."""
+    missing = {window: reasons.get(window, "nothing to forecast") for window in sorted(forecasts) if window not in written}
+    return dg.AssetCheckResult(
+        check_name=EVERY_WINDOW_WRITTEN,
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "windows_requested": len(forecasts),
+            "windows_written": len(written),
+            "windows_with_nothing_to_forecast": dg.MetadataValue.json(missing),
+            "rerun": dg.MetadataValue.json(sorted(missing)),
+        },
+    )
+
+
+def bar_check_results(
+    result: WindowBars, universe: list[Instrument], check_of: dict[str, str]
+) -> list[dg.AssetCheckResult]:
+    """One result per instrument of the run that has a check: it passes unless the instrument was excluded."""
+    out = []
+    for instrument in universe:
+        if instrument.symbol not in check_of:
+            continue
+        mine = result.findings.filter(pl.col("symbol") == instrument.symbol).drop("symbol")
+        out.append(dg.AssetCheckResult(
+            check_name=check_of[instrument.symbol],
+            passed=instrument.symbol not in result.excluded,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "excluded_windows": dg.MetadataValue.json(result.excluded.get(instrument.symbol, [])),
+                "findings": len(mine),
+                "findings_table": markdown_table(mine, 20),
+            },
+        ))
+    return out
+
+
+def forecast_metadata(result: WindowForecasts) -> dict[str, object]:
+    """Metadata of ``chronos2_forecasts_<cadence>``: the model, where it ran, what was left out, a preview."""
+    out: dict[str, object] = {
+        "context_length": result.context_length,
+        "horizon": result.horizon,
+        "quantiles": dg.MetadataValue.json(list(QUANTILE_LEVELS)),
+        "series": result.series,
+        "windows": len(result.forecasts),
+        "rejected": dg.MetadataValue.json(result.left_out()),
+        "nothing_to_forecast": dg.MetadataValue.json(result.empty),
+        "rejected_table": markdown_table(rejections_frame(result.rejected)),
+    }
+    if result.prediction is not None:
+        done = result.prediction
+        out |= {
+            "model_version": done.model.version,
+            "device": done.model.device,
+            "dtype": done.model.dtype,
+            "model_load_seconds": round(done.timings["model_load_seconds"], 3),
+            "predict_seconds": round(done.timings["predict_seconds"], 3),
+            **done.device_run.metadata(),
+        }
+    last = max(result.forecasts, default=None)
+    if last is not None:
+        out["preview"] = markdown_table(
+            result.forecasts[last].filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")
+            .with_columns(pl.lit(last).alias("window"))
+        )
+    return out
+
+
+def forecast_check_results(result: WindowForecasts) -> list[dg.AssetCheckResult]:
+    """One result per forecast check: it fails, listing them, when an instrument was left out by its rules."""
+    results = []
+    for name, _description, rules in FORECAST_CHECKS:
+        problems = result.problems(rules)
+        results.append(dg.AssetCheckResult(
+            check_name=name, passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"left_out": len(problems), "problems": dg.MetadataValue.json(problems[:20])},
+        ))
+    return results

@@ -1,0 +1,1 @@
+"""Scoring stored forecasts against realised bars: baselines, losses, coverage, canaries and evaluation."""

@@ -1,0 +1,221 @@
+"""Settings: every environment variable the project reads, read in one place, and the resources built from them.
+
+``definitions.py`` and the command line both build from ``Settings.from_env()``. Secrets
+(database URLs, tokens, a URL that may carry credentials) never become plain values here: they
+reach Dagster as ``dg.EnvVar``, resolved at run time and hidden in the UI, and the CLI's model
+server reads the lock database's URL from the environment when it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
+from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY
+
+# Dagster and what builds on it are imported where resources are built: `forecasting-pipeline
+# with-db` and the other light commands read settings without loading them.
+if TYPE_CHECKING:
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+    from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
+    from forecasting_pipeline.orchestration.partitions import Windows
+    from forecasting_pipeline.orchestration.placement import GpuPlacement
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource
+
+DATABASE_URL = "DATABASE_URL"
+# Set by `forecasting-pipeline with-db` for its child when it started the embedded server.
+EMBEDDED_DATABASE = "FORECASTING_EMBEDDED_DB"
+
+
+def database_url(env: Mapping[str, str] | None = None) -> str | None:
+    """The ml_predictions database (a secret: never logged), for commands that run outside Dagster."""
+    return (os.environ if env is None else env).get(DATABASE_URL) or None
+
+
+def dagster_database_url(env: Mapping[str, str] | None = None) -> str | None:
+    """Dagster's own storage (DAGSTER_PG_URL), when it is not the ml_predictions database."""
+    return (os.environ if env is None else env).get("DAGSTER_PG_URL") or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Non-secret settings, and the names of the variables that hold the secrets.
+
+    Each field names the variable it comes from; ``README.md`` (Configuration) lists them all.
+    """
+
+    instruments_file: str | None = None  # INSTRUMENTS_FILE
+    market_data_source: str = "sample"  # MARKET_DATA_SOURCE
+    market_data_path: str | None = None  # MARKET_DATA_PATH
+    market_data_table: str = "ohlcv"  # MARKET_DATA_TABLE
+    # MARKET_DATA_DATABASE_URL when set, else DATABASE_URL: the variable, never its value.
+    market_data_url_variable: str = DATABASE_URL
+    chronos2_model: str = DEFAULT_MODEL_ID  # CHRONOS2_MODEL
+    chronos2_revision: str | None = None  # CHRONOS2_REVISION
+    chronos2_device: str = "auto"  # CHRONOS2_DEVICE
+    chronos2_dtype: str = "float32"  # CHRONOS2_DTYPE
+    min_free_gpu_gb: float = 1.5  # CHRONOS2_MIN_FREE_GPU_GB
+    gpu_lock_timeout_s: float = 60.0  # CHRONOS2_GPU_LOCK_TIMEOUT_S
+    gpu_lock_scope: str = "shared"  # CHRONOS2_GPU_LOCK: shared (Kronos's key) or per-gpu
+    model_server_socket: str | None = None  # CHRONOS2_SERVER
+    # FRAMES_DIR, else DAGSTER_HOME/storage/frames; on Kubernetes a volume every pod mounts.
+    frames_dir: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "storage" / "frames"))
+    k8s_step_pods: bool = False  # K8S_STEP_PODS: one pod per step (dagster-k8s's k8s_job_executor)
+    # K8S_GPUS_PER_STEP, K8S_GPU_NODE_SELECTOR, K8S_GPU_TOLERATIONS: the model step's pod; only with step pods.
+    gpu_placement: GpuPlacement | None = None
+    # FIRST_WINDOW_1H / FIRST_WINDOW_1D: the first partition of each cadence (None: the default).
+    first_window: Mapping[str, str | None] = field(default_factory=lambda: {name: None for name in CADENCES})
+    kronos_batch: bool = False  # KRONOS_BATCH_URL is set (the URL itself is a secret)
+    kronos_batch_token: bool = False  # KRONOS_BATCH_TOKEN is set
+    kronos_timeout_s: float = 900.0  # KRONOS_BATCH_TIMEOUT_S
+    model_configured: bool = False  # CHRONOS2_MODEL is set: never fall back to the demo checkpoint
+    embedded_database: bool = False  # FORECASTING_EMBEDDED_DB=1: the database is `with-db`'s demo one
+    pgdata: str = ".pgdata"  # FORECASTING_PGDATA: the embedded server's data folder
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``env`` (the process environment by default); unset or empty means the default."""
+        env = os.environ if env is None else env
+
+        def get(name: str, default=None):
+            return env.get(name) or default
+
+        home = get("DAGSTER_HOME", tempfile.gettempdir())
+        return cls(
+            instruments_file=get("INSTRUMENTS_FILE"),
+            market_data_source=get("MARKET_DATA_SOURCE", "sample"),
+            market_data_path=get("MARKET_DATA_PATH"),
+            market_data_table=get("MARKET_DATA_TABLE", "ohlcv"),
+            market_data_url_variable="MARKET_DATA_DATABASE_URL" if get("MARKET_DATA_DATABASE_URL") else DATABASE_URL,
+            chronos2_model=get("CHRONOS2_MODEL", DEFAULT_MODEL_ID),
+            chronos2_revision=get("CHRONOS2_REVISION"),
+            chronos2_device=get("CHRONOS2_DEVICE", "auto"),
+            chronos2_dtype=get("CHRONOS2_DTYPE", "float32"),
+            min_free_gpu_gb=float(get("CHRONOS2_MIN_FREE_GPU_GB", 1.5)),
+            gpu_lock_timeout_s=float(get("CHRONOS2_GPU_LOCK_TIMEOUT_S", 60)),
+            gpu_lock_scope=get("CHRONOS2_GPU_LOCK", "shared"),
+            model_server_socket=get("CHRONOS2_SERVER"),
+            frames_dir=get("FRAMES_DIR") or str(Path(home) / "storage" / "frames"),
+            k8s_step_pods=_flag(env, "K8S_STEP_PODS"),
+            gpu_placement=_gpu_placement(env),
+            first_window={name: get(f"FIRST_WINDOW_{name.upper()}") for name in CADENCES},
+            kronos_batch=bool(get("KRONOS_BATCH_URL")),
+            kronos_batch_token=bool(get("KRONOS_BATCH_TOKEN")),
+            kronos_timeout_s=float(get("KRONOS_BATCH_TIMEOUT_S", 900)),
+            model_configured=bool(get("CHRONOS2_MODEL")),
+            embedded_database=get(EMBEDDED_DATABASE) == "1",
+            pgdata=get("FORECASTING_PGDATA", ".pgdata"),
+        )
+
+    def with_model(self, model: str) -> Settings:
+        return replace(self, chronos2_model=model)
+
+    def windows(self) -> list[Windows]:
+        """Both cadences' windows, hourly first."""
+        from forecasting_pipeline.orchestration.partitions import cadence_windows
+
+        return [cadence_windows(cadence, self.first_window.get(cadence.name)) for cadence in (HOURLY, DAILY)]
+
+    def symbols(self) -> list[str]:
+        """The universe's symbols, for the per-instrument checks the definitions declare."""
+        from forecasting_pipeline.market.instruments import load_instruments
+
+        return [i.symbol for i in load_instruments(self.instruments_file)]
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = (env.get(name) or "").strip().lower()
+    if value not in ("", "0", "false", "no", "1", "true", "yes"):
+        raise ValueError(f"{name} must be true or false, got {env.get(name)!r}")
+    return value in ("1", "true", "yes")
+
+
+def _gpu_placement(env: Mapping[str, str]) -> GpuPlacement | None:
+    """The model step's pod on Kubernetes; None without step pods, where a pod tag would reach nothing."""
+    placement_vars = [name for name in ("K8S_GPUS_PER_STEP", "K8S_GPU_NODE_SELECTOR", "K8S_GPU_TOLERATIONS") if env.get(name)]
+    if not _flag(env, "K8S_STEP_PODS"):
+        if placement_vars:
+            raise ValueError(f"{', '.join(placement_vars)} take effect only with K8S_STEP_PODS=true (one pod per step)")
+        return None
+    from forecasting_pipeline.orchestration.placement import GpuPlacement, parse_node_selector, parse_tolerations
+
+    gpus = env.get("K8S_GPUS_PER_STEP") or "1"
+    if not gpus.strip().isdigit():
+        raise ValueError(f"K8S_GPUS_PER_STEP must be a whole number of GPUs, got {gpus!r}")
+    return GpuPlacement(
+        int(gpus), parse_node_selector(env.get("K8S_GPU_NODE_SELECTOR")), parse_tolerations(env.get("K8S_GPU_TOLERATIONS"))
+    )
+
+
+def _chronos2_fields(settings: Settings) -> dict[str, object]:
+    return dict(
+        model=settings.chronos2_model,
+        revision=settings.chronos2_revision,
+        device=settings.chronos2_device,
+        dtype=settings.chronos2_dtype,
+        min_free_memory_gb=settings.min_free_gpu_gb,
+        lock_timeout_s=settings.gpu_lock_timeout_s,
+        lock_scope=settings.gpu_lock_scope,
+    )
+
+
+def chronos2_resource(settings: Settings) -> Chronos2Resource:
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource
+
+    return Chronos2Resource(
+        **_chronos2_fields(settings),
+        lock_database_url=dg.EnvVar(DATABASE_URL),
+        server_socket=settings.model_server_socket,
+    )
+
+
+def chronos2_runner(settings: Settings, env: Mapping[str, str] | None = None) -> Chronos2Runner:
+    """The runner of a process outside Dagster (the model server): the runs' settings, the lock's URL from ``env``."""
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+
+    env = os.environ if env is None else env
+    return Chronos2Runner(**_chronos2_fields(settings), lock_database_url=env.get(DATABASE_URL))
+
+
+def resources(settings: Settings) -> dict[str, object]:
+    """Every resource the definitions bind, by key."""
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER
+    from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
+    from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
+
+    source = settings.market_data_source
+    return {
+        "database": PostgresResource(url=dg.EnvVar(DATABASE_URL)),
+        "instruments": InstrumentsResource(file=settings.instruments_file),
+        "market_data": MarketDataResource(
+            source=source,
+            path=settings.market_data_path,
+            database_url=dg.EnvVar(settings.market_data_url_variable) if source == "postgres" else None,
+            table=settings.market_data_table,
+        ),
+        "chronos2": chronos2_resource(settings),
+        FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=settings.frames_dir),
+    }
+
+
+def kronos_batch_resource(settings: Settings) -> KronosBatchResource:
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
+
+    return KronosBatchResource(
+        url=dg.EnvVar("KRONOS_BATCH_URL"),
+        token=dg.EnvVar("KRONOS_BATCH_TOKEN") if settings.kronos_batch_token else None,
+        timeout_s=settings.kronos_timeout_s,
+        lock_database_url=dg.EnvVar(DATABASE_URL),
+        lock_timeout_s=settings.gpu_lock_timeout_s,
+    )
