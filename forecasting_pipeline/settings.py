@@ -70,6 +70,8 @@ class Settings:
     gpu_placement: GpuPlacement | None = None
     # FIRST_WINDOW_1H / FIRST_WINDOW_1D: the first partition of each cadence (None: the default).
     first_window: Mapping[str, str | None] = field(default_factory=lambda: {name: None for name in CADENCES})
+    # WINDOWS_PER_BACKFILL_RUN_1H / _1D: windows one backfill run covers (None: the default).
+    windows_per_backfill_run: Mapping[str, int | None] = field(default_factory=lambda: {name: None for name in CADENCES})
     kronos_batch: bool = False  # KRONOS_BATCH_URL is set (the URL itself is a secret)
     kronos_batch_token: bool = False  # KRONOS_BATCH_TOKEN is set
     kronos_timeout_s: float = 900.0  # KRONOS_BATCH_TIMEOUT_S
@@ -104,6 +106,7 @@ class Settings:
             k8s_step_pods=_flag(env, "K8S_STEP_PODS"),
             gpu_placement=_gpu_placement(env),
             first_window={name: get(f"FIRST_WINDOW_{name.upper()}") for name in CADENCES},
+            windows_per_backfill_run={name: _count(env, f"WINDOWS_PER_BACKFILL_RUN_{name.upper()}") for name in CADENCES},
             kronos_batch=bool(get("KRONOS_BATCH_URL")),
             kronos_batch_token=bool(get("KRONOS_BATCH_TOKEN")),
             kronos_timeout_s=float(get("KRONOS_BATCH_TIMEOUT_S", 900)),
@@ -119,13 +122,25 @@ class Settings:
         """Both cadences' windows, hourly first."""
         from forecasting_pipeline.orchestration.partitions import cadence_windows
 
-        return [cadence_windows(cadence, self.first_window.get(cadence.name)) for cadence in (HOURLY, DAILY)]
+        return [
+            cadence_windows(cadence, self.first_window.get(cadence.name), self.windows_per_backfill_run.get(cadence.name))
+            for cadence in (HOURLY, DAILY)
+        ]
 
     def symbols(self) -> list[str]:
         """The universe's symbols, for the per-instrument checks the definitions declare."""
         from forecasting_pipeline.market.instruments import load_instruments
 
         return [i.symbol for i in load_instruments(self.instruments_file)]
+
+
+def _count(env: Mapping[str, str], name: str) -> int | None:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {env.get(name)!r}")
+    return int(value)
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

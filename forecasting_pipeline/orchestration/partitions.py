@@ -18,7 +18,7 @@ from forecasting_pipeline.market.cadences import DAILY, HOURLY, Cadence
 DEFAULT_FIRST_WINDOW: dict[str, str] = {"1h": "2026-01-01-00:00", "1d": "2024-01-01"}
 
 # Windows per backfill run. Each run loads the model once and holds every window's frames in memory.
-DEFAULT_WINDOWS_PER_BACKFILL_RUN: dict[str, int] = {"1h": 120, "1d": 30}
+DEFAULT_WINDOWS_PER_BACKFILL_RUN: dict[str, int] = {"1h": 120, "1d": 120}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""Settings: every variable read in one place, secrets only as EnvVar, bad values refused by name."""
+
+import dagster as dg
+import pytest
+
+from forecasting_pipeline.settings import Settings, resources
+
+
+def test_when_nothing_is_set_then_the_defaults_hold():
+    settings = Settings.from_env({})
+
+    hourly, daily = settings.windows()
+    assert (hourly.cadence.name, hourly.partitions_def.get_first_partition_key(), hourly.per_backfill_run) == (
+        "1h", "2026-01-01-00:00", 120)
+    assert (daily.cadence.name, daily.partitions_def.get_first_partition_key(), daily.per_backfill_run) == (
+        "1d", "2024-01-01", 120)
+    assert settings.market_data_source == "sample" and settings.chronos2_model == "amazon/chronos-2"
+    assert not settings.model_configured and not settings.embedded_database
+
+
+def test_when_the_first_windows_move_back_then_every_default_window_key_stays_valid():
+    settings = Settings.from_env({"FIRST_WINDOW_1H": "2017-01-01-00:00", "FIRST_WINDOW_1D": "2004-01-01",
+                                  "WINDOWS_PER_BACKFILL_RUN_1D": "240"})
+    defaults = Settings.from_env({}).windows()
+
+    for moved, default in zip(settings.windows(), defaults, strict=True):
+        some_default_keys = default.partitions_def.get_partition_keys()[:50]
+        assert all(moved.partitions_def.has_partition_key(key) for key in some_default_keys)
+    assert settings.windows()[1].partitions_def.get_first_partition_key() == "2004-01-01"
+    assert settings.windows()[1].per_backfill_run == 240
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"FIRST_WINDOW_1D": "2010-13-01"}, "first 1d window '2010-13-01' is not a window key like '2024-01-01'"),
+    ({"FIRST_WINDOW_1H": "2010-01-01"}, "first 1h window '2010-01-01' is not a window key like '2026-01-01-00:00'"),
+    ({"WINDOWS_PER_BACKFILL_RUN_1H": "0"}, "WINDOWS_PER_BACKFILL_RUN_1H must be a positive whole number, got '0'"),
+    ({"K8S_GPUS_PER_STEP": "1"}, "K8S_GPUS_PER_STEP take effect only with K8S_STEP_PODS=true"),
+])
+def test_when_a_setting_is_malformed_then_the_error_names_the_variable_and_value(env, said):
+    with pytest.raises(ValueError) as error:
+        Settings.from_env(env).windows()
+
+    assert said in str(error.value)
+
+
+def test_when_resources_are_built_then_every_secret_is_an_env_var_and_no_value_is_copied():
+    env = {"DATABASE_URL": "postgresql://u:secret@db/x", "MARKET_DATA_SOURCE": "postgres",
+           "MARKET_DATA_DATABASE_URL": "postgresql://u:other@bars/y"}
+
+    built = resources(Settings.from_env(env))
+
+    assert built["database"].url == dg.EnvVar("DATABASE_URL")
+    assert built["market_data"].database_url == dg.EnvVar("MARKET_DATA_DATABASE_URL")
+    assert built["chronos2"].lock_database_url == dg.EnvVar("DATABASE_URL")
+    assert "secret" not in repr(built) and "other" not in repr(built)
