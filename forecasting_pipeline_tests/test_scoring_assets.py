@@ -20,7 +20,7 @@ import yaml
 from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
 from forecasting_pipeline.orchestration.scoring_assets import COVERAGE_CHECK, SIGN_FLIP_CHECK, build_scoring
-from forecasting_pipeline.scoring.evaluation import read_scores
+from forecasting_pipeline.storage.forecast_scores import read_scores
 from forecasting_pipeline.storage.ml_predictions import prediction_rows, upsert_window
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,25 +246,7 @@ def test_when_a_band_is_far_too_narrow_then_the_coverage_check_warns(score_resou
     assert checks(result)[SIGN_FLIP_CHECK].metadata["compared"].value == "chronos-2 - baseline-random-walk"
 
 
-def test_when_a_lookback_is_given_then_only_forecasts_made_within_it_are_scored(score_resources, instance, conn, tmp_path):
-    write_bars(tmp_path / "bars", 40)
-    for as_of in (20, 32):
-        store_chronos(conn, as_of, [(99.0, 101.0, 103.0)])
-        store_kronos(conn, as_of, [101.0])  # created at bar_ts(as_of)
-
-    recent = materialise_scores(score_resources, instance, until_index=39, lookback_days=10)
-    every = materialise_scores(score_resources, instance, until_index=39, lookback_days=0)
-
-    recent_meta = recent.asset_materializations_for_node("forecast_scores_1d")[0].metadata
-    assert recent_meta["forecasts_scored"].value == {"chronos-2": 1, "kronos-base": 1}
-    assert recent_meta["scored_since"].value == bar_ts(29).isoformat()
-    every_meta = every.asset_materializations_for_node("forecast_scores_1d")[0].metadata
-    assert every_meta["forecasts_scored"].value == {"chronos-2": 2, "kronos-base": 2}
-    assert every_meta["scored_since"].value == "every stored forecast"
-    assert read_scores(conn, "1d")["first_as_of"].min() == bar_ts(20)
-
-
-def test_when_the_lookback_is_negative_then_the_run_is_refused_naming_the_field(score_resources, instance):
+def test_when_review_days_is_negative_then_the_run_is_refused_naming_the_field(score_resources, instance):
     # Dagster hands the pydantic constraint (ge=0) to pydantic when the step builds its config.
-    with pytest.raises(pydantic.ValidationError, match="lookback_days"):
-        materialise_scores(score_resources, instance, until_index=39, lookback_days=-1)
+    with pytest.raises(pydantic.ValidationError, match="review_days"):
+        materialise_scores(score_resources, instance, until_index=39, review_days=-1)
