@@ -233,12 +233,15 @@ class _ChunkScorer:
         self.run.count(self.run.outside_universe, dict(outside.group_by("model_name").len().iter_rows()))
         queue = _chunks(rows.filter(pl.col("symbol").is_in(list(self.instruments))))
         while queue:
-            clashed = self._score_chunk(queue.pop(0))
+            chunk = queue.pop(0)
+            clashed = self._score_chunk(chunk)
             if clashed:
-                # Rescore those instruments from scratch: drop what is stored, then every row is unscored.
+                # Rescore those instruments from scratch: drop what is stored, so every row of theirs is
+                # unscored; the chunk's other instruments, of which nothing was written, go again as they were.
                 store.delete_scores(self.conn, self.cadence.name, clashed)
                 self.run.rebuilt_symbols = sorted(set(self.run.rebuilt_symbols) | set(clashed))
-                queue.extend(_chunks(store.unscored_rows(self.conn, self.cadence.name, clashed)))
+                symbols = chunk["symbol"].unique().sort().to_list()
+                queue.extend(_chunks(store.unscored_rows(self.conn, self.cadence.name, symbols)))
 
     def _bars(self, symbols: list[str], earliest: datetime) -> pl.DataFrame:
         n_bars = bars_to_read(earliest, self.run.until, self.cadence.bar, self.vol_window)
@@ -267,8 +270,8 @@ class _ChunkScorer:
                 without_bars.select("model_name", *ROW_KEY).unique().group_by("model_name").len().iter_rows()))
             sorted_rows = triage(stored.filter(pl.col("symbol").is_in(bars["symbol"].unique().to_list())), bars,
                                  LATE_BAR_GRACE[self.cadence.name])
-            stored_keys = self._stored_keys(sorted_rows.realised)
-            clashed = collisions(sorted_rows.realised, stored_keys, BASELINE_RANDOM_WALK)
+            stored_keys = self._stored_keys(sorted_rows.placed)
+            clashed = collisions(sorted_rows.placed, sorted_rows.realised, stored_keys, BASELINE_RANDOM_WALK)
             if clashed:
                 return clashed
             skips += [sorted_rows.skipped, self._score_realised(sorted_rows.realised, bars, stored_keys)]
@@ -278,9 +281,9 @@ class _ChunkScorer:
         store.insert_skips(self.conn, self.cadence.name, skipped)
         return []
 
-    def _stored_keys(self, realised: pl.DataFrame) -> pl.DataFrame:
-        symbols = sorted(realised["symbol"].unique().to_list())
-        as_of_from = realised["as_of"].min() if realised.height else self.run.until
+    def _stored_keys(self, placed: pl.DataFrame) -> pl.DataFrame:
+        symbols = sorted(placed["symbol"].unique().to_list())
+        as_of_from = placed["as_of"].min() if placed.height else self.run.until
         return store.read_loss_keys(self.conn, self.cadence.name, symbols, as_of_from)
 
     def _score_realised(self, realised: pl.DataFrame, bars: pl.DataFrame, stored_keys: pl.DataFrame) -> pl.DataFrame:

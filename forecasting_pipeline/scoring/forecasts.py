@@ -54,16 +54,19 @@ class Triage:
 
     Attributes
     ----------
+    placed
+        Every forecast placed in time and kept (one per model_name, symbol, as_of), realised or
+        not: forecast frame (``frames.FORECAST_COLUMNS``) plus ``prediction_id`` and
+        ``prediction_created_at``.
     realised
-        Forecast frame (``frames.FORECAST_COLUMNS``) plus ``prediction_id`` and
-        ``prediction_created_at``: fully realised forecasts, every ``as_of`` set, one per
-        (model_name, symbol, as_of).
+        The fully realised ones among them.
     pending
         Per model, forecasts still waiting for a bar.
     skipped
         ``SKIP_SCHEMA`` rows: forecasts that will not be scored, and why.
     """
 
+    placed: pl.DataFrame
     realised: pl.DataFrame
     pending: dict[str, int]
     skipped: pl.DataFrame
@@ -74,29 +77,41 @@ def _skips(frame: pl.DataFrame, reason: str) -> pl.DataFrame:
     return rows.with_columns(pl.lit(reason).alias("reason")).cast(SKIP_SCHEMA)  # type: ignore[arg-type]
 
 
-def place_as_of(stored: pl.DataFrame, bars: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def place_as_of(stored: pl.DataFrame, bars: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Give rows with a null ``as_of`` (Kronos) the close time of the last bar before their first step.
 
-    Returns the rows with every ``as_of`` set, and the ``SKIP_SCHEMA`` rows of the forecasts
-    that no bar precedes.
+    A row is placed only once its first step's bar time has passed the symbol's latest bar:
+    before that, a bar still to come could be the one it starts from.
+
+    Returns
+    -------
+    (placed, waiting, lost)
+        The rows with every ``as_of`` set; the rows whose first step lies after the symbol's
+        latest bar (left for a later run); and the ``SKIP_SCHEMA`` rows of the forecasts that no
+        bar precedes.
     """
     unknown = stored.filter(pl.col("as_of").is_null())
+    known = stored.filter(pl.col("as_of").is_not_null())
     if unknown.is_empty():
-        return stored, pl.DataFrame(schema=SKIP_SCHEMA)
-    first = unknown.group_by(*ROW_KEY, "symbol").agg(pl.col("ts").min().alias("_first_ts")).sort("_first_ts")
+        return known, unknown, pl.DataFrame(schema=SKIP_SCHEMA)
+    row = [*ROW_KEY, "symbol"]
+    latest = bars.group_by("symbol").agg(pl.col("ts").cast(UTC).max().alias("_latest_bar"))
+    first = (
+        unknown.group_by(row).agg(pl.col("ts").min().alias("_first_ts"))
+        .join(latest, on="symbol", how="left")
+        .filter(pl.col("_first_ts") <= pl.col("_latest_bar"))
+        .sort("_first_ts")
+    )
     bar_ts = bars.select("symbol", pl.col("ts").cast(UTC).alias("_bar_ts")).sort("_bar_ts")
-    placed = first.join_asof(
+    anchors = first.join_asof(
         bar_ts, left_on="_first_ts", right_on="_bar_ts", by="symbol", strategy="backward",
         allow_exact_matches=False, check_sortedness=False,
     )
-    anchors = placed.filter(pl.col("_bar_ts").is_not_null()).select(*ROW_KEY, pl.col("_bar_ts").alias("_as_of"))
-    lost = unknown.join(placed.filter(pl.col("_bar_ts").is_null()).select(ROW_KEY), on=list(ROW_KEY), how="semi")
-    found = (
-        unknown.join(anchors, on=list(ROW_KEY), how="inner")
-        .with_columns(pl.col("_as_of").alias("as_of"))
-        .drop("_as_of")
-    )
-    return pl.concat([stored.filter(pl.col("as_of").is_not_null()), found]), _skips(lost, NO_BAR_BEFORE)
+    found = anchors.filter(pl.col("_bar_ts").is_not_null()).select(*row, pl.col("_bar_ts").alias("_as_of"))
+    placed = unknown.join(found, on=row, how="inner").with_columns(pl.col("_as_of").alias("as_of")).drop("_as_of")
+    lost = unknown.join(anchors.filter(pl.col("_bar_ts").is_null()).select(row), on=row, how="semi")
+    waiting = unknown.join(first.select(row), on=row, how="anti")
+    return pl.concat([known, placed]), waiting, _skips(lost, NO_BAR_BEFORE)
 
 
 def keep_latest(placed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -132,7 +147,7 @@ def triage(stored: pl.DataFrame, bars: pl.DataFrame, grace: timedelta) -> Triage
     half_band = stored.filter(pl.col("p10").is_null() != pl.col("p90").is_null())
     malformed = _skips(stored.join(half_band.select(ROW_KEY), on=list(ROW_KEY), how="semi"), MALFORMED)
     stored = stored.join(half_band.select(ROW_KEY), on=list(ROW_KEY), how="anti")
-    placed, unplaced = place_as_of(stored, bars)
+    placed, unplaced, lost_anchor = place_as_of(stored, bars)
     kept, superseded = keep_latest(placed)
 
     bar_keys = bars.select("symbol", pl.col("ts").cast(UTC), pl.lit(True).alias("_bar"))
@@ -146,39 +161,39 @@ def triage(stored: pl.DataFrame, bars: pl.DataFrame, grace: timedelta) -> Triage
     lost = status.filter(~pl.col("_complete") & (pl.col("_latest_bar") - pl.col("_last_ts") > grace))
     waiting = status.filter(~pl.col("_complete")).join(lost.select(ROW_KEY), on=list(ROW_KEY), how="anti")
     realised = kept.join(status.filter(pl.col("_complete")).select(ROW_KEY), on=list(ROW_KEY), how="semi")
-    pending = waiting.group_by("model_name").len().sort("model_name")
+    pending = pl.concat([waiting.select("model_name", *ROW_KEY), unplaced.select("model_name", *ROW_KEY).unique()])
+    columns = [*FORECAST_COLUMNS, *ROW_KEY]
     return Triage(
-        realised=realised.select(*FORECAST_COLUMNS, *ROW_KEY).sort("model_name", "symbol", "as_of", "step"),
-        pending={name: int(n) for name, n in pending.iter_rows()},
-        skipped=pl.concat([malformed, unplaced, superseded, _skips(lost, MISSING_BAR)]),
+        placed=kept.select(columns),
+        realised=realised.select(columns).sort("model_name", "symbol", "as_of", "step"),
+        pending={name: int(n) for name, n in pending.group_by("model_name").len().sort("model_name").iter_rows()},
+        skipped=pl.concat([malformed, lost_anchor, superseded, _skips(lost, MISSING_BAR)]),
     )
 
 
-def collisions(realised: pl.DataFrame, stored: pl.DataFrame, baseline: str) -> list[str]:
+def collisions(placed: pl.DataFrame, realised: pl.DataFrame, stored: pl.DataFrame, baseline: str) -> list[str]:
     """Symbols whose newly realised forecasts clash with losses already stored, so that only a rescore is exact.
 
-    A clash is a forecast of a (model_name, symbol, as_of) already scored (a row written since,
-    that supersedes the scored one), or a forecast whose horizon reaches past the stored
-    baseline's at its (symbol, as_of): baselines forecast the union of every model's steps
-    there, which a later, longer forecast changes.
+    A clash is a forecast, realised or not, of a (model_name, symbol, as_of) already scored (a
+    row written since, that supersedes the scored one), or a realised forecast whose horizon
+    reaches past the stored baseline's at its (symbol, as_of): baselines forecast the union of
+    every model's steps there, which a later, longer forecast changes.
 
     Parameters
     ----------
-    realised
-        ``Triage.realised``.
+    placed, realised
+        ``Triage.placed`` and ``Triage.realised``.
     stored
         ``model_name``, ``symbol``, ``as_of``, ``n_steps``, ``realised_at`` of the stored losses
         at the same symbols and times.
     baseline
         Model name whose stored rows carry the baselines' horizon (the random walk's).
     """
-    if realised.is_empty() or stored.is_empty():
+    if placed.is_empty() or stored.is_empty():
         return []
-    forecasts = realised.group_by("model_name", "symbol", "as_of").agg(
-        pl.len().alias("_n"), pl.col("ts").max().alias("_end")
-    )
-    rescored = forecasts.join(stored.select("model_name", "symbol", "as_of").unique(),
-                              on=["model_name", "symbol", "as_of"], how="semi")
+    key = ["model_name", "symbol", "as_of"]
+    rescored = placed.select(key).unique().join(stored.select(key).unique(), on=key, how="semi")
+    forecasts = realised.group_by(key).agg(pl.len().alias("_n"), pl.col("ts").max().alias("_end"))
     baselines = stored.filter(pl.col("model_name") == baseline).select("symbol", "as_of", "n_steps", "realised_at")
     longer = forecasts.join(baselines, on=["symbol", "as_of"], how="inner").filter(
         (pl.col("_n") > pl.col("n_steps")) | (pl.col("_end") > pl.col("realised_at"))
