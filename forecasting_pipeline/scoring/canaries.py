@@ -43,16 +43,12 @@ forecasts) beyond the deadband is what counts as a flip.
 CANARY_DEADBAND = 0.05
 """Smallest |rolling difference| of scaled loss that counts as a sign, in naive-scale units.
 
-Losses are divided by the mean absolute one-bar change, so 0.05 is a
-difference of 5% of a typical one-bar move. Smaller rolling differences are
-treated as "no model is better": they neither establish a sign nor confirm a
-flip, so noise around zero does not fire. With the default window and
-persistence, simulated series of 500 forecast dates whose per-date ``diff`` is
-independent noise around zero fired in none of 1000 runs at a noise standard
-deviation of 0.05 (rolling-mean sd about 0.011), 0.1% at 0.07, 1% at 0.08, 9%
-at 0.1 and 79% at 0.15. Keep the deadband at about five times the rolling
-sd, ``5 * sd(diff) / sqrt(CANARY_WINDOW)``, and widen it if the observed
-per-date sd of ``diff`` is above about 0.05.
+Losses are divided by the mean absolute one-bar change, so 0.05 is a difference of 5% of a
+typical one-bar move. Smaller rolling differences are treated as "no model is better": they
+neither establish a sign nor confirm a flip, so noise around zero does not fire. Keep the
+deadband at about five times the rolling sd, ``5 * sd(diff) / sqrt(CANARY_WINDOW)``, and widen
+it if the observed per-date sd of ``diff`` is larger than that allows (README: Reading the scores,
+for the false-alarm rates simulated at several noise levels).
 """
 
 CANARY_RECENT_DATES = CANARY_WINDOW

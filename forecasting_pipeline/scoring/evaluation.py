@@ -62,8 +62,16 @@ CHUNK_ROWS = 20_000
 SLICE_STEPS = 250_000
 """Forecast steps scored in one pass; a rebuild of a long history goes through it in slices of ``as_of``."""
 
+ANALYZE_AFTER_ROWS = 10_000
+"""Loss rows written by a run above which it refreshes the planner's statistics, so the next run's plan fits."""
+
 DEFAULT_REVIEW_SPAN: dict[str, timedelta | None] = {"1h": timedelta(days=90), "1d": None}
 """Span of stored per-forecast losses, back from the newest, behind the rolling chart and the canaries (None: all)."""
+
+
+# What the rolling series and the canaries read of each stored per-forecast loss.
+_REVIEWED_COLUMNS = ("model_name", "symbol", "as_of", "levels", "n_steps", "mean_pinball", "scaled_abs_error",
+                     "n_below_p10", "n_above_p90")
 
 
 class ScoringWindowError(ValueError):
@@ -87,6 +95,10 @@ class ScoringRun:
         Per model, rows whose symbol is not among the instruments (looked at again each run).
     unreadable_bars
         Symbol -> why its bars could not be read; its forecasts wait for a later run.
+    score_rows
+        ``forecast_scores`` rows written.
+    added_sums
+        The score sums of what the run scored, one frame per pass, added to the stored ones at the end.
     """
 
     timeframe: str
@@ -99,7 +111,7 @@ class ScoringRun:
     outside_universe: dict[str, int] = field(default_factory=dict)
     unreadable_bars: dict[str, str] = field(default_factory=dict)
     score_rows: int = 0
-    _sums: list[pl.DataFrame] = field(default_factory=list, repr=False)
+    added_sums: list[pl.DataFrame] = field(default_factory=list, repr=False)
 
     def count(self, target: dict[str, int], per_model: dict[str, int]) -> None:
         for model, n in per_model.items():
@@ -124,7 +136,7 @@ class Review:
     summary
         ``scores.summarise_scores``: one row per (model_name, levels), all history.
     per_forecast
-        Stored per-forecast losses from ``review_from`` on.
+        Stored per-forecast losses from ``review_from`` on (the columns the series and canaries use).
     rolling
         Long frame ``as_of``, ``model_name``, ``metric``, ``value`` for ``plots.rolling_scores_png``.
     coverage_alarms
@@ -202,15 +214,17 @@ def score_new_forecasts(
         scorer = _ChunkScorer(conn, cadence, bar_source, instruments, run, vol_window)
         scorer.score(store.unscored_rows(conn, cadence.name))
         _write_sums(conn, run)
+        if sum(run.scored.values()) > ANALYZE_AFTER_ROWS or run.rebuild_reason or run.rebuilt_symbols:
+            store.refresh_statistics(conn)
         rebuilt_at = until if run.rebuild_reason or state is None else state.rebuilt_at
         store.write_state(conn, cadence.name, store.ScoringState(until, vol_window, METHOD_VERSION, rebuilt_at))
     return run
 
 
 def _write_sums(conn: psycopg.Connection, run: ScoringRun) -> None:
-    if not run._sums:
+    if not run.added_sums:
         return
-    delta = add_sums(*run._sums)
+    delta = add_sums(*run.added_sums)
     stored = store.read_scores(conn, run.timeframe, with_sums=True).select(SUM_COLUMNS)
     touched = stored.join(delta.select("model_name", "symbol", "step", "levels"),
                           on=["model_name", "symbol", "step", "levels"], how="semi")
@@ -297,7 +311,7 @@ class _ChunkScorer:
             losses = scored.per_forecast.join(ids, on=["model_name", "symbol", "as_of"], how="left")
             store.insert_losses(self.conn, self.cadence.name, losses)
             self.run.count(self.run.scored, dict(losses.group_by("model_name").len().iter_rows()))
-            self.run._sums.append(scored.sums)
+            self.run.added_sums.append(scored.sums)
             unscaled = scored.unscaled.filter(~pl.col("model_name").is_in(BASELINE_MODELS))
             skips.append(unscaled.join(ids, on=["model_name", "symbol", "as_of"]).with_columns(
                 pl.lit(TOO_LITTLE_HISTORY).alias("reason")).select(list(SKIP_SCHEMA)).cast(SKIP_SCHEMA))  # type: ignore[arg-type]
@@ -337,7 +351,7 @@ def review_scores(conn: psycopg.Connection, timeframe: str, span: timedelta | No
     scores = store.read_scores(conn, timeframe, with_sums=True)
     newest = store.latest_as_of(conn, timeframe)
     review_from = newest - span if newest is not None and span is not None else None
-    per_forecast = store.read_losses(conn, timeframe, as_of_from=review_from).select(PER_FORECAST_COLUMNS)
+    per_forecast = store.read_losses(conn, timeframe, as_of_from=review_from, columns=_REVIEWED_COLUMNS)
     coverage = rolling_coverage(per_forecast)
     return Review(
         scores=scores.drop(store.SUM_COLUMNS),
