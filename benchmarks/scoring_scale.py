@@ -133,6 +133,7 @@ def prepared_database(server_url: str, cadence: str, days: int, refill: bool) ->
             marker = conn.execute("SELECT to_regclass('scoring_scale_fill')").fetchone()[0]
             stored = conn.execute("SELECT params FROM scoring_scale_fill").fetchone()[0] if marker else None
             if stored == params:
+                conn.commit()
                 migrate(conn)
                 return url, {"reused_fill": True}
     with psycopg.connect(server_url, autocommit=True) as conn:
