@@ -20,7 +20,7 @@ import yaml
 from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
 from forecasting_pipeline.orchestration.scoring_assets import COVERAGE_CHECK, SIGN_FLIP_CHECK, build_scoring
-from forecasting_pipeline.scoring.evaluation import read_scores
+from forecasting_pipeline.storage.forecast_scores import read_scores
 from forecasting_pipeline.storage.ml_predictions import prediction_rows, upsert_window
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,25 +246,52 @@ def test_when_a_band_is_far_too_narrow_then_the_coverage_check_warns(score_resou
     assert checks(result)[SIGN_FLIP_CHECK].metadata["compared"].value == "chronos-2 - baseline-random-walk"
 
 
-def test_when_a_lookback_is_given_then_only_forecasts_made_within_it_are_scored(score_resources, instance, conn, tmp_path):
-    write_bars(tmp_path / "bars", 40)
-    for as_of in (20, 32):
-        store_chronos(conn, as_of, [(99.0, 101.0, 103.0)])
-        store_kronos(conn, as_of, [101.0])  # created at bar_ts(as_of)
-
-    recent = materialise_scores(score_resources, instance, until_index=39, lookback_days=10)
-    every = materialise_scores(score_resources, instance, until_index=39, lookback_days=0)
-
-    recent_meta = recent.asset_materializations_for_node("forecast_scores_1d")[0].metadata
-    assert recent_meta["forecasts_scored"].value == {"chronos-2": 1, "kronos-base": 1}
-    assert recent_meta["scored_since"].value == bar_ts(29).isoformat()
-    every_meta = every.asset_materializations_for_node("forecast_scores_1d")[0].metadata
-    assert every_meta["forecasts_scored"].value == {"chronos-2": 2, "kronos-base": 2}
-    assert every_meta["scored_since"].value == "every stored forecast"
-    assert read_scores(conn, "1d")["first_as_of"].min() == bar_ts(20)
-
-
-def test_when_the_lookback_is_negative_then_the_run_is_refused_naming_the_field(score_resources, instance):
+def test_when_review_days_is_negative_then_the_run_is_refused_naming_the_field(score_resources, instance):
     # Dagster hands the pydantic constraint (ge=0) to pydantic when the step builds its config.
-    with pytest.raises(pydantic.ValidationError, match="lookback_days"):
-        materialise_scores(score_resources, instance, until_index=39, lookback_days=-1)
+    with pytest.raises(pydantic.ValidationError, match="review_days"):
+        materialise_scores(score_resources, instance, until_index=39, review_days=-1)
+
+
+def test_when_the_asset_runs_after_a_window_realises_then_it_adds_only_that_forecast(
+    score_resources, instance, conn, tmp_path
+):
+    write_bars(tmp_path / "bars", 40)
+    store_chronos(conn, 32, [(99.0, 101.0, 103.0), (100.0, 103.0, 105.0)])
+    store_chronos(conn, 36, [(99.0, 101.0, 103.0), (100.0, 103.0, 105.0)])  # realised at bar 38
+
+    first = materialise_scores(score_resources, instance, until_index=37)
+    second = materialise_scores(score_resources, instance, until_index=38)
+
+    first_meta = first.asset_materializations_for_node("forecast_scores_1d")[0].metadata
+    second_meta = second.asset_materializations_for_node("forecast_scores_1d")[0].metadata
+    assert first_meta["run"].value == "rebuilt from scratch (no scores kept yet)"
+    assert first_meta["forecasts_awaiting_realisation"].value == {"chronos-2": 1}
+    assert second_meta["run"].value == "incremental"
+    assert second_meta["forecasts_scored_this_run"].value == {
+        "baseline-random-walk": 1, "baseline-rw-vol": 1, "chronos-2": 1}
+    assert second_meta["forecasts_scored"].value == {"chronos-2": 2}
+    assert row(read_scores(conn, "1d"), "chronos-2", 1)["n"] == 2
+
+
+def test_when_rebuild_is_set_then_every_stored_forecast_is_rescored_to_the_same_scores(
+    score_resources, instance, conn, tmp_path
+):
+    write_bars(tmp_path / "bars", 40)
+    for as_of in (30, 32, 34):
+        store_chronos(conn, as_of, [(99.0, 101.0, 103.0)])
+        store_kronos(conn, as_of, [101.0])
+    materialise_scores(score_resources, instance, until_index=33)
+    materialise_scores(score_resources, instance, until_index=39)
+    incremental = read_scores(conn, "1d").drop("scored_through")
+
+    rebuilt = materialise_scores(score_resources, instance, until_index=39, rebuild=True)
+
+    metadata = rebuilt.asset_materializations_for_node("forecast_scores_1d")[0].metadata
+    assert metadata["run"].value == "rebuilt from scratch (asked for)"
+    assert metadata["forecasts_scored_this_run"].value["kronos-base"] == 3
+    again = read_scores(conn, "1d").drop("scored_through")
+    assert again.drop("pinball_p10", "pinball_p50", "pinball_p90", "mean_pinball", "scaled_mae", "scaled_rw_mae",
+                      "relative_mae").equals(incremental.drop("pinball_p10", "pinball_p50", "pinball_p90",
+                                                              "mean_pinball", "scaled_mae", "scaled_rw_mae",
+                                                              "relative_mae"))
+    assert again["mean_pinball"].to_list() == pytest.approx(incremental["mean_pinball"].to_list(), rel=1e-12)

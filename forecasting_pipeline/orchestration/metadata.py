@@ -18,7 +18,12 @@ from forecasting_pipeline.forecasting.window_forecasts import (
 from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.validation import EXCLUDED
 from forecasting_pipeline.market.window_bars import WindowBars
-from forecasting_pipeline.serving.plots import png_markdown
+from forecasting_pipeline.scoring.canaries import LossCanary, SignFlip
+from forecasting_pipeline.scoring.coverage import CoverageAlarm
+from forecasting_pipeline.scoring.evaluation import Review, ScoringRun
+from forecasting_pipeline.scoring.forecasts import NO_BAR_BEFORE
+from forecasting_pipeline.scoring.scores import scores_by_symbol
+from forecasting_pipeline.serving.plots import png_markdown, rolling_scores_png
 
 # Forecast checks of chronos2_forecasts_<cadence>: name, description, the rejection rules it reports.
 FORECAST_CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
@@ -206,3 +211,79 @@ def forecast_check_results(result: WindowForecasts) -> list[dg.AssetCheckResult]
             metadata={"left_out": len(problems), "problems": dg.MetadataValue.json(problems[:20])},
         ))
     return results
+
+
+def _flip_json(flip: SignFlip) -> dict:
+    return {
+        "started_at": flip.started_at.isoformat() if flip.started_at else None,
+        "confirmed_at": flip.confirmed_at.isoformat() if flip.confirmed_at else None,
+        "from_sign": flip.from_sign,
+        "to_sign": flip.to_sign,
+        "rolling_diff": round(flip.value, 6),
+    }
+
+
+def scoring_metadata(run: ScoringRun, review: Review, source: str, database: str) -> dict[str, object]:
+    """Metadata of ``forecast_scores_<cadence>``: what the run added, and the stored scores as tables and a chart."""
+    metadata: dict[str, object] = {
+        "scored_through": run.until.isoformat(),
+        "run": f"rebuilt from scratch ({run.rebuild_reason})" if run.rebuild_reason else "incremental",
+        "rebuilt_symbols": dg.MetadataValue.json(run.rebuilt_symbols),
+        "rows": review.scores.height,
+        "forecasts_scored": dg.MetadataValue.json(review.scored),
+        "forecasts_scored_this_run": dg.MetadataValue.json(run.scored),
+        "forecasts_awaiting_realisation": dg.MetadataValue.json(run.pending),
+        "forecasts_not_scored": dg.MetadataValue.json(review.not_scored),
+        "forecasts_without_as_of": dg.MetadataValue.json(review.not_scored.get(NO_BAR_BEFORE, {})),
+        "forecasts_outside_universe": dg.MetadataValue.json(run.outside_universe),
+        "unreadable_bars": dg.MetadataValue.json(run.unreadable_bars),
+        "chart_and_canaries_from": review.review_from.isoformat() if review.review_from else "every stored forecast",
+        "source": source,
+        "database": database,
+    }
+    if review.summary.height:
+        metadata["summary"] = markdown_table(review.summary.select(
+            "model_name", "levels", "n", "n_symbols", "mean_pinball", "pinball_p50", "coverage_p10_p90",
+            "below_p10_rate", "above_p90_rate", "relative_mae", "kupiec_p_value",
+        ))
+        metadata["by_symbol"] = markdown_table(scores_by_symbol(review.sums), max_rows=200)
+    plotted = review.rolling.filter(pl.col("value").is_not_null())
+    if plotted.height:
+        title = f"{run.timeframe} forecasts: rolling coverage and error relative to the random walk"
+        metadata["rolling_scores"] = png_metadata(rolling_scores_png(plotted, title=title), f"rolling scores, {run.timeframe}")
+    return metadata
+
+
+def sign_flip_check_result(check_name: str, canary: LossCanary | None) -> dg.AssetCheckResult:
+    """WARN while the loss canary's latest confirmed flip is recent; its comparison and flips as metadata."""
+    return dg.AssetCheckResult(
+        check_name=check_name,
+        passed=canary is None or not canary.fired,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "compared": f"{canary.model_a} - {canary.model_b}" if canary else "no two models share scored forecasts",
+            "loss": canary.loss_column if canary else "",
+            "latest_rolling_diff": canary.latest_rolling_diff if canary else None,
+            "forecast_dates": canary.comparison.height if canary else 0,
+            "recent_flips": dg.MetadataValue.json([_flip_json(f) for f in canary.recent] if canary else []),
+            "all_flips": dg.MetadataValue.json([_flip_json(f) for f in canary.flips] if canary else []),
+        },
+    )
+
+
+def coverage_check_result(check_name: str, alarms: dict[str, CoverageAlarm]) -> dg.AssetCheckResult:
+    """WARN when a model's latest band coverage fails Kupiec's test; every model's statistics as metadata."""
+    failing = sorted(m for m, a in alarms.items() if a.fired)
+    return dg.AssetCheckResult(
+        check_name=check_name,
+        passed=not failing,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "failing_models": dg.MetadataValue.json(failing),
+            "models": dg.MetadataValue.json({
+                m: {"n_obs": a.n_obs, "n_fail": a.n_fail, "observed_fail_rate": round(a.observed_rate, 6),
+                    "expected_fail_rate": a.expected_rate, "kupiec_p_value": a.p_value, "enough_data": a.enough_data}
+                for m, a in alarms.items()
+            }),
+        },
+    )

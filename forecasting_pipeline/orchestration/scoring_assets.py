@@ -1,51 +1,27 @@
 """The scoring asset of one cadence, its two canary checks, and its own job and schedule.
 
-``forecast_scores_<cadence>`` scores every model found in ``ml_predictions`` (and the two
-baselines) on every forecast whose whole horizon has been realised, within a lookback (hourly:
-90 days by default) because each run rereads what it scores, and rewrites the cadence's rows of
-``forecast_scores``. It is unpartitioned (it pools all windows) and outside the ``gpu``
-pool, in a group and job of its own: the forecast chain's job is partitioned by window and
-must not wait for, or re-run, scoring. The work is in ``evaluation`` and ``scoring``.
+``forecast_scores_<cadence>`` adds to the stored scores every forecast (of every model found in
+``ml_predictions``, and the two baselines) whose whole horizon has been realised since its last
+run, then reviews what is stored: the summary, the rolling chart and the two canaries. It is
+unpartitioned (scores pool all windows) and outside the ``gpu`` pool, in a group and job of its
+own: the forecast chain's job is partitioned by window and must not wait for, or re-run,
+scoring. The work is in ``scoring.evaluation``; the metadata in ``metadata``.
 """
 
 # No `from __future__ import annotations` here: Dagster reads these annotations (config, resources) at decoration time.
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from forecasting_pipeline.market.cadences import Cadence
-from forecasting_pipeline.market.calendars import bar_duration
-from forecasting_pipeline.orchestration.metadata import markdown_table, png_metadata
-from forecasting_pipeline.orchestration.resources import (
-    InstrumentsResource,
-    MarketDataResource,
-    PostgresResource,
-)
-from forecasting_pipeline.scoring.evaluation import (
-    CANARY_RECENT_DATES,
-    bars_to_read,
-    complete_as_of,
-    evaluate,
-    read_all_forecasts,
-    replace_scores,
-    scoring_since,
-)
-from forecasting_pipeline.scoring.scores import (
-    CANARY_DEADBAND,
-    CANARY_PERSIST,
-    CANARY_WINDOW,
-    COVERAGE_ALARM_ALPHA,
-    COVERAGE_ALARM_MIN_OBS,
-    ROLLING_COVERAGE_WINDOW,
-)
-from forecasting_pipeline.serving.plots import rolling_scores_png
+from forecasting_pipeline.orchestration.metadata import coverage_check_result, scoring_metadata, sign_flip_check_result
+from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
+from forecasting_pipeline.scoring.canaries import CANARY_DEADBAND, CANARY_PERSIST, CANARY_RECENT_DATES, CANARY_WINDOW
+from forecasting_pipeline.scoring.coverage import COVERAGE_ALARM_ALPHA, COVERAGE_ALARM_MIN_OBS
+from forecasting_pipeline.scoring.evaluation import DEFAULT_REVIEW_SPAN, review_scores, score_new_forecasts
+from forecasting_pipeline.scoring.rolling import ROLLING_WINDOW
 from forecasting_pipeline.times import parse_utc
-
-# Days of forecasts each run scores, unless its run config says otherwise (None: all of them).
-# Scoring rereads what it scores, so the hourly cadence pools a bounded span (README: Reading the scores).
-DEFAULT_LOOKBACK_DAYS: dict[str, int | None] = {"1h": 90, "1d": None}
 
 SIGN_FLIP_CHECK = "loss_difference_sign_stable"
 COVERAGE_CHECK = "band_coverage_kupiec"
@@ -54,60 +30,68 @@ COVERAGE_CHECK = "band_coverage_kupiec"
 class ScoresConfig(dg.Config):
     until: str | None = Field(
         default=None,
-        description="Score against bars closed at or before this UTC time (ISO 8601); now when unset.",
+        description=(
+            "Score against bars closed at or before this UTC time (ISO 8601); now when unset. It may not be "
+            "earlier than the stored scores' scored_through unless `rebuild` is set."
+        ),
     )
-    lookback_days: int | None = Field(
+    rebuild: bool = Field(
+        default=False,
+        description=(
+            "Discard this cadence's stored scores and per-forecast losses and rescore every stored forecast "
+            "from scratch, in one transaction (readers keep the old scores until it commits)."
+        ),
+    )
+    review_days: int | None = Field(
         default=None, ge=0,
         description=(
-            "Score the forecasts made in this many days before `until` (Kronos rows: created in them). "
-            "Unset: the cadence's default (1h: 90 days, 1d: every forecast). 0: every stored forecast."
+            "Days of per-forecast losses, back from the newest forecast scored, behind the rolling chart and "
+            "the two canaries. Unset: the cadence's default (1h: 90 days, 1d: all). 0: all. The scores and "
+            "the summary always cover every forecast scored."
         ),
     )
 
 
 def _until(config: ScoresConfig) -> datetime:
-    if not config.until:
-        return datetime.now(timezone.utc)
-    return parse_utc(config.until)
+    return parse_utc(config.until) if config.until else datetime.now(timezone.utc)
 
 
-def _flip_json(flip) -> dict:
-    return {
-        "started_at": flip.started_at.isoformat() if flip.started_at else None,
-        "confirmed_at": flip.confirmed_at.isoformat() if flip.confirmed_at else None,
-        "from_sign": flip.from_sign,
-        "to_sign": flip.to_sign,
-        "rolling_diff": round(flip.value, 6),
-    }
+def _review_span(config: ScoresConfig, cadence: Cadence) -> timedelta | None:
+    if config.review_days is None:
+        return DEFAULT_REVIEW_SPAN[cadence.name]
+    return timedelta(days=config.review_days) if config.review_days else None
+
+
+def _check_specs(asset_name: str) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            SIGN_FLIP_CHECK, asset=asset_name,
+            description=(
+                "The rolling loss difference between chronos-2 and kronos-base (or the random walk when "
+                f"Kronos has no scored forecasts) has not flipped sign within the last {CANARY_RECENT_DATES} "
+                f"forecast dates (window {CANARY_WINDOW}, persistence {CANARY_PERSIST}, deadband {CANARY_DEADBAND})."
+            ),
+        ),
+        dg.AssetCheckSpec(
+            COVERAGE_CHECK, asset=asset_name,
+            description=(
+                f"Each stored model's p10-p90 coverage over its last {ROLLING_WINDOW} forecast dates "
+                f"passes Kupiec's test at {COVERAGE_ALARM_ALPHA} (from {COVERAGE_ALARM_MIN_OBS} observations)."
+            ),
+        ),
+    ]
 
 
 def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
     """The scoring asset of one cadence, with its two WARN-severity canary checks."""
-    c = cadence.name
-    name = f"forecast_scores_{c}"
+    asset_name = f"forecast_scores_{cadence.name}"
 
     @dg.asset(
-        name=name,
-        group_name=name,
-        deps=[dg.AssetKey(f"ml_predictions_{c}")],
+        name=asset_name,
+        group_name=asset_name,
+        deps=[dg.AssetKey(f"ml_predictions_{cadence.name}")],
         kinds={"polars", "postgres"},
-        check_specs=[
-            dg.AssetCheckSpec(
-                SIGN_FLIP_CHECK, asset=name,
-                description=(
-                    "The rolling loss difference between chronos-2 and kronos-base (or the random walk when "
-                    f"Kronos has no scored forecasts) has not flipped sign within the last {CANARY_RECENT_DATES} "
-                    f"forecast dates (window {CANARY_WINDOW}, persistence {CANARY_PERSIST}, deadband {CANARY_DEADBAND})."
-                ),
-            ),
-            dg.AssetCheckSpec(
-                COVERAGE_CHECK, asset=name,
-                description=(
-                    f"Each stored model's p10-p90 coverage over its last {ROLLING_COVERAGE_WINDOW} forecast dates "
-                    f"passes Kupiec's test at {COVERAGE_ALARM_ALPHA} (from {COVERAGE_ALARM_MIN_OBS} observations)."
-                ),
-            ),
-        ],
+        check_specs=_check_specs(asset_name),
     )
     def forecast_scores(
         context: dg.AssetExecutionContext,
@@ -117,94 +101,19 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
         market_data: MarketDataResource,
     ):
         """Scores of every stored model and both baselines against realised closes, per instrument and horizon step."""
-        until = _until(config)
-        lookback = config.lookback_days if config.lookback_days is not None else DEFAULT_LOOKBACK_DAYS[cadence.name]
-        since = scoring_since(until, lookback)
+        source = market_data.bar_source()
         with database.connection() as conn:
-            stored = read_all_forecasts(conn, c, since=since)
-        if stored.is_empty():
-            bars = pl.DataFrame(schema={"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "close": pl.Float64})
-            unreadable: dict[str, str] = {}
-        else:
-            first = stored["as_of"].drop_nulls().min() or stored["ts"].min()
-            n_bars = bars_to_read(first, until, bar_duration(c))
-            universe = [i for i in instruments.instruments() if i.symbol in set(stored["symbol"].to_list())]
-            bars, unreadable = market_data.bar_source().bars(universe, c, until, n_bars)
-            for symbol, reason in unreadable.items():
-                context.log.warning(f"{symbol}: bars unreadable, its forecasts are not scored: {reason}")
-        forecasts, without_as_of = complete_as_of(stored, bars)
-        del stored  # at 90 days of hourly forecasts, a 170 MB copy that evaluate does not need
-        result = evaluate(forecasts, bars, without_as_of=without_as_of)
-
-        written = 0
-        if result.scores.height:
-            with database.connection() as conn:
-                written = replace_scores(conn, c, result.scores, until)
-        else:
-            context.log.info("no forecast has a fully realised horizon yet; forecast_scores left as it was")
-        context.log.info(f"scored {result.forecasts_scored} forecasts through {until.isoformat()}; {written} score rows")
-
-        metadata = {
-            "scored_through": until.isoformat(),
-            "scored_since": since.isoformat() if since else "every stored forecast",
-            "rows": written,
-            "forecasts_scored": dg.MetadataValue.json(result.forecasts_scored),
-            "forecasts_awaiting_realisation": dg.MetadataValue.json(result.forecasts_pending),
-            "forecasts_without_as_of": dg.MetadataValue.json(result.forecasts_without_as_of),
-            "unreadable_bars": dg.MetadataValue.json(unreadable),
-            "source": market_data.bar_source().describe(),
-            "database": database.describe(),
-        }
-        if result.summary.height:
-            metadata["summary"] = markdown_table(result.summary.select(
-                "model_name", "levels", "n", "n_symbols", "mean_pinball", "pinball_p50", "coverage_p10_p90",
-                "below_p10_rate", "above_p90_rate", "relative_mae", "kupiec_p_value",
-            ))
-            per_symbol = (
-                result.scores.group_by("model_name", "symbol")
-                .agg(pl.col("n").sum(), (pl.col("mean_pinball") * pl.col("n")).sum() / pl.col("n").sum(),
-                     (pl.col("scaled_mae").sum() / pl.col("scaled_rw_mae").sum()).alias("relative_mae"))
-                .sort("symbol", "model_name")
+            run = score_new_forecasts(
+                conn, cadence, source, instruments.instruments(), _until(config), rebuild=config.rebuild
             )
-            metadata["by_symbol"] = markdown_table(per_symbol, max_rows=200)
-        plotted = result.rolling.filter(pl.col("value").is_not_null()) if result.rolling.height else result.rolling
-        if plotted.height:
-            png = rolling_scores_png(plotted, title=f"{c} forecasts: rolling coverage and error relative to the random walk")
-            metadata["rolling_scores"] = png_metadata(png, f"rolling scores, {c}")
-        yield dg.MaterializeResult(metadata=metadata)
-
-        canary = result.loss_canary
-        yield dg.AssetCheckResult(
-            check_name=SIGN_FLIP_CHECK,
-            passed=canary is None or not canary.fired,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "compared": f"{canary.model_a} - {canary.model_b}" if canary else "no two models share scored forecasts",
-                "loss": canary.loss_column if canary else "",
-                "latest_rolling_diff": (
-                    float(canary.comparison["rolling_diff"].drop_nulls()[-1])
-                    if canary and canary.comparison["rolling_diff"].drop_nulls().len() else None
-                ),
-                "forecast_dates": canary.comparison.height if canary else 0,
-                "recent_flips": dg.MetadataValue.json([_flip_json(f) for f in canary.recent] if canary else []),
-                "all_flips": dg.MetadataValue.json([_flip_json(f) for f in canary.flips] if canary else []),
-            },
+            review = review_scores(conn, cadence.name, _review_span(config, cadence))
+        context.log.info(
+            f"scored {run.scored} new forecasts through {run.until.isoformat()}"
+            + (f"; rebuilt from scratch ({run.rebuild_reason})" if run.rebuild_reason else "")
         )
-        failing = {m: a for m, a in result.coverage_alarms.items() if a.fired}
-        yield dg.AssetCheckResult(
-            check_name=COVERAGE_CHECK,
-            passed=not failing,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "failing_models": dg.MetadataValue.json(sorted(failing)),
-                "models": dg.MetadataValue.json({
-                    m: {"n_obs": a.n_obs, "n_fail": a.n_fail, "observed_fail_rate": round(a.observed_rate, 6),
-                        "expected_fail_rate": a.expected_rate, "kupiec_p_value": a.p_value,
-                        "enough_data": a.enough_data}
-                    for m, a in result.coverage_alarms.items()
-                }),
-            },
-        )
+        yield dg.MaterializeResult(metadata=scoring_metadata(run, review, source.describe(), database.describe()))
+        yield sign_flip_check_result(SIGN_FLIP_CHECK, review.loss_canary)
+        yield coverage_check_result(COVERAGE_CHECK, review.coverage_alarms)
 
     return [forecast_scores]
 

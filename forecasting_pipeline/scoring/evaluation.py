@@ -1,432 +1,379 @@
-"""Evaluation of the stored forecasts of every model against the market data, and the ``forecast_scores`` table.
+"""Scoring runs: add the forecasts realised since the last run to the stored scores, and review what is stored.
 
-This module owns the step from ``ml_predictions`` rows to stored scores, without Dagster:
+This module owns the step from ``ml_predictions`` rows to the scoring tables (``storage.forecast_scores``),
+without Dagster. A run (``score_new_forecasts``) works in one transaction, under a lock per cadence:
 
-* reading every model's forecasts of a cadence (``chronos-2``, ``kronos-base``, any other) and
-  giving Kronos rows, whose ``as_of`` is NULL, the ``as_of`` they must have had;
-* keeping the forecasts whose whole horizon has been realised, adding the two baselines on the
-  same horizon bars, and scoring them all with ``scoring`` (per model, symbol and step);
-* the rolling series behind the plot (coverage and relative error over time) and the two
-  canaries (loss-difference sign flip, Kupiec coverage failure);
-* writing and reading ``forecast_scores`` (migration ``20260620_forecast_scores.sql``).
+1. it finds the rows of ``ml_predictions`` that are neither scored nor skipped as they stand now
+   (new rows, rewritten rows, and forecasts still waiting for bars);
+2. per group of instruments it reads those rows and the bars they need, places Kronos rows in
+   time, keeps the fully realised forecasts (``forecasts.triage``) and scores them with the
+   baselines (``losses.score_realised``);
+3. it stores one loss row per scored forecast, adds their sums to ``forecast_scores`` and records
+   the rows it will not score again.
 
-The arithmetic of losses, baselines and tests lives in ``scoring``; this module only chooses
-what is scored against what.
+Where a stored score can no longer be updated by adding (a scored row rewritten or deleted, or a
+forecast that lands on a scored ``as_of``), the instrument is rescored from scratch in the same
+run. When the scores were never kept, or the method changed, or a rebuild is asked for, the whole
+cadence is. Either way the result is what a recomputation over all history gives.
+
+``review_scores`` then builds the summary, the rolling series and the canaries from the stored
+tables only.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import polars as pl
 import psycopg
-from psycopg import sql
 
-from forecasting_pipeline.scoring.scores import (
-    BASELINE_MODELS,
-    BASELINE_RANDOM_WALK,
-    CANARY_DEADBAND,
-    CANARY_PERSIST,
-    CANARY_WINDOW,
-    DEFAULT_VOL_WINDOW,
-    ROLLING_COVERAGE_WINDOW,
-    CoverageAlarm,
-    SignFlip,
-    coverage_alarm,
-    detect_sign_flip,
-    fully_realised,
-    random_walk_baseline,
-    realised_views,
-    rolling_model_comparison,
-    summarise_scores,
+from forecasting_pipeline.market.cadences import Cadence
+from forecasting_pipeline.market.instruments import Instrument
+from forecasting_pipeline.market.sources.schema import BarSource
+from forecasting_pipeline.scoring.baselines import BASELINE_MODELS, BASELINE_RANDOM_WALK, DEFAULT_VOL_WINDOW
+from forecasting_pipeline.scoring.canaries import LossCanary, coverage_alarms, loss_canary
+from forecasting_pipeline.scoring.coverage import CoverageAlarm
+from forecasting_pipeline.scoring.forecasts import (
+    LATE_BAR_GRACE,
+    MALFORMED,
+    ROW_KEY,
+    SKIP_SCHEMA,
+    TOO_LITTLE_HISTORY,
+    collisions,
+    triage,
 )
-from forecasting_pipeline.storage.ml_predictions import (
-    KRONOS_MODEL_NAME,
-    MODEL_NAME,
-    read_predictions,
-)
+from forecasting_pipeline.scoring.frames import PER_FORECAST_COLUMNS
+from forecasting_pipeline.scoring.losses import score_realised
+from forecasting_pipeline.scoring.rolling import rolling_coverage, rolling_relative_mae, rolling_series
+from forecasting_pipeline.scoring.scores import SUM_COLUMNS, add_sums, scores_from_sums, summarise_scores
+from forecasting_pipeline.storage import forecast_scores as store
 
 logger = logging.getLogger(__name__)
 
-CANARY_RECENT_DATES = CANARY_WINDOW
-"""Forecast dates back from the latest within which a confirmed sign flip raises the warning.
+METHOD_VERSION = 1
+"""Version of the scoring maths behind the stored sums; a run under another version rebuilds them."""
 
-A flip is news while the new sign is young: once it has held for ``CANARY_RECENT_DATES`` more
-forecast dates (about a month of daily forecasts) it is the established regime, the warning
-clears, and the flip stays listed in the check's metadata and visible in the plot.
-"""
+CHUNK_ROWS = 20_000
+"""Stored forecasts read and scored together; instruments are grouped up to this many (one may exceed it)."""
 
-_FORECAST_COLUMNS = ("model_name", "symbol", "as_of", "step", "ts", "p10", "p50", "p90")
+SLICE_STEPS = 250_000
+"""Forecast steps scored in one pass; a rebuild of a long history goes through it in slices of ``as_of``."""
 
-_SCORE_COLUMNS = (
-    "model_name", "symbol", "step", "levels", "n", "pinball_p10", "pinball_p50", "pinball_p90",
-    "mean_pinball", "n_below_p10", "n_above_p90", "coverage_p10_p90", "below_p10_rate",
-    "above_p90_rate", "scaled_mae", "scaled_rw_mae", "relative_mae", "first_as_of", "last_as_of",
-)
+ANALYZE_AFTER_ROWS = 10_000
+"""Loss rows written by a run above which it refreshes the planner's statistics, so the next run's plan fits."""
 
-_INSERT_SCORES = """
-INSERT INTO forecast_scores (timeframe, model_name, symbol, step, levels, n, pinball_p10, pinball_p50,
-    pinball_p90, mean_pinball, n_below_p10, n_above_p90, coverage_p10_p90, below_p10_rate, above_p90_rate,
-    scaled_mae, scaled_rw_mae, relative_mae, first_as_of, last_as_of, scored_through, scored_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
-"""
+DEFAULT_REVIEW_SPAN: dict[str, timedelta | None] = {"1h": timedelta(days=90), "1d": None}
+"""Span of stored per-forecast losses, back from the newest, behind the rolling chart and the canaries (None: all)."""
 
 
-@dataclass(frozen=True)
-class LossCanary:
-    """The rolling loss difference of two models and its confirmed sign flips.
+# What the rolling series and the canaries read of each stored per-forecast loss.
+_REVIEWED_COLUMNS = ("model_name", "symbol", "as_of", "levels", "n_steps", "mean_pinball", "scaled_abs_error",
+                     "n_below_p10", "n_above_p90")
 
-    ``model_a`` minus ``model_b``, in naive-scale units: negative means ``model_a`` has the lower
-    loss. ``recent`` holds the flips confirmed within the last ``CANARY_RECENT_DATES`` dates.
+
+class ScoringWindowError(ValueError):
+    """A run was asked to score against an earlier instant than the stored scores already cover."""
+
+
+@dataclass
+class ScoringRun:
+    """What one run did.
+
+    Attributes
+    ----------
+    rebuild_reason
+        Why the whole cadence was rescored, or None for an incremental run.
+    rebuilt_symbols
+        Instruments rescored from scratch in an incremental run, because a scored row changed.
+    scored, pending, skipped
+        Per model (baselines included in ``scored``): forecasts scored by this run, still waiting
+        for a bar, and left unscored for good by this run (per reason).
+    outside_universe
+        Per model, rows whose symbol is not among the instruments (looked at again each run).
+    unreadable_bars
+        Symbol -> why its bars could not be read; its forecasts wait for a later run.
+    score_rows
+        ``forecast_scores`` rows written.
+    added_sums
+        The score sums of what the run scored, one frame per pass, added to the stored ones at the end.
     """
 
-    model_a: str
-    model_b: str
-    loss_column: str
-    comparison: pl.DataFrame
-    flips: list[SignFlip]
-    recent: list[SignFlip]
+    timeframe: str
+    until: datetime
+    rebuild_reason: str | None = None
+    rebuilt_symbols: list[str] = field(default_factory=list)
+    scored: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    outside_universe: dict[str, int] = field(default_factory=dict)
+    unreadable_bars: dict[str, str] = field(default_factory=dict)
+    score_rows: int = 0
+    added_sums: list[pl.DataFrame] = field(default_factory=list, repr=False)
 
-    @property
-    def fired(self) -> bool:
-        return bool(self.recent)
+    def count(self, target: dict[str, int], per_model: dict[str, int]) -> None:
+        for model, n in per_model.items():
+            target[model] = target.get(model, 0) + n
+
+    def count_skips(self, skips: pl.DataFrame) -> None:
+        for reason, model, n in skips.group_by("reason", "model_name").len().iter_rows():
+            per_model = self.skipped.setdefault(reason, {})
+            per_model[model] = per_model.get(model, 0) + n
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """Everything one scoring pass produces for a cadence.
+class Review:
+    """Everything built from the stored scores of a cadence.
 
     Attributes
     ----------
     scores
-        One row per (model_name, symbol, step, levels): ``scoring.score_forecasts`` columns plus
-        ``first_as_of`` and ``last_as_of`` of the forecasts pooled.
+        ``storage.forecast_scores.read_scores``: one row per (model_name, symbol, step, levels), all history.
+    sums
+        The same rows' sums (``scores.SUM_SCHEMA``).
     summary
-        ``scoring.summarise_scores`` of ``scores``: one row per (model_name, levels).
+        ``scores.summarise_scores``: one row per (model_name, levels), all history.
     per_forecast
-        ``scoring.per_forecast_losses``: one row per (model_name, symbol, as_of).
+        Stored per-forecast losses from ``review_from`` on (the columns the series and canaries use).
     rolling
-        Long frame ``as_of``, ``model_name``, ``metric`` (``coverage_p10_p90`` or
-        ``relative_mae``), ``value``, for ``plots.rolling_scores_png``.
+        Long frame ``as_of``, ``model_name``, ``metric``, ``value`` for ``plots.rolling_scores_png``.
     coverage_alarms
-        For each model found in ``ml_predictions`` that has a band, the Kupiec test of its latest
-        rolling window of ``ROLLING_COVERAGE_WINDOW`` forecast dates.
+        Per model with a band, the Kupiec test of its latest ``rolling.ROLLING_WINDOW`` forecast dates.
     loss_canary
-        The rolling loss comparison, or None when the two models share no scored forecast.
-    forecasts_scored, forecasts_pending, forecasts_without_as_of
-        Per model: forecasts whose whole horizon is realised (scored), those still waiting for
-        bars, and Kronos-style rows whose ``as_of`` could not be placed (no bar before their first step).
+        The rolling loss comparison, or None when no two models share a scored forecast.
+    scored, not_scored
+        Forecasts scored per model over all history; rows left unscored per reason and model.
     """
 
     scores: pl.DataFrame
+    sums: pl.DataFrame
     summary: pl.DataFrame
     per_forecast: pl.DataFrame
     rolling: pl.DataFrame
     coverage_alarms: dict[str, CoverageAlarm]
     loss_canary: LossCanary | None
-    forecasts_scored: dict[str, int] = field(default_factory=dict)
-    forecasts_pending: dict[str, int] = field(default_factory=dict)
-    forecasts_without_as_of: dict[str, int] = field(default_factory=dict)
+    scored: dict[str, int]
+    not_scored: dict[str, dict[str, int]]
+    review_from: datetime | None
 
 
-# ---------------------------------------------------------------------------
-# Reading forecasts
-# ---------------------------------------------------------------------------
+def bars_to_read(earliest: datetime, until: datetime, bar: timedelta, vol_window: int = DEFAULT_VOL_WINDOW) -> int:
+    """Bars per instrument that reach from ``until`` back past ``earliest`` and the history that scales it.
 
-
-def stored_model_names(conn: psycopg.Connection, timeframe: str) -> list[str]:
-    """Names of the models with rows of ``timeframe`` in ``ml_predictions``, sorted."""
-    rows = conn.execute(
-        "SELECT DISTINCT model_name FROM ml_predictions WHERE timeframe = %s ORDER BY model_name", (timeframe,)
-    ).fetchall()
-    return [name for (name,) in rows]
-
-
-def read_all_forecasts(conn: psycopg.Connection, timeframe: str, since: datetime | None = None) -> pl.DataFrame:
-    """Every stored forecast of ``timeframe``, all models, as long rows (``ml_predictions.read_predictions`` columns).
-
-    With ``since``, only forecasts made at or after it (``as_of``, else ``created_at``). Models
-    whose rows hold only ``{"ts", "close"}`` steps (Kronos) read with p50 = close and null p10/p90.
+    No calendar has more than one bar per ``bar`` of time, so the bars after ``earliest`` number
+    at most ``(until - earliest) / bar``; ``vol_window + 2`` more hold the bar a forecast starts
+    from and the changes behind its loss scale and the baseline's sigma.
     """
-    frames = [
-        read_predictions(conn, timeframe, model_name=name, as_of_from=since)
-        for name in stored_model_names(conn, timeframe)
-    ]
-    frames = [f for f in frames if f.height]
-    if not frames:
-        return read_predictions(conn, timeframe)  # the empty frame, with the schema
-    return pl.concat(frames)
+    span = max(until - earliest, timedelta(0))
+    return -(-span // bar) + vol_window + 2
 
 
-def complete_as_of(forecasts: pl.DataFrame, bars: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Give rows with a null ``as_of`` (Kronos) the close time of the last bar before their first step.
-
-    Kronos stores no ``as_of``; the bar before its first forecast bar is the last one it can have
-    read, which is also where its random-walk baseline and loss scale are anchored. When several
-    rows of one model and symbol land on the same ``as_of`` (a forecast re-written), the one
-    created last is kept, as a re-run of a Chronos-2 window replaces its row.
-
-    Parameters
-    ----------
-    forecasts
-        ``read_predictions`` rows: ``model_name``, ``symbol``, ``as_of`` (nullable), ``created_at``,
-        ``step``, ``ts``, ``p10``, ``p50``, ``p90``.
-    bars
-        ``symbol``, ``ts`` (bar close), ``close``.
-
-    Returns
-    -------
-    (pl.DataFrame, dict[str, int])
-        The forecast columns (``model_name``, ``symbol``, ``as_of``, ``step``, ``ts``, ``p10``,
-        ``p50``, ``p90``) with every ``as_of`` set, and per model the number of forecasts dropped
-        because no bar precedes their first step.
-    """
-    known = forecasts.filter(pl.col("as_of").is_not_null())
-    unknown = forecasts.filter(pl.col("as_of").is_null())
-    dropped: dict[str, int] = {}
-    if unknown.height:
-        # One forecast per stored row: created_at tells two rows of the same symbol apart.
-        key = ["model_name", "symbol", "created_at"]
-        first = unknown.group_by(key).agg(pl.col("ts").min().alias("_first_ts")).sort("_first_ts")
-        bar_ts = bars.select("symbol", pl.col("ts").cast(pl.Datetime("us", "UTC")).alias("_bar_ts")).sort("_bar_ts")
-        placed = first.join_asof(
-            bar_ts, left_on="_first_ts", right_on="_bar_ts", by="symbol", strategy="backward",
-            allow_exact_matches=False, check_sortedness=False,
+def _rebuild_reason(state: store.ScoringState | None, until: datetime, rebuild: bool, vol_window: int) -> str | None:
+    if rebuild:
+        return "asked for"
+    if state is None:
+        return "no scores kept yet"
+    if (state.vol_window, state.method_version) != (vol_window, METHOD_VERSION):
+        return "scoring method changed"
+    if until < state.scored_through:
+        raise ScoringWindowError(
+            f"until {until.isoformat()} is before {state.scored_through.isoformat()}, which the stored scores "
+            "already cover; rebuild to score as of an earlier instant"
         )
-        for (name,), part in placed.filter(pl.col("_bar_ts").is_null()).partition_by("model_name", as_dict=True).items():
-            dropped[name] = part.height
-        anchors = placed.filter(pl.col("_bar_ts").is_not_null()).select(*key, pl.col("_bar_ts").alias("_as_of"))
-        unknown = unknown.join(anchors, on=key, how="inner").with_columns(pl.col("_as_of").alias("as_of")).drop("_as_of")
-    merged = pl.concat([known, unknown.select(known.columns)])
-    latest = (
-        merged.group_by("model_name", "symbol", "as_of")
-        .agg(pl.col("created_at").max())
-    )
-    merged = merged.join(latest, on=["model_name", "symbol", "as_of", "created_at"], how="semi")
-    return merged.select(_FORECAST_COLUMNS).sort("model_name", "symbol", "as_of", "step"), dropped
+    return None
 
 
-def scoring_since(until: datetime, lookback_days: int | None) -> datetime | None:
-    """The earliest forecast time to score: ``lookback_days`` before ``until``; None (or 0) scores all."""
-    if lookback_days is not None and lookback_days < 0:
-        raise ValueError(f"lookback_days must be 0 (all forecasts) or positive, got {lookback_days}")
-    return until - timedelta(days=lookback_days) if lookback_days else None
-
-
-def bars_to_read(earliest_as_of: datetime, until: datetime, bar: timedelta, vol_window: int = DEFAULT_VOL_WINDOW) -> int:
-    """Bars per instrument that cover every forecast from ``earliest_as_of`` and the history that scales it.
-
-    No calendar has more than one bar per ``bar`` of time, so the bars after ``earliest_as_of``
-    number at most ``(until - earliest_as_of) / bar``; ``vol_window + 1`` more reach back far
-    enough for the loss scale and the baseline's sigma of the earliest forecast.
-    """
-    span = max(until - earliest_as_of, timedelta(0))
-    return math.ceil(span / bar) + vol_window + 1
-
-
-# ---------------------------------------------------------------------------
-# Scoring
-# ---------------------------------------------------------------------------
-
-
-def _baselines(forecasts: pl.DataFrame, bars: pl.DataFrame, vol_window: int) -> pl.DataFrame:
-    """Both baselines on the horizon bars the models forecast, one target bar per (symbol, as_of, step).
-
-    Should two models label a step's bar differently, Chronos-2's label is used (models sort
-    with ``chronos-2`` first), so the baselines never need two targets for one step.
-    """
-    order = pl.when(pl.col("model_name") == MODEL_NAME).then(0).otherwise(1)
-    horizon = (
-        forecasts.sort(order, "model_name")
-        .select("symbol", "as_of", "step", "ts")
-        .unique(subset=["symbol", "as_of", "step"], keep="first", maintain_order=True)
-    )
-    return random_walk_baseline(bars, horizon, vol_window)
-
-
-def _counts(frame: pl.DataFrame) -> dict[str, int]:
-    if frame.is_empty():
-        return {}
-    per_model = frame.select("model_name", "symbol", "as_of").unique().group_by("model_name").len()
-    return {name: int(n) for name, n in per_model.sort("model_name").iter_rows()}
-
-
-def _as_of_span(forecasts: pl.DataFrame) -> pl.DataFrame:
-    return forecasts.group_by("model_name", "symbol").agg(
-        pl.col("as_of").min().alias("first_as_of"), pl.col("as_of").max().alias("last_as_of")
-    )
-
-
-def rolling_relative_mae(per_forecast: pl.DataFrame, window: int = ROLLING_COVERAGE_WINDOW) -> pl.DataFrame:
-    """Relative MAE of each model's p50 against the random walk, pooled over the last ``window`` forecast dates.
-
-    At each forecast date the scaled absolute errors of a model and of ``baseline-random-walk``
-    are summed over the symbols both forecast; each point divides the model's sum by the random
-    walk's over the last ``window`` dates of that model (a ratio of pooled errors, like
-    ``relative_mae`` in the scores). Below 1 means better than persistence.
-
-    Returns
-    -------
-    pl.DataFrame
-        ``model_name``, ``as_of``, ``relative_mae``; no rows for the random walk itself.
-    """
-    rw = per_forecast.filter(pl.col("model_name") == BASELINE_RANDOM_WALK).select(
-        "symbol", "as_of", pl.col("scaled_abs_error").alias("_rw")
-    )
-    models = per_forecast.filter(pl.col("model_name") != BASELINE_RANDOM_WALK)
-    per_date = (
-        models.join(rw, on=["symbol", "as_of"], how="inner")
-        .group_by("model_name", "as_of")
-        .agg(pl.col("scaled_abs_error").sum().alias("_err"), pl.col("_rw").sum())
-        .sort("model_name", "as_of")
-    )
-    rolled = per_date.with_columns(
-        pl.col("_err").rolling_sum(window, min_samples=1).over("model_name"),
-        pl.col("_rw").rolling_sum(window, min_samples=1).over("model_name"),
-    )
-    return rolled.select(
-        "model_name", "as_of", pl.when(pl.col("_rw") > 0).then(pl.col("_err") / pl.col("_rw")).alias("relative_mae")
-    )
-
-
-def _canary_pair(per_forecast: pl.DataFrame, models: list[str]) -> tuple[str, str] | None:
-    """Chronos-2 against Kronos when both have scored forecasts, else a model against the random walk."""
-    present = set(per_forecast["model_name"].unique().to_list())
-    stored = [m for m in models if m in present]
-    if MODEL_NAME in stored and KRONOS_MODEL_NAME in stored:
-        return MODEL_NAME, KRONOS_MODEL_NAME
-    first = MODEL_NAME if MODEL_NAME in stored else (stored[0] if stored else None)
-    if first is None or BASELINE_RANDOM_WALK not in present:
-        return None
-    return first, BASELINE_RANDOM_WALK
-
-
-def loss_canary(per_forecast: pl.DataFrame, models: list[str]) -> LossCanary | None:
-    """The regime-shift canary: sign flips of the rolling loss difference of two models.
-
-    The pair is ``chronos-2`` vs ``kronos-base`` when both have scored forecasts, otherwise the
-    first stored model (``chronos-2`` preferred) vs ``baseline-random-walk``. The loss is the mean
-    pinball when both models score the same quantile levels, else the scaled absolute error of
-    p50 (Kronos and the random walk have no band). Thresholds: ``scoring.CANARY_WINDOW``,
-    ``CANARY_PERSIST``, ``CANARY_DEADBAND`` and ``CANARY_RECENT_DATES``.
-    """
-    pair = _canary_pair(per_forecast, models)
-    if pair is None:
-        return None
-    a, b = pair
-    levels = per_forecast.filter(pl.col("model_name").is_in([a, b])).group_by("model_name").agg(
-        pl.col("levels").n_unique().alias("kinds"), pl.col("levels").first()
-    )
-    same_levels = levels.height == 2 and levels["kinds"].max() == 1 and levels["levels"].n_unique() == 1
-    loss_column = "mean_pinball" if same_levels else "scaled_abs_error"
-    comparison = rolling_model_comparison(per_forecast, a, b, window=CANARY_WINDOW, loss_column=loss_column)
-    if comparison.is_empty():
-        return None
-    flips = detect_sign_flip(
-        comparison["rolling_diff"], persist=CANARY_PERSIST, deadband=CANARY_DEADBAND, times=comparison["as_of"]
-    )
-    first_recent = comparison.height - CANARY_RECENT_DATES
-    recent = [f for f in flips if f.confirmed_index >= first_recent]
-    return LossCanary(a, b, loss_column, comparison, flips, recent)
-
-
-def evaluate(
-    forecasts: pl.DataFrame,
-    bars: pl.DataFrame,
+def score_new_forecasts(
+    conn: psycopg.Connection,
+    cadence: Cadence,
+    bar_source: BarSource,
+    instruments: Sequence[Instrument],
+    until: datetime,
+    rebuild: bool = False,
     vol_window: int = DEFAULT_VOL_WINDOW,
-    without_as_of: dict[str, int] | None = None,
-) -> Evaluation:
-    """Score every model's fully realised forecasts and the two baselines; build the rolling series and canaries.
+) -> ScoringRun:
+    """Score every stored forecast of ``cadence`` whose whole horizon closed by ``until`` and is not scored yet.
 
-    Parameters
-    ----------
-    forecasts
-        Forecast frame with every ``as_of`` set (see ``complete_as_of``), any number of models.
-    bars
-        Realised bars: ``symbol``, ``ts``, ``close``; at least ``vol_window + 1`` before the
-        earliest forecast for full-length scales.
-    vol_window
-        One-bar changes behind the loss scale and the baseline's sigma.
-    without_as_of
-        Forecasts dropped by ``complete_as_of``, passed through to the result.
+    All of it in one transaction: a run that fails leaves the tables as they were, and a re-run
+    finds the same work. See the module docstring for what is read, rescored and written.
     """
-    models = sorted(set(forecasts["model_name"].unique().to_list()) - set(BASELINE_MODELS))
-    realised = fully_realised(forecasts, bars) if forecasts.height else forecasts.select(_FORECAST_COLUMNS)
-    scored_counts = _counts(realised)
-    pending = {m: n - scored_counts.get(m, 0) for m, n in _counts(forecasts).items() if n - scored_counts.get(m, 0)}
-    if realised.is_empty():
-        empty = pl.DataFrame()
-        return Evaluation(empty, empty, empty, empty, {}, None, {}, pending, without_as_of or {})
-
-    everything = pl.concat([realised, _baselines(realised, bars, vol_window)])
-    scores, per_forecast, coverage = realised_views(everything, bars, vol_window, ROLLING_COVERAGE_WINDOW)
-    spans = pl.concat([_as_of_span(realised), _as_of_span(everything.filter(pl.col("model_name").is_in(BASELINE_MODELS)))])
-    scores = scores.join(spans, on=["model_name", "symbol"], how="left")
-    relative = rolling_relative_mae(per_forecast)
-    rolling = pl.concat([
-        coverage.select("as_of", "model_name", pl.lit("coverage_p10_p90").alias("metric"),
-                        pl.col("coverage_p10_p90").alias("value")),
-        relative.select("as_of", "model_name", pl.lit("relative_mae").alias("metric"),
-                        pl.col("relative_mae").alias("value")),
-    ]).sort("metric", "model_name", "as_of")
-
-    alarms: dict[str, CoverageAlarm] = {}
-    for name, part in coverage.filter(pl.col("model_name").is_in(models)).partition_by("model_name", as_dict=True).items():
-        last = part.sort("as_of").row(-1, named=True)
-        alarms[name[0]] = coverage_alarm(last["n_obs"], last["n_below_p10"] + last["n_above_p90"])
-
-    return Evaluation(
-        scores=scores,
-        summary=summarise_scores(scores),
-        per_forecast=per_forecast,
-        rolling=rolling,
-        coverage_alarms=dict(sorted(alarms.items())),
-        loss_canary=loss_canary(per_forecast, models),
-        forecasts_scored=scored_counts,
-        forecasts_pending=pending,
-        forecasts_without_as_of=without_as_of or {},
-    )
-
-
-# ---------------------------------------------------------------------------
-# The forecast_scores table
-# ---------------------------------------------------------------------------
-
-
-def replace_scores(conn: psycopg.Connection, timeframe: str, scores: pl.DataFrame, scored_through: datetime) -> int:
-    """Replace every ``forecast_scores`` row of ``timeframe`` with ``scores``, in one transaction.
-
-    Scores are recomputed over all realised forecasts each time, so replacing the cadence's rows
-    as a whole is the idempotent write: a re-run leaves the same rows, and a model whose
-    forecasts were removed leaves no stale scores. Readers see the old rows or the new, never a mix.
-    """
-    params = [
-        (timeframe, *row, scored_through) for row in scores.select(_SCORE_COLUMNS).iter_rows()
-    ]
+    run = ScoringRun(cadence.name, until)
     with conn.transaction():
-        conn.execute("DELETE FROM forecast_scores WHERE timeframe = %s", (timeframe,))
-        with conn.cursor() as cur:
-            cur.executemany(_INSERT_SCORES, params)
-    return len(params)
+        store.lock_scores(conn, cadence.name)
+        state = store.read_state(conn, cadence.name)
+        run.rebuild_reason = _rebuild_reason(state, until, rebuild, vol_window)
+        if run.rebuild_reason:
+            store.delete_scores(conn, cadence.name)
+        else:
+            run.rebuilt_symbols = store.stale_symbols(conn, cadence.name)
+            if run.rebuilt_symbols:
+                store.delete_scores(conn, cadence.name, run.rebuilt_symbols)
+        store.forget_stale_skips(conn, cadence.name)
+        scorer = _ChunkScorer(conn, cadence, bar_source, instruments, run, vol_window)
+        scorer.score(store.unscored_rows(conn, cadence.name))
+        _write_sums(conn, run)
+        if sum(run.scored.values()) > ANALYZE_AFTER_ROWS or run.rebuild_reason or run.rebuilt_symbols:
+            store.refresh_statistics(conn)
+        rebuilt_at = until if run.rebuild_reason or state is None else state.rebuilt_at
+        store.write_state(conn, cadence.name, store.ScoringState(until, vol_window, METHOD_VERSION, rebuilt_at))
+    return run
 
 
-def read_scores(conn: psycopg.Connection, timeframe: str) -> pl.DataFrame:
-    """The stored scores of ``timeframe``, sorted by model, symbol and step."""
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in (*_SCORE_COLUMNS, "scored_through"))
-    cur = conn.execute(
-        sql.SQL(
-            "SELECT {} FROM forecast_scores WHERE timeframe = %s ORDER BY model_name, symbol, step, levels"
-        ).format(columns),
-        (timeframe,),
+def _write_sums(conn: psycopg.Connection, run: ScoringRun) -> None:
+    if not run.added_sums:
+        return
+    delta = add_sums(*run.added_sums)
+    stored = store.read_scores(conn, run.timeframe, with_sums=True).select(SUM_COLUMNS)
+    touched = stored.join(delta.select("model_name", "symbol", "step", "levels"),
+                          on=["model_name", "symbol", "step", "levels"], how="semi")
+    merged = add_sums(touched, delta)
+    key = ["model_name", "symbol", "step", "levels"]
+    scores = scores_from_sums(merged).join(merged.select(*key, *store.SUM_COLUMNS), on=key)
+    run.score_rows = store.write_scores(conn, run.timeframe, scores, run.until)
+
+
+class _ChunkScorer:
+    """Reads, triages, scores and writes unscored rows, one group of instruments at a time."""
+
+    def __init__(self, conn, cadence: Cadence, bar_source: BarSource, instruments: Sequence[Instrument],
+                 run: ScoringRun, vol_window: int) -> None:
+        self.conn, self.cadence, self.bar_source, self.run, self.vol_window = conn, cadence, bar_source, run, vol_window
+        self.instruments = {i.symbol: i for i in instruments}
+
+    def score(self, rows: pl.DataFrame) -> None:
+        outside = rows.filter(~pl.col("symbol").is_in(list(self.instruments)))
+        self.run.count(self.run.outside_universe, dict(outside.group_by("model_name").len().iter_rows()))
+        queue = _chunks(rows.filter(pl.col("symbol").is_in(list(self.instruments))))
+        while queue:
+            chunk = queue.pop(0)
+            clashed = self._score_chunk(chunk)
+            if clashed:
+                # Rescore those instruments from scratch: drop what is stored, so every row of theirs is
+                # unscored; the chunk's other instruments, of which nothing was written, go again as they were.
+                store.delete_scores(self.conn, self.cadence.name, clashed)
+                self.run.rebuilt_symbols = sorted(set(self.run.rebuilt_symbols) | set(clashed))
+                symbols = chunk["symbol"].unique().sort().to_list()
+                queue.extend(_chunks(store.unscored_rows(self.conn, self.cadence.name, symbols)))
+
+    def _bars(self, symbols: list[str], earliest: datetime) -> pl.DataFrame:
+        n_bars = bars_to_read(earliest, self.run.until, self.cadence.bar, self.vol_window)
+        bars, unreadable = self.bar_source.bars(
+            [self.instruments[s] for s in symbols], self.cadence.name, self.run.until, n_bars
+        )
+        for symbol, reason in unreadable.items():
+            logger.warning("%s: bars unreadable, its forecasts wait for a later run: %s", symbol, reason)
+        self.run.unreadable_bars.update(unreadable)
+        return bars.select("symbol", "ts", "close").filter(~pl.col("symbol").is_in(list(unreadable)))
+
+    def _score_chunk(self, rows: pl.DataFrame) -> list[str]:
+        """Score one group of instruments; the symbols that must be rescored from scratch instead."""
+        stored = store.read_stored_forecasts(self.conn, rows["id"].to_list())
+        unreadable = rows.join(stored.select(pl.col("prediction_id").alias("id")).unique(), on="id", how="anti")
+        skips = [unreadable.select(
+            pl.col("id").alias("prediction_id"), pl.col("created_at").alias("prediction_created_at"), "model_name",
+            "symbol", pl.lit(None).alias("as_of"), pl.lit(MALFORMED).alias("reason"),
+        ).cast(SKIP_SCHEMA)]  # type: ignore[arg-type]
+        if stored.height:
+            earliest = stored.select(pl.coalesce("as_of", "ts").min()).item()
+            bars = self._bars(sorted(stored["symbol"].unique().to_list()), earliest)
+            # Instruments without a bar yet (or unreadable ones) wait: nothing about them can be decided.
+            without_bars = stored.filter(~pl.col("symbol").is_in(bars["symbol"].unique().to_list()))
+            self.run.count(self.run.pending, dict(
+                without_bars.select("model_name", *ROW_KEY).unique().group_by("model_name").len().iter_rows()))
+            sorted_rows = triage(stored.filter(pl.col("symbol").is_in(bars["symbol"].unique().to_list())), bars,
+                                 LATE_BAR_GRACE[self.cadence.name])
+            stored_keys = self._stored_keys(sorted_rows.placed)
+            clashed = collisions(sorted_rows.placed, sorted_rows.realised, stored_keys, BASELINE_RANDOM_WALK)
+            if clashed:
+                return clashed
+            skips += [sorted_rows.skipped, self._score_realised(sorted_rows.realised, bars, stored_keys)]
+            self.run.count(self.run.pending, sorted_rows.pending)
+        skipped = pl.concat(skips)
+        self.run.count_skips(skipped)
+        store.insert_skips(self.conn, self.cadence.name, skipped)
+        return []
+
+    def _stored_keys(self, placed: pl.DataFrame) -> pl.DataFrame:
+        symbols = sorted(placed["symbol"].unique().to_list())
+        as_of_from = placed["as_of"].min() if placed.height else self.run.until
+        return store.read_loss_keys(self.conn, self.cadence.name, symbols, as_of_from)
+
+    def _score_realised(self, realised: pl.DataFrame, bars: pl.DataFrame, stored_keys: pl.DataFrame) -> pl.DataFrame:
+        """Score realised forecasts slice by slice and store their losses; the skips of the unscaled ones."""
+        with_baseline = stored_keys.filter(pl.col("model_name") == BASELINE_RANDOM_WALK).select("symbol", "as_of")
+        keys = realised.select("symbol", "as_of").unique().join(with_baseline, on=["symbol", "as_of"], how="anti")
+        ids = realised.select("model_name", "symbol", "as_of", *ROW_KEY).unique()
+        skips = []
+        for part in _slices(realised):
+            scored = score_realised(part.drop(ROW_KEY), bars, self.vol_window, baseline_keys=keys)
+            losses = scored.per_forecast.join(ids, on=["model_name", "symbol", "as_of"], how="left")
+            store.insert_losses(self.conn, self.cadence.name, losses)
+            self.run.count(self.run.scored, dict(losses.group_by("model_name").len().iter_rows()))
+            self.run.added_sums.append(scored.sums)
+            unscaled = scored.unscaled.filter(~pl.col("model_name").is_in(BASELINE_MODELS))
+            skips.append(unscaled.join(ids, on=["model_name", "symbol", "as_of"]).with_columns(
+                pl.lit(TOO_LITTLE_HISTORY).alias("reason")).select(list(SKIP_SCHEMA)).cast(SKIP_SCHEMA))  # type: ignore[arg-type]
+        return pl.concat(skips) if skips else pl.DataFrame(schema=SKIP_SCHEMA)
+
+
+def _chunks(rows: pl.DataFrame) -> list[pl.DataFrame]:
+    """Rows grouped by instrument into groups of about ``CHUNK_ROWS``, never splitting an instrument."""
+    sizes = rows.group_by("symbol").len().sort("symbol")
+    groups, current, size = [], [], 0
+    for symbol, n in sizes.iter_rows():
+        if current and size + n > CHUNK_ROWS:
+            groups.append(current)
+            current, size = [], 0
+        current.append(symbol)
+        size += n
+    if current:
+        groups.append(current)
+    return [rows.filter(pl.col("symbol").is_in(group)) for group in groups]
+
+
+def _slices(realised: pl.DataFrame) -> list[pl.DataFrame]:
+    """``realised`` cut by ``as_of`` into parts of about ``SLICE_STEPS`` steps; one (symbol, as_of) never straddles two."""
+    per_as_of = realised.group_by("as_of").len().sort("as_of").with_columns(
+        (pl.col("len").cum_sum() // SLICE_STEPS).alias("_slice")
     )
-    rows = cur.fetchall()
-    schema = {
-        **{c: pl.Float64 for c in _SCORE_COLUMNS},
-        "model_name": pl.Utf8, "symbol": pl.Utf8, "step": pl.Int32, "levels": pl.Int8, "n": pl.Int64,
-        "n_below_p10": pl.Int64, "n_above_p90": pl.Int64, "first_as_of": pl.Datetime("us", "UTC"),
-        "last_as_of": pl.Datetime("us", "UTC"), "scored_through": pl.Datetime("us", "UTC"),
-    }
-    return pl.DataFrame(rows, schema={c: schema[c] for c in (*_SCORE_COLUMNS, "scored_through")}, orient="row")
+    tagged = realised.join(per_as_of.select("as_of", "_slice"), on="as_of")
+    return [part.drop("_slice") for part in tagged.partition_by("_slice", maintain_order=False)]
+
+
+def review_scores(conn: psycopg.Connection, timeframe: str, span: timedelta | None) -> Review:
+    """Summary, rolling series and canaries of a cadence from its stored scores and losses.
+
+    ``span``: the per-forecast losses behind the rolling series and the canaries reach this far
+    back from the newest ``as_of`` (None: all of them). The scores and the summary cover all history.
+    """
+    scores = store.read_scores(conn, timeframe, with_sums=True)
+    newest = store.latest_as_of(conn, timeframe)
+    review_from = newest - span if newest is not None and span is not None else None
+    per_forecast = store.read_losses(conn, timeframe, as_of_from=review_from, columns=_REVIEWED_COLUMNS)
+    coverage = rolling_coverage(per_forecast)
+    return Review(
+        scores=scores.drop(store.SUM_COLUMNS),
+        sums=scores.select(SUM_COLUMNS),
+        summary=summarise_scores(scores.select(SUM_COLUMNS)),
+        per_forecast=per_forecast,
+        rolling=rolling_series(coverage, rolling_relative_mae(per_forecast)),
+        coverage_alarms=dict(sorted(coverage_alarms(coverage).items())),
+        loss_canary=loss_canary(per_forecast),
+        scored={m: n for m, n in store.loss_counts(conn, timeframe).items() if m not in BASELINE_MODELS},
+        not_scored=store.skip_counts(conn, timeframe),
+        review_from=review_from,
+    )
+
+
+def losses_realised_by(conn: psycopg.Connection, timeframe: str, model_name: str, instant: datetime) -> pl.DataFrame:
+    """Stored per-forecast losses of one model whose whole horizon closed at or before ``instant``.
+
+    Point-in-time: every row was scaled with bars at or before its own ``as_of`` and realised by
+    ``instant``, so a consumer (the ensemble's weights) at ``instant`` sees only what was known
+    then. Columns ``frames.PER_FORECAST_SCHEMA``: ``mean_pinball`` is the scaled pinball loss
+    averaged over levels and steps, ``scaled_abs_error`` that of p50. For forecasts not scored
+    yet (a backfill), ``losses.per_forecast_losses`` computes the same rows from forecasts and bars.
+    """
+    return store.read_losses(conn, timeframe, model_name=model_name, realised_by=instant).select(PER_FORECAST_COLUMNS)

@@ -151,37 +151,70 @@ GUARDED_STEPS = StepSql(
 )
 
 
-def _read_sql(step: StepSql) -> str:
+def _read_sql(step: StepSql, where: str, order: str, identity: bool = False) -> str:
     # Read as CSV through COPY, instants as epoch microseconds, and parsed by polars: one Python
-    # tuple per forecast step cost about 6.5 s and 380 MB for a month of hourly forecasts of both
-    # models (benchmarks/scoring_scale.py); this reads them in 4.5 s and 280 MB, most of it
-    # PostgreSQL expanding the JSONB, and polars' parse under 0.1 s.
+    # tuple per forecast step was several times slower and larger (benchmarks/scoring_scale.py);
+    # most of the cost left is PostgreSQL expanding the JSONB.
     return f"""
 COPY (
-    SELECT p.model_name, p.model_version, p.symbol,
+    SELECT {"p.id, p.timeframe, " if identity else ""}p.model_name, p.model_version, p.symbol,
            (extract(epoch FROM p.as_of) * 1000000)::bigint,
            (extract(epoch FROM p.created_at) * 1000000)::bigint,
            (s.ordinality)::int,
            (extract(epoch FROM {step.ts}) * 1000000)::bigint,
            {step.p10}, {step.p50}, {step.p90}
     FROM ml_predictions p, {step.steps_of.format("p.predictions")} WITH ORDINALITY AS s(value, ordinality)
-    WHERE p.timeframe = %(timeframe)s AND p.model_name = %(model)s
-      AND (%(symbols)s::text[] IS NULL OR p.symbol = ANY(%(symbols)s::text[]))
-      AND (%(from)s::timestamptz IS NULL OR COALESCE(p.as_of, p.created_at) >= %(from)s)
-      AND (%(to)s::timestamptz IS NULL OR COALESCE(p.as_of, p.created_at) <= %(to)s)
-    ORDER BY p.symbol, p.as_of, s.ordinality
+    WHERE {where}
+    ORDER BY {order}
 ) TO STDOUT (FORMAT csv)
 """
 
 
-_READ_PLAIN = _read_sql(PLAIN_STEPS)
-_READ_GUARDED = _read_sql(GUARDED_STEPS)
+_FILTERS = """p.timeframe = %(timeframe)s AND p.model_name = %(model)s
+      AND (%(symbols)s::text[] IS NULL OR p.symbol = ANY(%(symbols)s::text[]))
+      AND (%(from)s::timestamptz IS NULL OR COALESCE(p.as_of, p.created_at) >= %(from)s)
+      AND (%(to)s::timestamptz IS NULL OR COALESCE(p.as_of, p.created_at) <= %(to)s)"""
+_BY_FILTERS_ORDER = "p.symbol, p.as_of, s.ordinality"
+_READ_PLAIN = _read_sql(PLAIN_STEPS, _FILTERS, _BY_FILTERS_ORDER)
+_READ_GUARDED = _read_sql(GUARDED_STEPS, _FILTERS, _BY_FILTERS_ORDER)
+_READ_BY_ID_PLAIN = _read_sql(PLAIN_STEPS, "p.id = ANY(%(ids)s::bigint[])", "p.id, s.ordinality", identity=True)
+_READ_BY_ID_GUARDED = _read_sql(GUARDED_STEPS, "p.id = ANY(%(ids)s::bigint[])", "p.id, s.ordinality", identity=True)
 _READ_SCHEMA = {
     "model_name": pl.Utf8, "model_version": pl.Utf8, "symbol": pl.Utf8,
     "as_of": pl.Int64, "created_at": pl.Int64, "step": pl.Int32,
     "ts": pl.Int64, "p10": pl.Float64, "p50": pl.Float64, "p90": pl.Float64,
 }
+_READ_BY_ID_SCHEMA = {"id": pl.Int64, "timeframe": pl.Utf8, **_READ_SCHEMA}
 _INSTANTS = ("as_of", "created_at", "ts")
+
+
+def _copy_steps(conn: psycopg.Connection, queries: tuple[str, str], params: dict, what: str, schema: dict) -> pl.DataFrame:
+    """Run the plain COPY read, or the guarded one when PostgreSQL refuses a stored value; typed instants."""
+    plain, guarded = queries
+    try:
+        # A savepoint when the caller is inside a transaction: a refused value must not abort it.
+        with conn.transaction(), conn.cursor() as cur, cur.copy(plain, params) as copy:
+            data = b"".join(copy)
+    except psycopg.errors.DataError as refused:
+        logger.warning("%s forecasts hold a value PostgreSQL refuses (%s); reading them guarded",
+                       what, str(refused).splitlines()[0])
+        with conn.transaction(), conn.cursor() as cur, cur.copy(guarded, params) as copy:
+            data = b"".join(copy)
+    frame = pl.read_csv(data, has_header=False, schema=schema) if data else pl.DataFrame(schema=schema)
+    return frame.with_columns(pl.col(_INSTANTS).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+
+
+def _without_malformed(frame: pl.DataFrame, model_name: str, timeframe: str) -> pl.DataFrame:
+    malformed = frame.filter(pl.col("ts").is_null() | pl.col("p50").is_null())
+    if malformed.height:
+        # Left out, not guessed at: a step without a time or a central value cannot be scored or drawn.
+        examples = malformed.unique(["symbol", "created_at"], maintain_order=True).head(5)
+        logger.warning(
+            "skipped %d malformed %s %s forecast steps (no ISO 8601 ts, or no numeric p50/close) in %d rows, e.g. %s",
+            malformed.height, model_name, timeframe, malformed.select("symbol", "created_at").n_unique(),
+            ", ".join(f"{r['symbol']} written {r['created_at'].isoformat()}" for r in examples.iter_rows(named=True)),
+        )
+    return frame.filter(pl.col("ts").is_not_null() & pl.col("p50").is_not_null())
 
 
 def read_predictions(
@@ -200,31 +233,19 @@ def read_predictions(
     """
     params = {"timeframe": timeframe, "model": model_name, "symbols": list(symbols) if symbols else None,
               "from": as_of_from, "to": as_of_to}
-    try:
-        # A savepoint when the caller is inside a transaction: a refused value must not abort it.
-        with conn.transaction(), conn.cursor() as cur, cur.copy(_READ_PLAIN, params) as copy:
-            data = b"".join(copy)
-    except psycopg.errors.DataError as refused:
-        logger.warning("%s %s forecasts hold a value PostgreSQL refuses (%s); reading them guarded",
-                       model_name, timeframe, str(refused).splitlines()[0])
-        with conn.transaction(), conn.cursor() as cur, cur.copy(_READ_GUARDED, params) as copy:
-            data = b"".join(copy)
-    frame = (
-        pl.read_csv(data, has_header=False, schema=_READ_SCHEMA)
-        if data else pl.DataFrame(schema=_READ_SCHEMA)
-    )
-    frame = frame.with_columns(pl.col(_INSTANTS).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
-    malformed = frame.filter(pl.col("ts").is_null() | pl.col("p50").is_null())
-    if malformed.height:
-        # Left out, not guessed at: a step without a time or a central value cannot be scored or drawn.
-        examples = malformed.unique(["symbol", "created_at"], maintain_order=True).head(5)
-        logger.warning(
-            "skipped %d malformed %s %s forecast steps (no ISO 8601 ts, or no numeric p50/close) in %d rows, e.g. %s",
-            malformed.height, model_name, timeframe, malformed.select("symbol", "created_at").n_unique(),
-            ", ".join(f"{r['symbol']} written {r['created_at'].isoformat()}" for r in examples.iter_rows(named=True)),
-        )
-        frame = frame.filter(pl.col("ts").is_not_null() & pl.col("p50").is_not_null())
-    return frame
+    frame = _copy_steps(conn, (_READ_PLAIN, _READ_GUARDED), params, f"{model_name} {timeframe}", _READ_SCHEMA)
+    return _without_malformed(frame, model_name, timeframe)
+
+
+def read_predictions_by_id(conn: psycopg.Connection, ids: Sequence[int]) -> pl.DataFrame:
+    """The steps of the stored rows with these ``id``s, any model and timeframe: ``id``, ``timeframe``, then
+    ``read_predictions``' columns. Malformed steps are left out as there, with a warning per model and timeframe.
+    """
+    frame = _copy_steps(conn, (_READ_BY_ID_PLAIN, _READ_BY_ID_GUARDED), {"ids": list(ids)}, "stored",
+                        _READ_BY_ID_SCHEMA)
+    parts = frame.partition_by("model_name", "timeframe", as_dict=True, maintain_order=True)
+    kept = [_without_malformed(part, model, timeframe) for (model, timeframe), part in parts.items()]
+    return pl.concat(kept) if kept else frame
 
 
 def kronos_rows_since(conn: psycopg.Connection, timeframe: str, since: datetime) -> int:
