@@ -7,6 +7,8 @@ with it has nothing to forecast.
 """
 
 import logging
+import shutil
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -16,7 +18,8 @@ from forecasting_pipeline.market.cadences import DAILY, HOURLY
 from forecasting_pipeline.orchestration.backfill_summary import summarise_runs
 from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.partitions import cadence_windows
-from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource
+from forecasting_pipeline.orchestration.resources import Chronos2Resource, InstrumentsResource, MarketDataResource
+from forecasting_pipeline.storage.embedded_postgres import dagster_storage_url
 from forecasting_pipeline.storage.ml_predictions import read_predictions
 from forecasting_pipeline_tests.test_reliability import user_error
 
@@ -26,6 +29,7 @@ MISSING_SESSION = "2012-11-07"
 HOURLY_FIRST_WINDOW = "2017-01-01-00:00"  # long before the default first hourly window
 HOURLY_RANGE = ("2017-06-07-00:00", "2017-06-07-23:00")
 MISSING_HOUR = "2017-06-07-10:00"  # the window that ends when the missing bar should have closed
+REPO = Path(__file__).resolve().parents[1]
 SMALL_CONTEXT = {"ops": {"ohlcv_1d": {"config": {"history_bars": 256}},
                          "chronos2_forecasts_1d": {"config": {"context_length": 256}}}}
 
@@ -137,3 +141,33 @@ def test_when_hourly_history_predates_the_default_first_window_then_a_setting_op
     # Moving the first window back keeps every key of the default partitions valid.
     assert windows.partitions_def.has_partition_key(missing_close.start.strftime("%Y-%m-%d-%H:%M"))
     assert not cadence_windows(HOURLY).partitions_def.has_partition_key(HOURLY_RANGE[0])
+
+
+def test_when_runs_are_stored_in_postgres_then_partition_status_shows_written_missing_and_failed_windows(
+    goog, database_url, tmp_path, monkeypatch
+):
+    # The project's own instance: dagster.yaml's PostgreSQL storages, with events written in batches.
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(database_url))
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    windows = cadence_windows(DAILY, DAILY_FIRST_WINDOW)
+    _, resources = goog
+    key = dg.AssetKey("ml_predictions_1d")
+    around_gap = ("2012-11-06", "2012-11-08")
+    later = ("2012-11-12", "2012-11-14")
+    broken = {**resources, "chronos2": Chronos2Resource(model=str(tmp_path / "no-such-checkpoint"))}
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        written = range_run(build_chain(windows, ["GOOG"]), resources, instance, *around_gap, SMALL_CONTEXT)
+        failed = range_run(build_chain(windows, ["GOOG"]), broken, instance, *later, SMALL_CONTEXT)
+        status = instance.get_status_by_partition(
+            key, ["2012-11-06", "2012-11-07", "2012-11-08", "2012-11-12", "2012-11-13", "2012-11-14"],
+            windows.partitions_def,
+        )
+
+    assert written.success and not failed.success
+    materialized, failure = dg.AssetPartitionStatus.MATERIALIZED, dg.AssetPartitionStatus.FAILED
+    assert status == {"2012-11-06": materialized, "2012-11-07": None, "2012-11-08": materialized,
+                      "2012-11-12": failure, "2012-11-13": failure, "2012-11-14": failure}

@@ -48,7 +48,9 @@ def test_when_objects_are_created_after_the_block_then_their_cycles_are_still_co
     cycle.append(cycle)
     del cycle
 
-    assert gc.get_freeze_count() == frozen >= len(kept)
+    # Nothing created after the block is frozen; frozen objects freed meanwhile (reference counting,
+    # other threads) may lower the count.
+    assert len(kept) <= gc.get_freeze_count() <= frozen
     assert gc.collect() >= 1
 
 

@@ -1,5 +1,6 @@
 """The package as pip installs it: every subpackage ships, and an installed copy finds its migrations."""
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -21,8 +22,15 @@ def test_when_the_project_is_packaged_then_every_subpackage_is_listed():
 
 
 def test_when_installed_from_a_wheel_then_the_package_finds_its_migrations_and_instruments(tmp_path):
+    # Built from a copy of what a clean clone holds, so the build leaves nothing in the repository.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for folder in ("forecasting_pipeline", "migrations"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, timeout=300,
     )
     [wheel] = tmp_path.glob("forecasting_pipeline-*.whl")

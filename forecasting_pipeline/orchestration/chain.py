@@ -42,7 +42,7 @@ from forecasting_pipeline.orchestration.resources import (
 from forecasting_pipeline.orchestration.run_config import ForecastConfig, HistoryConfig
 from forecasting_pipeline.orchestration.schedules import chain_group
 from forecasting_pipeline.serving.fan_charts import fan_chart_metadata
-from forecasting_pipeline.storage.ml_predictions import write_window
+from forecasting_pipeline.storage.ml_predictions import write_windows
 
 FRAMES_IO_MANAGER = "frames_io_manager"
 # A write that fails (server restarting, connection killed) rolls back its window and is retried
@@ -222,15 +222,15 @@ def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
         database: PostgresResource,
         frames_io_manager: dg.ResourceParam[PartitionedFramesIOManager],
     ):
-        """Chronos-2 rows in ml_predictions (model_name 'chronos-2'), upserted in one transaction per window."""
+        """Chronos-2 rows in ml_predictions (model_name 'chronos-2'), upserted in one transaction for the run's windows."""
         to_write = {window: frame for window, frame in sorted(forecasts.items()) if not frame.is_empty()}
         with database.connection() as conn:
+            # Every window in one transaction: all of the run's rows are visible at once, or none.
+            written = write_windows(conn, to_write, cadence)
             for done, (window, frame) in enumerate(to_write.items(), start=1):
-                rows = write_window(conn, window, frame, cadence)
-                metadata = written_window_metadata(frame, rows, done, len(to_write), database.describe())
+                metadata = written_window_metadata(frame, written[window], done, len(to_write), database.describe())
                 if len(forecasts) == 1:
                     metadata |= _fan(context, conn, cadence, window, frame, frames_io_manager)
-                # Logged right after the window's transaction commits: progress while the run goes on.
                 context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=window, metadata=metadata))
         context.log.info(f"wrote {len(to_write)} of {len(forecasts)} windows")
         yield windows_written_check(forecasts, to_write, nothing_to_forecast_reasons(context, cadence))

@@ -16,6 +16,8 @@ from forecasting_pipeline.heap import imports_without_collection
 # Dagster, SQLAlchemy and alembic to get here, and keeps them (heap.py says why this saves time).
 with imports_without_collection():
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+    from dagster import DagsterEventType
+    from dagster._core.storage.event_log import SqlEventLogStorageTable
     from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
 # Connections beyond the held one while threads (the daemon's, the webserver's) overlap.
@@ -64,6 +66,26 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         if table_name not in known and super().has_table(table_name):
             known.add(table_name)
         return table_name in known
+
+    def store_event_batch(self, events) -> None:
+        """Planned materialisations in one insert, as dagster-postgres already stores materialisations.
+
+        A backfill run plans one materialisation per window of each asset before it starts, and
+        dagster-postgres stores a batch of them one event at a time. The rows are the same; the
+        asset table records each asset's last planned event, as storing them singly would leave it.
+        """
+        kinds = {event.get_dagster_event().event_type for event in events}
+        if kinds != {DagsterEventType.ASSET_MATERIALIZATION_PLANNED}:
+            super().store_event_batch(events)
+            return
+        with self._connect() as conn:
+            inserted = conn.execute(self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id))
+            event_ids = [int(row[0]) for row in inserted.fetchall()]
+        last_of_asset = {event.get_dagster_event().asset_key: (event, event_id) for event, event_id in zip(events, event_ids)}
+        with self.index_transaction() as conn:
+            self._store_asset_event_tags(conn, events, event_ids)
+            for event, event_id in last_of_asset.values():
+                self._store_asset_event(conn, event, event_id)
 
 
 class PooledPostgresScheduleStorage(PostgresScheduleStorage):

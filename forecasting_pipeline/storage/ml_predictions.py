@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -78,26 +78,43 @@ def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow], windo
     so the window ends with exactly one run's set, never a mix. The lock is released with the
     transaction, also when the connection dies mid-write (and the transaction rolls back).
     """
+    return sum(upsert_windows(conn, {window: rows}).values())
+
+
+def upsert_windows(conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow]]) -> dict[str | None, int]:
+    """Write several windows' rows in one transaction (see ``upsert_window``): all windows, or none."""
+    rows = [row for window_rows in rows_of.values() for row in window_rows]
     foreign = sorted({row.model_name for row in rows if row.model_name != MODEL_NAME})
     if foreign:
         raise ValueError(f"refusing to write rows of model(s) {foreign}: this pipeline writes only {MODEL_NAME!r}")
-    with conn.transaction():
-        with conn.cursor() as cur:
-            # Sorted, so two writers of several timeframes take the locks in one order (no deadlock).
-            for timeframe in sorted({row.timeframe for row in rows}):
-                cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                            (window_lock_name(timeframe, window),))
-            if rows:
-                cur.execute(_UPSERT, [list(column) for column in zip(*(row.params() for row in rows))])
-    return len(rows)
+    # Sorted, so two writers of overlapping windows take the locks in one order (no deadlock).
+    locks = sorted({window_lock_name(row.timeframe, window) for window, window_rows in rows_of.items() for row in window_rows})
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS lock(name, position) ORDER BY position",
+            (locks,),
+        )
+        if rows:
+            # Windows that end between two closes (a weekend's) forecast from the same as_of as the
+            # window before: one statement may not update a row twice, so the later window's row
+            # stands for both, as writing the windows one after the other would leave it.
+            latest = {(row.symbol, row.timeframe, row.model_name, row.as_of): row for row in rows}
+            cur.execute(_UPSERT, [list(column) for column in zip(*(row.params() for row in latest.values()))])
+    return {window: len(window_rows) for window, window_rows in rows_of.items()}
 
 
-def write_window(conn: psycopg.Connection, window: str, forecasts: pl.DataFrame, timeframe: str) -> int:
-    """Upsert one window's long forecast rows (one ``model_version``) as rows of ``ml_predictions``; the row count."""
+def write_windows(conn: psycopg.Connection, forecasts: Mapping[str, pl.DataFrame], timeframe: str) -> dict[str, int]:
+    """Upsert every window's long forecast rows as rows of ``ml_predictions``, in one transaction; rows per window."""
+    return upsert_windows(conn, {window: window_rows(window, frame, timeframe) for window, frame in forecasts.items()})
+
+
+def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str) -> list[PredictionRow]:
+    """One window's long forecast rows (one ``model_version``) as rows of ``ml_predictions``."""
     versions = forecasts["model_version"].unique().to_list()
     if len(versions) != 1:
         raise ValueError(f"window {window}: forecasts of {len(versions)} model versions ({versions}); expected one")
-    return upsert_window(conn, prediction_rows(forecasts, timeframe, versions[0]), window=window)
+    return prediction_rows(forecasts, timeframe, versions[0])
 
 
 def window_lock_name(timeframe: str, window: str | None) -> str:
