@@ -20,9 +20,11 @@ from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
 from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY
 from forecasting_pipeline.market.instruments import load_instruments
+from forecasting_pipeline.market.sources import BarSource
 from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
 from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
 from forecasting_pipeline.orchestration.partitions import Windows, cadence_windows
+from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT, ServiceConfig
 from forecasting_pipeline.orchestration.resources import (
     Chronos2Resource,
     InstrumentsResource,
@@ -31,6 +33,8 @@ from forecasting_pipeline.orchestration.resources import (
 )
 
 DATABASE_URL = "DATABASE_URL"
+# The variable holding the service's bearer token (a secret: read when the service starts, never stored here).
+PREDICT_API_TOKEN = "PREDICT_API_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,13 @@ class Settings:
     kronos_batch: bool = False  # KRONOS_BATCH_URL is set (the URL itself is a secret)
     kronos_batch_token: bool = False  # KRONOS_BATCH_TOKEN is set
     kronos_timeout_s: float = 900.0  # KRONOS_BATCH_TIMEOUT_S
+    serve_host: str = DEFAULT_HOST  # SERVE_HOST
+    serve_port: int = DEFAULT_PORT  # SERVE_PORT
+    batch_wait_ms: float = 20.0  # PREDICT_BATCH_WAIT_MS
+    batch_max_series: int = 32  # PREDICT_BATCH_MAX_SERIES
+    max_body_bytes: int = 8 * 1024 * 1024  # PREDICT_MAX_BODY_BYTES
+    max_bars: int = 8192  # PREDICT_MAX_BARS
+    max_batch_items: int = 64  # PREDICT_MAX_BATCH_ITEMS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +98,13 @@ class Settings:
             kronos_batch=bool(get("KRONOS_BATCH_URL")),
             kronos_batch_token=bool(get("KRONOS_BATCH_TOKEN")),
             kronos_timeout_s=float(get("KRONOS_BATCH_TIMEOUT_S", 900)),
+            serve_host=get("SERVE_HOST", DEFAULT_HOST),
+            serve_port=int(get("SERVE_PORT", DEFAULT_PORT)),
+            batch_wait_ms=float(get("PREDICT_BATCH_WAIT_MS", 20)),
+            batch_max_series=int(get("PREDICT_BATCH_MAX_SERIES", 32)),
+            max_body_bytes=int(get("PREDICT_MAX_BODY_BYTES", 8 * 1024 * 1024)),
+            max_bars=int(get("PREDICT_MAX_BARS", 8192)),
+            max_batch_items=int(get("PREDICT_MAX_BATCH_ITEMS", 64)),
         )
 
     def with_model(self, model: str) -> Settings:
@@ -124,6 +142,35 @@ def chronos2_runner(settings: Settings, env: Mapping[str, str] | None = None) ->
     """The runner of a process outside Dagster (the model server): the runs' settings, the lock's URL from ``env``."""
     env = os.environ if env is None else env
     return Chronos2Runner(**_chronos2_fields(settings), lock_database_url=env.get(DATABASE_URL))
+
+
+def service_config(
+    settings: Settings, env: Mapping[str, str] | None = None, host: str | None = None, port: int | None = None
+) -> ServiceConfig:
+    """The forecast service's configuration; its bearer token from ``env`` (the process environment)."""
+    env = os.environ if env is None else env
+    return ServiceConfig(
+        host=host or settings.serve_host,
+        port=settings.serve_port if port is None else port,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+        batch_max_series=settings.batch_max_series,
+        max_body_bytes=settings.max_body_bytes,
+        max_bars=settings.max_bars,
+        max_batch_items=settings.max_batch_items,
+        token=env.get(PREDICT_API_TOKEN) or None,
+    )
+
+
+def bar_source(settings: Settings, env: Mapping[str, str] | None = None) -> BarSource:
+    """The configured market-data source for a process outside Dagster, its database URL read from ``env``."""
+    env = os.environ if env is None else env
+    postgres = settings.market_data_source == "postgres"
+    return MarketDataResource(
+        source=settings.market_data_source,
+        path=settings.market_data_path,
+        database_url=env.get(settings.market_data_url_variable) if postgres else None,
+        table=settings.market_data_table,
+    ).bar_source()
 
 
 def resources(settings: Settings) -> dict[str, object]:

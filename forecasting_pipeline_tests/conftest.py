@@ -10,11 +10,14 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +32,6 @@ from psycopg import sql
 from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
 from forecasting_pipeline.forecasting.inputs import model_inputs
 from forecasting_pipeline.forecasting.model import write_random_checkpoint
-from forecasting_pipeline.forecasting.model_server import describe
 from forecasting_pipeline.market.cadences import DAILY, HOURLY
 from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.market.instruments import load_instruments
@@ -129,32 +131,105 @@ def daily_inputs() -> list[dict]:
     return model_in
 
 
+SERVICE_TOKEN = "test-token-5f0c2a9e"  # noqa: S105 - a test value, searched for in logs to prove it never leaks
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(method: str, url: str, body: object = None, headers: dict | None = None, raw: bytes | None = None):
+    """(status, parsed JSON or text, headers) of one real HTTP request; error statuses are answers too."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, text, answer_headers = response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        status, text, answer_headers = error.code, error.read().decode(), dict(error.headers)
+    try:
+        return status, json.loads(text), answer_headers
+    except ValueError:
+        return status, text, answer_headers
+
+
 @dataclass
-class ModelServerProcess:
+class ServiceProcess:
+    """A running `forecasting-pipeline serve`: HTTP at ``url``, the runs' model server at ``socket``."""
+
+    url: str
     socket: str
     process: subprocess.Popen
     log: Path
+    token: str | None
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def post(self, path: str, body: object = None, **kwargs):
+        return http_json("POST", self.url + path, body, {**self.auth(), **kwargs.pop("headers", {})}, **kwargs)
+
+    def get(self, path: str):
+        return http_json("GET", self.url + path)
+
+
+def start_service(database_url: str, checkpoint: Path, log: Path, env: dict[str, str] | None = None) -> ServiceProcess:
+    """Start `forecasting-pipeline serve` on a free loopback port and wait until /readyz says ready."""
+    folder = Path(tempfile.mkdtemp(prefix="svc-"))  # short: a Unix socket path is limited to 107 bytes
+    socket_path, port = str(folder / "chronos2.sock"), free_port()
+    full_env = {**os.environ, "DATABASE_URL": database_url, "CHRONOS2_MODEL": str(checkpoint),
+                "CHRONOS2_DEVICE": "cpu", **(env or {})}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "forecasting_pipeline.cli", "serve", "--port", str(port), "--socket", socket_path],
+            env=full_env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    service = ServiceProcess(f"http://127.0.0.1:{port}", socket_path, process, log, full_env.get("PREDICT_API_TOKEN"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if service.get("/readyz")[0] == 200:
+                return service
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    process.terminate()
+    raise TimeoutError(f"the service was not ready within 120 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_service(service: ServiceProcess) -> None:
+    service.process.terminate()
+    service.process.wait(timeout=30)
+    shutil.rmtree(Path(service.socket).parent, ignore_errors=True)
+
+
+# Small limits and a long batching wait, so that the tests reach each limit cheaply and concurrent
+# requests surely meet in one model call.
+SERVICE_ENV = {
+    "PREDICT_API_TOKEN": SERVICE_TOKEN, "PREDICT_BATCH_WAIT_MS": "400", "PREDICT_MAX_BODY_BYTES": "200000",
+    "PREDICT_MAX_BARS": "1000", "PREDICT_MAX_BATCH_ITEMS": "8",
+}
 
 
 @pytest.fixture(scope="module")
-def model_server(server_url, tiny_checkpoint, tmp_path_factory) -> Iterator[ModelServerProcess]:
-    """`forecasting-pipeline model-server` in its own process, serving the tiny checkpoint on the CPU."""
-    folder = Path(tempfile.mkdtemp(prefix="ms-"))  # short: a Unix socket path is limited to 107 bytes
-    socket_path = str(folder / "chronos2.sock")
-    log = tmp_path_factory.mktemp("model_server") / "server.log"
-    env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint), "CHRONOS2_DEVICE": "cpu"}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", socket_path],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
+def service(server_url, tiny_checkpoint, tmp_path_factory) -> Iterator[ServiceProcess]:
+    """`forecasting-pipeline serve` in its own process: the tiny checkpoint on the CPU, a token, small limits."""
+    running = start_service(server_url, tiny_checkpoint, tmp_path_factory.mktemp("service") / "service.log", SERVICE_ENV)
     try:
-        describe(socket_path, wait_s=120)
-        yield ModelServerProcess(socket_path, process, log)
+        yield running
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
+        stop_service(running)
+
+
+@pytest.fixture(scope="module")
+def model_server(service) -> ServiceProcess:
+    """The model server of Dagster runs: the service process, at its socket."""
+    return service
 
 
 @pytest.fixture
