@@ -244,7 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if socket_path:
         print(f"Dagster runs forecast through this process when CHRONOS2_SERVER={socket_path}", flush=True)
     # The same settings, read from the same environment, as the runs' chronos2 resource.
-    return serve(config, chronos2_runner(settings), source, universe, socket_path)
+    return serve(config, chronos2_runner(settings), source, universe, socket_path, os.environ.get("DATABASE_URL"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,6 +50,11 @@ from forecasting_pipeline.storage.migrations import migrate
 
 MODEL_CONTEXT = 64
 
+# Debian's browser and driver for the real-browser tests (`make browser` installs them), and where screenshots go.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
 # The default cadences' windows and the default universe, as the code location builds them.
 DAILY_WINDOWS = cadence_windows(DAILY)
 HOURLY_WINDOWS = cadence_windows(HOURLY)
@@ -96,6 +101,16 @@ def database_url(empty_database_url) -> str:
     with psycopg.connect(empty_database_url) as conn:
         migrate(conn)
     return empty_database_url
+
+
+@pytest.fixture(scope="module")
+def module_database_url(server_url) -> Iterator[str]:
+    """A fresh migrated database shared by one test module (for a service process started once per module)."""
+    name, url = _fresh_database(server_url, "fp_module")
+    with psycopg.connect(url) as connection:
+        migrate(connection)
+    yield url
+    _drop_database(server_url, name)
 
 
 @pytest.fixture
@@ -330,3 +345,23 @@ def kronos_service(database_url) -> Iterator[FakeKronosService]:
         yield service
     finally:
         service.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium through chromedriver and Selenium, 1600x1000."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    # An explicit driver path: Selenium Manager then never tries to download a driver or browser.
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -20,7 +20,7 @@ from forecasting_pipeline.forecasting.model_server import SocketModelServer
 from forecasting_pipeline.forecasting.runner import Chronos2Runner, Prediction
 from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.sources import BarSource
-from forecasting_pipeline.serving.api import health, predictions
+from forecasting_pipeline.serving.api import dashboard, health, predictions, showcase
 from forecasting_pipeline.serving.api.batcher import ModelWorker
 from forecasting_pipeline.serving.api.config import ServiceConfig
 from forecasting_pipeline.serving.api.dependencies import Service
@@ -39,18 +39,24 @@ def create_app(
     source: BarSource,
     instruments: Sequence[Instrument],
     socket_path: str | None = None,
+    database_url: str | None = None,
     clock: Clock = utc_now,
 ) -> FastAPI:
-    """The application; ``socket_path`` also serves Dagster runs' batches there (the model server)."""
+    """The application; ``socket_path`` also serves Dagster runs' batches there (the model server).
+
+    ``database_url`` (a secret, never shown) is the ``ml_predictions`` database the read endpoints
+    use, and the GPU lock's (through ``runner``).
+    """
     worker = ModelWorker()
     metrics = ServiceMetrics(config.batch_wait_s, config.batch_max_series)
     forecaster = OnDemandForecaster(config, runner, source, instruments, worker, metrics, clock)
-    state = Service(config, forecaster, worker, metrics, socket_path)
+    state = Service(config, forecaster, worker, metrics, socket_path, database_url=database_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         if socket_path is not None:
             state.socket_server = SocketModelServer(runner, socket_path, _socket_predict(runner, worker, metrics))
+        state.open_pool()
         loading = asyncio.get_running_loop().create_task(_load(state, runner))
         forecaster.batcher.start()
         try:
@@ -60,14 +66,17 @@ def create_app(
             await forecaster.batcher.stop()
             if state.socket_server is not None:
                 state.socket_server.stop()
+            if state.pool is not None:
+                state.pool.close()
             worker.shutdown()
 
     app = FastAPI(title=TITLE, lifespan=lifespan, description="On-demand Chronos-2 forecasts and the model server of Dagster runs.")
     app.state.service = state
     install_error_handlers(app)
-    routers = (predictions.router, health.router)
+    routers = (predictions.router, showcase.router, health.router, dashboard.router)
     for router in routers:
         app.include_router(router)
+    app.mount("/static", dashboard.static_files(), name="static")
     paths = {route.path for router in routers for route in router.routes} | {app.docs_url, app.openapi_url}
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, paths=frozenset(paths))

@@ -25,6 +25,7 @@ def serve(
     source: BarSource,
     instruments: Sequence[Instrument],
     socket_path: str | None,
+    database_url: str | None = None,
 ) -> int:
     """Serve until SIGINT or SIGTERM (uvicorn finishes the requests in flight, then the socket closes)."""
     if socket_path is not None:
@@ -34,7 +35,7 @@ def serve(
         except SocketPathTaken as exc:
             print(f"forecasting-pipeline serve: {exc}", file=sys.stderr)
             return 1
-    app = create_app(config, runner, source, instruments, socket_path)
+    app = create_app(config, runner, source, instruments, socket_path, database_url)
     logger.info(
         "forecast service on http://%s:%d (docs at /docs), model server socket %s; token %s",
         config.host, config.port, socket_path or "off", "required" if config.token else "not required",
