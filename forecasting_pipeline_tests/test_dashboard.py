@@ -112,7 +112,6 @@ def test_when_the_model_toggle_switches_then_the_chart_series_change_and_the_sco
     _ready(browser, "kronos-base")
     Select(browser.find_element(By.ID, "symbol")).select_by_value("AAPL")
     _ready(browser, "kronos-base")
-    browser.execute_script("return new Promise(r => setTimeout(r, 300))")
     assert browser.find_element(By.ID, "chart-title").text.startswith("AAPL 1d")
     kronos = _legend(browser)
     _shot(browser, "dashboard-kronos-base.png")

@@ -19,7 +19,7 @@ from forecasting_pipeline.market.instruments import SYMBOL_PATTERN
 from forecasting_pipeline.serving.api.dependencies import Service, service
 from forecasting_pipeline.serving.api.errors import Refusal
 from forecasting_pipeline.serving.api.schemas import ErrorAnswer
-from forecasting_pipeline.serving.gateway import DEFAULT_MODEL, ReadPathMissingError, known_models
+from forecasting_pipeline.serving.gateway import DEFAULT_MODEL, known_models
 from forecasting_pipeline.serving.showcase import instrument_listing, latest_rows, model_scores, recent_bars
 from forecasting_pipeline.storage.ml_predictions import TIMEFRAMES
 
@@ -146,5 +146,3 @@ def _limit(value: str | None) -> int:
 def _listing(names) -> str:
     return ", ".join(names) if names else "(none: ml_predictions is empty)"
 
-
-__all__ = ["router", "ReadPathMissingError"]
