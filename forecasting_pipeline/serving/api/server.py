@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,13 @@ def serve(
         config.host, config.port, socket_path or "off", "required" if config.token else "not required",
     )
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info", lifespan="on"))
+    stopped_by: list[int] = []
+    # uvicorn shuts down cleanly on SIGINT/SIGTERM and then re-raises the signal to the handler it
+    # found: this one notes it, so that a clean stop exits 0 (not as killed, which `make` reports as an error).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda received, _frame: stopped_by.append(received))
     server.run()
+    if stopped_by:
+        logger.info("stopped on signal %d", stopped_by[0])
     # uvicorn returns after a failed start-up (a port in use, a socket path taken) without raising.
     return 0 if server.started else 1
