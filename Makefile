@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED := 1
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.xdg-runtime
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: install run dev test migrate browser model-server
+.PHONY: install run dev test migrate browser serve
 
 $(STAMP): pyproject.toml setup.cfg
 	@test -n "$(PYTHON_VERSION)" || { echo "make: no supported Python: looked for python3.11, python3.12 and python3 (3.11 or 3.12); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -49,10 +49,12 @@ run: install
 dev: install
 	$(BIN)/forecasting-pipeline with-db -- sh -c '$(BIN)/forecasting-pipeline migrate && $(BIN)/forecasting-pipeline setup-instance && $(BIN)/dagster dev -h 127.0.0.1 -p 3000'
 
-# Optional: one process that keeps Chronos-2 loaded for every run. Runs use it when CHRONOS2_SERVER
-# names its socket, in their environment too (e.g. `CHRONOS2_SERVER=$PWD/.chronos2.sock make dev`).
-model-server: install
-	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline model-server
+# The forecast service: one process that keeps Chronos-2 loaded, answers on-demand forecasts at
+# http://127.0.0.1:8201 (docs at /docs) and is the model server of every run whose environment sets
+# CHRONOS2_SERVER to its socket (e.g. `CHRONOS2_SERVER=$PWD/.chronos2.sock make dev`).
+serve: install
+	$(BIN)/forecasting-pipeline with-db -- sh -c '$(BIN)/forecasting-pipeline migrate && exec $(BIN)/forecasting-pipeline serve'
+
 
 # Debian's chromium + chromium-driver for the real-browser test (a downloaded browser does not run
 # here). Skipped when present; when apt cannot install them the target still succeeds and that

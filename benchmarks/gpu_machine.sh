@@ -7,6 +7,7 @@
 #
 #   sh benchmarks/gpu_machine.sh pack                  # here: writes .gpu_carry/site.tar.xz
 #   sh benchmarks/gpu_machine.sh run [run.py args]     # there, from the repo root, .gpu_carry carried
+#   sh benchmarks/gpu_machine.sh serve [serve.py args] # there: the forecast service's benchmark on CUDA
 #
 # PY_VERSION (default 3.12) must match the GPU machine's python3.
 set -eu
@@ -28,7 +29,8 @@ pack)
     rm -rf "$CARRY/wheels" "$CARRY/site"
     ls -l "$CARRY/site.tar.xz"
     ;;
-run)
+run|serve)
+    what=$1
     shift
     site=/tmp/gpu_machine_site
     rm -rf "$site" && mkdir -p "$site"
@@ -45,10 +47,11 @@ run)
     export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/gpu_machine_xdg"
     mkdir -p -m 700 "$XDG_RUNTIME_DIR"
     "$python" -c 'import torch, dagster, chronos, polars, psycopg, pgserver, exchange_calendars; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "dagster", dagster.__version__)'
+    if [ "$what" = serve ]; then exec "$python" benchmarks/serve.py --device cuda "$@"; fi
     exec "$python" benchmarks/run.py --device cuda "$@"
     ;;
 *)
-    echo "usage: $0 pack | run [run.py arguments]" >&2
+    echo "usage: $0 pack | run [run.py arguments] | serve [serve.py arguments]" >&2
     exit 2
     ;;
 esac

@@ -7,7 +7,7 @@ Measures in one run, on one machine, with one full-size random-weight Chronos-2 
 2. pipeline: one daily and one hourly window through Dagster's CLI against real PostgreSQL,
    process start to rows committed (the median of --reps runs), split into start-up, data, features,
    model and write; once with the model loaded in the run (as ``make run``), once through a warm
-   model server (``forecasting-pipeline model-server``), and Dagster's own floor (one no-op asset,
+   model server (the socket of ``forecasting-pipeline serve``), and Dagster's own floor (one no-op asset,
    same CLI);
 3. naive peer: ``benchmarks/naive.py``, one model call per symbol and one INSERT per row;
 4. backfill: 30 daily windows in one run, as ``BackfillPolicy.multi_run(30)`` groups them, held
@@ -392,7 +392,7 @@ def dagster_floor(env: dict, home: Path, instance) -> dict:
 
 @contextmanager
 def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: Path = CHECKPOINT):
-    """A ``forecasting-pipeline model-server`` on the checkpoint, warmed by one batch per cadence.
+    """A ``forecasting-pipeline serve`` (the model server of runs) on the checkpoint, warmed by one batch per cadence.
 
     The warm-up batch is the one the bare model's untimed first call is: a server that has served
     the previous hourly or daily run has seen these shapes.
@@ -402,7 +402,7 @@ def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: 
     socket_path = str(home / "chronos2.sock")
     with (home / "model_server.log").open("w") as log_file:
         server = subprocess.Popen(
-            [command("forecasting-pipeline"), "model-server", "--socket", socket_path],
+            [command("forecasting-pipeline"), "serve", "--port", str(_free_port()), "--socket", socket_path],
             env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
         )
     info: dict = {}
@@ -419,6 +419,14 @@ def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: 
         info["peak_rss_mb"] = _peak_rss_mb(server.pid)
         server.terminate()
         server.wait(timeout=60)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _peak_rss_mb(pid: int) -> float | None:

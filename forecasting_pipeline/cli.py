@@ -9,7 +9,8 @@
                                              wait for its runs and print what they did
     forecasting-pipeline backfill-summary ID what a backfill's runs did (any backfill of a chain, UI ones too)
     forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
-    forecasting-pipeline model-server        keep Chronos-2 loaded and forecast for every run that sets CHRONOS2_SERVER
+    forecasting-pipeline serve               the forecast service: on-demand forecasts over HTTP, and the model server
+                                             of every run that sets CHRONOS2_SERVER, in one process that keeps Chronos-2 loaded
 """
 
 from __future__ import annotations
@@ -270,16 +271,24 @@ def cmd_latest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_model_server(args: argparse.Namespace) -> int:
-    from forecasting_pipeline.forecasting.model_server import serve
-    from forecasting_pipeline.settings import Settings, chronos2_runner
+DEFAULT_SOCKET = ".chronos2.sock"
 
-    socket_path = args.socket or Settings.from_env().model_server_socket
-    if not socket_path:
-        sys.exit("model-server needs a socket path: --socket PATH or CHRONOS2_SERVER")
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.heap import freeze_import_time_objects
+    from forecasting_pipeline.market.instruments import load_instruments
+    from forecasting_pipeline.serving.api.server import serve
+    from forecasting_pipeline.settings import Settings, bar_source, chronos2_runner, database_url, service_config
+
+    settings = _demo_model_if_unset(Settings.from_env())
+    socket_path = None if args.no_socket else str(Path(args.socket or settings.model_server_socket or DEFAULT_SOCKET).resolve())
+    config = service_config(settings, host=args.host, port=args.port)
+    source, universe = bar_source(settings), load_instruments(settings.instruments_file)
+    freeze_import_time_objects()
+    if socket_path:
+        print(f"Dagster runs forecast through this process when CHRONOS2_SERVER={socket_path}", flush=True)
     # The same settings, read from the same environment, as the runs' chronos2 resource.
-    serve(chronos2_runner(Settings.from_env()), socket_path)
-    return 0
+    return serve(config, chronos2_runner(settings), source, universe, socket_path, database_url())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,9 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="kronos-base", help="model_name to read (default: kronos-base, as the gateway)")
     p.set_defaults(func=cmd_latest)
 
-    p = sub.add_parser("model-server", help="keep Chronos-2 loaded; runs with CHRONOS2_SERVER set forecast through it")
-    p.add_argument("--socket", help="Unix socket to listen on (default: CHRONOS2_SERVER)")
-    p.set_defaults(func=cmd_model_server)
+    p = sub.add_parser("serve", help="keep Chronos-2 loaded; answer HTTP forecasts and the runs that set CHRONOS2_SERVER")
+    p.add_argument("--host", help="address to bind (default SERVE_HOST, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default SERVE_PORT, else 8201)")
+    p.add_argument("--socket", help=f"the runs' Unix socket (default CHRONOS2_SERVER, else ./{DEFAULT_SOCKET})")
+    p.add_argument("--no-socket", action="store_true", help="serve HTTP only")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY
+from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT
 
 # Dagster and what builds on it are imported where resources are built: `forecasting-pipeline
 # with-db` and the other light commands read settings without loading them.
@@ -25,11 +26,15 @@ if TYPE_CHECKING:
     from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
     from forecasting_pipeline.orchestration.partitions import Windows
     from forecasting_pipeline.orchestration.placement import GpuPlacement
+    from forecasting_pipeline.market.sources import BarSource
     from forecasting_pipeline.orchestration.resources import Chronos2Resource
+    from forecasting_pipeline.serving.api.config import ServiceConfig
 
 DATABASE_URL = "DATABASE_URL"
 # Set by `forecasting-pipeline with-db` for its child when it started the embedded server.
 EMBEDDED_DATABASE = "FORECASTING_EMBEDDED_DB"
+# The variable holding the service's bearer token (a secret: read when the service starts, never stored here).
+PREDICT_API_TOKEN = "PREDICT_API_TOKEN"
 
 
 def database_url(env: Mapping[str, str] | None = None) -> str | None:
@@ -78,6 +83,13 @@ class Settings:
     model_configured: bool = False  # CHRONOS2_MODEL is set: never fall back to the demo checkpoint
     embedded_database: bool = False  # FORECASTING_EMBEDDED_DB=1: the database is `with-db`'s demo one
     pgdata: str = ".pgdata"  # FORECASTING_PGDATA: the embedded server's data folder
+    serve_host: str = DEFAULT_HOST  # SERVE_HOST
+    serve_port: int = DEFAULT_PORT  # SERVE_PORT
+    batch_wait_ms: float = 20.0  # PREDICT_BATCH_WAIT_MS
+    batch_max_series: int = 32  # PREDICT_BATCH_MAX_SERIES
+    max_body_bytes: int = 8 * 1024 * 1024  # PREDICT_MAX_BODY_BYTES
+    max_bars: int = 8192  # PREDICT_MAX_BARS
+    max_batch_items: int = 64  # PREDICT_MAX_BATCH_ITEMS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +125,13 @@ class Settings:
             model_configured=bool(get("CHRONOS2_MODEL")),
             embedded_database=get(EMBEDDED_DATABASE) == "1",
             pgdata=get("FORECASTING_PGDATA", ".pgdata"),
+            serve_host=get("SERVE_HOST", DEFAULT_HOST),
+            serve_port=int(get("SERVE_PORT", DEFAULT_PORT)),
+            batch_wait_ms=float(get("PREDICT_BATCH_WAIT_MS", 20)),
+            batch_max_series=int(get("PREDICT_BATCH_MAX_SERIES", 32)),
+            max_body_bytes=int(get("PREDICT_MAX_BODY_BYTES", 8 * 1024 * 1024)),
+            max_bars=int(get("PREDICT_MAX_BARS", 8192)),
+            max_batch_items=int(get("PREDICT_MAX_BATCH_ITEMS", 64)),
         )
 
     def with_model(self, model: str) -> Settings:
@@ -197,6 +216,39 @@ def chronos2_runner(settings: Settings, env: Mapping[str, str] | None = None) ->
 
     env = os.environ if env is None else env
     return Chronos2Runner(**_chronos2_fields(settings), lock_database_url=env.get(DATABASE_URL))
+
+
+def service_config(
+    settings: Settings, env: Mapping[str, str] | None = None, host: str | None = None, port: int | None = None
+) -> ServiceConfig:
+    """The forecast service's configuration; its bearer token from ``env`` (the process environment)."""
+    from forecasting_pipeline.serving.api.config import ServiceConfig
+
+    env = os.environ if env is None else env
+    return ServiceConfig(
+        host=host or settings.serve_host,
+        port=settings.serve_port if port is None else port,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+        batch_max_series=settings.batch_max_series,
+        max_body_bytes=settings.max_body_bytes,
+        max_bars=settings.max_bars,
+        max_batch_items=settings.max_batch_items,
+        token=env.get(PREDICT_API_TOKEN) or None,
+    )
+
+
+def bar_source(settings: Settings, env: Mapping[str, str] | None = None) -> BarSource:
+    """The configured market-data source for a process outside Dagster, its database URL read from ``env``."""
+    from forecasting_pipeline.orchestration.resources import MarketDataResource
+
+    env = os.environ if env is None else env
+    postgres = settings.market_data_source == "postgres"
+    return MarketDataResource(
+        source=settings.market_data_source,
+        path=settings.market_data_path,
+        database_url=env.get(settings.market_data_url_variable) if postgres else None,
+        table=settings.market_data_table,
+    ).bar_source()
 
 
 def resources(settings: Settings) -> dict[str, object]:

@@ -12,11 +12,14 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +35,6 @@ from psycopg import sql
 from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
 from forecasting_pipeline.forecasting.inputs import model_inputs
 from forecasting_pipeline.forecasting.model import write_random_checkpoint
-from forecasting_pipeline.forecasting.model_server import describe
 from forecasting_pipeline.market.cadences import DAILY, HOURLY
 from forecasting_pipeline.market.calendars import bar_closes
 from forecasting_pipeline.market.features import engineer_covariates
@@ -48,9 +50,15 @@ from forecasting_pipeline.orchestration.resources import (
     PostgresResource,
 )
 from forecasting_pipeline.storage.embedded_postgres import _with_database, embedded_server
+from forecasting_pipeline.storage.forecast_scores import write_scores
 from forecasting_pipeline.storage.migrations import migrate
 
 MODEL_CONTEXT = 64
+
+# Debian's browser and driver for the real-browser tests (`make browser` installs them), and where screenshots go.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 # The default cadences' windows and the default universe, as the code location builds them.
 DAILY_WINDOWS = cadence_windows(DAILY)
@@ -100,6 +108,16 @@ def database_url(empty_database_url) -> str:
     return empty_database_url
 
 
+@pytest.fixture(scope="module")
+def module_database_url(server_url) -> Iterator[str]:
+    """A fresh migrated database shared by one test module (for a service process started once per module)."""
+    name, url = _fresh_database(server_url, "fp_module")
+    with psycopg.connect(url) as connection:
+        migrate(connection)
+    yield url
+    _drop_database(server_url, name)
+
+
 @pytest.fixture
 def conn(database_url) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as connection:
@@ -133,32 +151,105 @@ def daily_inputs() -> list[dict]:
     return model_in
 
 
+SERVICE_TOKEN = "test-token-5f0c2a9e"  # noqa: S105 - a test value, searched for in logs to prove it never leaks
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(method: str, url: str, body: object = None, headers: dict | None = None, raw: bytes | None = None):
+    """(status, parsed JSON or text, headers) of one real HTTP request; error statuses are answers too."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, text, answer_headers = response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        status, text, answer_headers = error.code, error.read().decode(), dict(error.headers)
+    try:
+        return status, json.loads(text), answer_headers
+    except ValueError:
+        return status, text, answer_headers
+
+
 @dataclass
-class ModelServerProcess:
+class ServiceProcess:
+    """A running `forecasting-pipeline serve`: HTTP at ``url``, the runs' model server at ``socket``."""
+
+    url: str
     socket: str
     process: subprocess.Popen
     log: Path
+    token: str | None
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def post(self, path: str, body: object = None, **kwargs):
+        return http_json("POST", self.url + path, body, {**self.auth(), **kwargs.pop("headers", {})}, **kwargs)
+
+    def get(self, path: str):
+        return http_json("GET", self.url + path)
+
+
+def start_service(database_url: str, checkpoint: Path, log: Path, env: dict[str, str] | None = None) -> ServiceProcess:
+    """Start `forecasting-pipeline serve` on a free loopback port and wait until /readyz says ready."""
+    folder = Path(tempfile.mkdtemp(prefix="svc-"))  # short: a Unix socket path is limited to 107 bytes
+    socket_path, port = str(folder / "chronos2.sock"), free_port()
+    full_env = {**os.environ, "DATABASE_URL": database_url, "CHRONOS2_MODEL": str(checkpoint),
+                "CHRONOS2_DEVICE": "cpu", **(env or {})}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "forecasting_pipeline.cli", "serve", "--port", str(port), "--socket", socket_path],
+            env=full_env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    service = ServiceProcess(f"http://127.0.0.1:{port}", socket_path, process, log, full_env.get("PREDICT_API_TOKEN"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if service.get("/readyz")[0] == 200:
+                return service
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    process.terminate()
+    raise TimeoutError(f"the service was not ready within 120 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_service(service: ServiceProcess) -> None:
+    service.process.terminate()
+    service.process.wait(timeout=30)
+    shutil.rmtree(Path(service.socket).parent, ignore_errors=True)
+
+
+# Small limits and a long batching wait, so that the tests reach each limit cheaply and concurrent
+# requests surely meet in one model call.
+SERVICE_ENV = {
+    "PREDICT_API_TOKEN": SERVICE_TOKEN, "PREDICT_BATCH_WAIT_MS": "400", "PREDICT_MAX_BODY_BYTES": "200000",
+    "PREDICT_MAX_BARS": "1000", "PREDICT_MAX_BATCH_ITEMS": "8",
+}
 
 
 @pytest.fixture(scope="module")
-def model_server(server_url, tiny_checkpoint, tmp_path_factory) -> Iterator[ModelServerProcess]:
-    """`forecasting-pipeline model-server` in its own process, serving the tiny checkpoint on the CPU."""
-    folder = Path(tempfile.mkdtemp(prefix="ms-"))  # short: a Unix socket path is limited to 107 bytes
-    socket_path = str(folder / "chronos2.sock")
-    log = tmp_path_factory.mktemp("model_server") / "server.log"
-    env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint), "CHRONOS2_DEVICE": "cpu"}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", socket_path],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
+def service(server_url, tiny_checkpoint, tmp_path_factory) -> Iterator[ServiceProcess]:
+    """`forecasting-pipeline serve` in its own process: the tiny checkpoint on the CPU, a token, small limits."""
+    running = start_service(server_url, tiny_checkpoint, tmp_path_factory.mktemp("service") / "service.log", SERVICE_ENV)
     try:
-        describe(socket_path, wait_s=120)
-        yield ModelServerProcess(socket_path, process, log)
+        yield running
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
+        stop_service(running)
+
+
+@pytest.fixture(scope="module")
+def model_server(service) -> ServiceProcess:
+    """The model server of Dagster runs: the service process, at its socket."""
+    return service
 
 
 @pytest.fixture
@@ -293,3 +384,42 @@ def kronos_service(database_url) -> Iterator[FakeKronosService]:
         yield service
     finally:
         service.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium through chromedriver and Selenium, 1600x1000."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    # An explicit driver path: Selenium Manager then never tries to download a driver or browser.
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def store_scores(conn, timeframe: str, rows: list[tuple], scored_through, **columns) -> None:
+    """Stored scores for readers of ``forecast_scores``: ``rows`` of (model, symbol, step, levels, n,
+    mean_pinball, coverage_p10_p90, relative_mae); ``columns`` sets the other score columns, and
+    each sum is its mean times ``n``, as the scoring run stores them."""
+    frame = pl.DataFrame(rows, schema=["model_name", "symbol", "step", "levels", "n", "mean_pinball",
+                                       "coverage_p10_p90", "relative_mae"], orient="row")
+    frame = frame.with_columns(
+        pinball_p10=pl.col("mean_pinball"), pinball_p50=pl.col("mean_pinball"), pinball_p90=pl.col("mean_pinball"),
+        scaled_mae=pl.lit(1.0), scaled_rw_mae=pl.lit(1.0),
+        **{name: pl.lit(value) for name, value in columns.items()},
+    )
+    sums = {f"sum_{name}": pl.col(name) * pl.col("n") for name in ("pinball_p10", "pinball_p50", "pinball_p90", "mean_pinball")}
+    frame = frame.with_columns(
+        **sums, sum_scaled_abs_error=pl.col("scaled_mae") * pl.col("n"),
+        sum_scaled_rw_abs_error=pl.col("scaled_rw_mae") * pl.col("n"),
+    )
+    write_scores(conn, timeframe, frame, scored_through)

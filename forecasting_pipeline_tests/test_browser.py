@@ -25,11 +25,8 @@ import pytest
 
 from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.serving.plots import FIGURE_DPI, fan_figure_size
-from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
+from forecasting_pipeline_tests.conftest import ARTIFACTS, CHROMEDRIVER, CHROMIUM, DAILY_WINDOWS, SYMBOLS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 WINDOW = "2025-06-02"
 KRONOS_RUN = datetime(2025, 6, 3, 1, 0, tzinfo=timezone.utc)
 KRONOS_SYMBOLS = ("AAPL", "BTC-USD", "EURUSD")
@@ -115,25 +112,6 @@ def dagster_ui(tmp_path, resources, database_url, conn, tiny_checkpoint) -> Iter
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-
-@pytest.fixture
-def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(flag)
-    # An explicit driver path: Selenium Manager then never tries to download a driver or browser.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _missing(driver, names: list[str]) -> list[str]:

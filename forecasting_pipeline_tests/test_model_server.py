@@ -1,7 +1,7 @@
 """The model server: runs forecast through one long-lived process that keeps Chronos-2 loaded.
 
-A real `forecasting-pipeline model-server` process (conftest.py) serves the tiny checkpoint over
-its Unix socket; runs are real Dagster materialisations against the real database.
+A real `forecasting-pipeline serve` process (conftest.py) serves the tiny checkpoint over its Unix
+socket, beside its HTTP side; runs are real Dagster materialisations against the real database.
 """
 
 import os
@@ -19,7 +19,7 @@ from forecasting_pipeline.forecasting.model_server import ModelServerError, desc
 from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.resources import Chronos2Resource
 from forecasting_pipeline.storage.ml_predictions import read_predictions
-from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
+from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS, free_port
 
 HORIZON = 10
 CONTEXT = 64  # the daily_inputs fixture's length (conftest.py)
@@ -52,6 +52,7 @@ def test_when_the_chain_runs_with_a_server_then_its_rows_are_stored_and_say_wher
     model_server, resources, instance, conn
 ):
     resources = {**resources, "chronos2": _served(resources["chronos2"], model_server.socket)}
+    socket_calls_before = _socket_calls(model_server)
 
     result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), partition_key="2025-06-02", resources=resources, instance=instance)
 
@@ -60,6 +61,22 @@ def test_when_the_chain_runs_with_a_server_then_its_rows_are_stored_and_say_wher
     metadata = result.asset_materializations_for_node("chronos2_forecasts_1d")[0].metadata
     assert metadata["model_process"].value.startswith(f"model server pid {model_server.process.pid}")
     assert metadata["model_version"].value.endswith("RANDOM-WEIGHTS")
+    # The same process that answers HTTP ran the run's batch, and counted it.
+    assert _socket_calls(model_server) == socket_calls_before + 1
+
+
+def _socket_calls(service) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _status, text, _headers = service.get("/metrics")
+    return sum(
+        sample.value for family in text_string_to_metric_families(text) if family.name == "forecast_model_calls"
+        for sample in family.samples if sample.name.endswith("_total") and sample.labels["source"] == "socket"
+    )
+
+
+def _serve(socket_path: str) -> list[str]:
+    return [sys.executable, "-m", "forecasting_pipeline.cli", "serve", "--port", str(free_port()), "--socket", socket_path]
 
 
 def test_when_no_server_answers_then_the_run_loads_the_model_itself_and_says_why(
@@ -104,8 +121,7 @@ def test_when_the_socket_is_taken_then_a_second_server_refuses_to_start(model_se
     env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint)}
 
     second = subprocess.run(
-        [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", model_server.socket],
-        env=env, capture_output=True, text=True, timeout=120,
+        _serve(model_server.socket), env=env, capture_output=True, text=True, timeout=120,
     )
 
     assert second.returncode != 0
@@ -116,10 +132,7 @@ def test_when_the_socket_is_taken_then_a_second_server_refuses_to_start(model_se
 def test_when_the_server_is_stopped_then_it_removes_its_socket(server_url, tiny_checkpoint, tmp_path):
     socket_path = str(tmp_path / "s.sock")
     env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint), "CHRONOS2_DEVICE": "cpu"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", socket_path], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    server = subprocess.Popen(_serve(socket_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     describe(socket_path, wait_s=120)
     assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o600)
 
@@ -137,8 +150,7 @@ def test_when_the_socket_path_is_a_file_then_the_server_refuses_to_start_and_lea
     env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint)}
 
     refused = subprocess.run(
-        [sys.executable, "-m", "forecasting_pipeline.cli", "model-server", "--socket", str(precious)],
-        env=env, capture_output=True, text=True, timeout=120,
+        _serve(str(precious)), env=env, capture_output=True, text=True, timeout=120,
     )
 
     assert refused.returncode != 0

@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from forecasting_pipeline.forecasting.predict import MODEL_QUANTILE_LEVELS
 from forecasting_pipeline.heap import imports_without_collection
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ DEFAULT_MODEL_ID = "amazon/chronos-2"
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: written by `forecasting-pipeline init-model`; its forecasts mean nothing."
 
 # The published amazon/chronos-2 geometry (config.json): 119,477,664 parameters.
-_QUANTILES = [0.01] + [round(0.05 * i, 2) for i in range(1, 20)] + [0.99]
+_QUANTILES = list(MODEL_QUANTILE_LEVELS)
 _CHRONOS_CONFIG = {
     "context_length": 8192,
     "input_patch_size": 16,

@@ -1,14 +1,15 @@
-"""The model server: one long-lived process that keeps Chronos-2 loaded and forecasts for every run.
+"""The model server's socket: runs send their batch to the long-lived forecast service that keeps Chronos-2 loaded.
 
 Without it each run of a chain imports torch, transformers and chronos and loads the checkpoint
 before its first forecast, which costs more than the whole daily batch on a GPU (README:
-Performance). The server pays that once. A run (``Chronos2Runner`` with ``server_socket`` set) sends
-its batch over a Unix socket and gets the quantiles back; when no server answers, the run loads
-the model itself, as it would without one.
+Performance). The service (``forecasting-pipeline serve``) pays that once and answers here as well
+as over HTTP. A run (``Chronos2Runner`` with ``server_socket`` set) sends its batch over a Unix
+socket and gets the quantiles back; when no server answers, the run loads the model itself, as it
+would without one.
 
 Placement does not change: the server runs each request through the same
 ``Chronos2Runner.predict_here`` a run uses, so the GPU advisory lock, the free-memory test, the
-CPU fallback and the release of CUDA memory after each batch (gpu.py) apply per request. Only the
+CPU fallback and the release of CUDA memory after each batch (device.py) apply per request. Only the
 CPU copy of the model, and the imports, stay warm. Requests are served one at a time.
 
 Wire format, both ways: an 8-byte big-endian length and a UTF-8 JSON header, then an 8-byte length
@@ -22,11 +23,12 @@ import io
 import json
 import logging
 import os
-import signal
 import socket
 import socketserver
 import struct
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +62,10 @@ class ModelServerError(RuntimeError):
 
 class ProtocolError(ValueError):
     """A message that is not in the wire format."""
+
+
+class SocketPathTaken(RuntimeError):
+    """The socket path is a file, or another model server listens there."""
 
 
 # ---------------------------------------------------------------- wire format
@@ -196,6 +202,9 @@ def describe(socket_path: str, wait_s: float = 0.0) -> dict:
 
 # ---------------------------------------------------------------- server
 
+# Runs one batch for a socket request: (inputs, horizon, context_length) -> Prediction.
+PredictFn = Callable[[list[dict], int, int], Prediction]
+
 
 class _Handler(socketserver.BaseRequestHandler):
     server: _UnixServer
@@ -221,8 +230,9 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class _UnixServer(socketserver.UnixStreamServer):
-    def __init__(self, path: str, runner: Chronos2Runner) -> None:
+    def __init__(self, path: str, runner: Chronos2Runner, predict: PredictFn) -> None:
         self.runner = runner
+        self.predict = predict
         self.key = model_key(runner.model, runner.revision, runner.dtype)
         self.served = 0
         super().__init__(path, _Handler)
@@ -244,7 +254,7 @@ class _UnixServer(socketserver.UnixStreamServer):
         if wanted != self.key:
             return {"ok": False, "error": f"this server runs {self.key}, the run asked for {wanted}"}, None
         inputs = decode_inputs(header.get("covariates") or [], arrays)
-        done = self.runner.predict_here(inputs, int(header["horizon"]), int(header["context_length"]))
+        done = self.predict(inputs, int(header["horizon"]), int(header["context_length"]))
         device_run = replace(done.device_run, model_process=f"model server pid {os.getpid()} at {self.server_address}")
         self.served += 1
         reply = {
@@ -256,11 +266,43 @@ class _UnixServer(socketserver.UnixStreamServer):
         return reply, {"quantiles": done.quantiles}
 
 
-def serve(runner: Chronos2Runner, socket_path: str | Path) -> None:
-    """Load the model on the CPU, then answer requests at ``socket_path`` until SIGTERM or SIGINT."""
-    path = Path(socket_path)
+class SocketModelServer:
+    """The Unix-socket side of the forecast service: answers runs' batches in a thread of its own.
+
+    ``predict`` runs each batch; the service passes one that queues it behind the HTTP batches on
+    the process's single model worker, so a run and an HTTP batch never use the model at once.
+    """
+
+    def __init__(self, runner: Chronos2Runner, socket_path: str | Path, predict: PredictFn | None = None) -> None:
+        self.path = Path(socket_path)
+        claim_socket_path(self.path)
+        self._server = _UnixServer(str(self.path), runner, predict or runner.predict_here)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def served(self) -> int:
+        return self._server.served
+
+    def start(self) -> None:
+        """Answer requests from now on; connections made before this wait in the listen queue."""
+        self._thread = threading.Thread(target=self._server.serve_forever, name="model-socket", daemon=True)
+        self._thread.start()
+        logger.info("model server socket at %s (pid %d)", self.path, os.getpid())
+
+    def stop(self) -> None:
+        """Stop answering, close the socket and remove its file."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+        self.path.unlink(missing_ok=True)
+        logger.info("model server socket closed after %d batches", self._server.served)
+
+
+def claim_socket_path(path: Path) -> None:
+    """SocketPathTaken for a path that is a file or where a server listens; a dead server's socket is removed."""
     if path.exists() and not path.is_socket():
-        raise SystemExit(f"{path} exists and is not a socket: choose another path for the model server")
+        raise SocketPathTaken(f"{path} exists and is not a socket: choose another path for the model server")
     if path.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -268,31 +310,7 @@ def serve(runner: Chronos2Runner, socket_path: str | Path) -> None:
         except OSError:
             path.unlink()  # left by a server that died
         else:
-            raise SystemExit(f"a model server already listens at {path}")
+            raise SocketPathTaken(f"a model server already listens at {path}")
         finally:
             probe.close()
     path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    loaded = runner.load("cpu")
-    logger.info("loaded %s on the CPU in %.1fs", loaded.version, time.perf_counter() - started)
-    server = _UnixServer(str(path), runner)
-
-    def stop(signum, _frame) -> None:
-        # A second signal (Ctrl-C reaches `with-db` and this process alike) must not cut the clean-up short.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        logger.info("stopping on signal %d", signum)
-        # shutdown() waits for serve_forever to return, which runs in this thread: raise instead.
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    logger.info("serving at %s (pid %d)", path, os.getpid())
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        path.unlink(missing_ok=True)
-        logger.info("stopped after %d batches", server.served)

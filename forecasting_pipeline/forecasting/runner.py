@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -23,7 +24,7 @@ from forecasting_pipeline.forecasting.device import (
     run_on_device,
 )
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID, LoadedModel, ModelIdentity, load_chronos2
-from forecasting_pipeline.forecasting.predict import predict_quantiles
+from forecasting_pipeline.forecasting.predict import QUANTILE_LEVELS, predict_quantiles
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +112,26 @@ class Chronos2Runner:
             return replace(here, device_run=replace(here.device_run, model_process=f"this run ({exc})"))
 
     def predict_here(
-        self, inputs: list[dict], horizon: int, context_length: int, cuda: Cuda | None = None
+        self,
+        inputs: list[dict],
+        horizon: int,
+        context_length: int,
+        cuda: Cuda | None = None,
+        quantile_levels: Sequence[float] = QUANTILE_LEVELS,
+        sort: bool = True,
     ) -> Prediction:
-        """Load and run the model in this process on the chosen device, falling back to the CPU (``device``)."""
+        """Load and run the model in this process on the chosen device, falling back to the CPU (``device``).
+
+        ``quantile_levels`` and ``sort`` are those of ``predict.predict_quantiles``.
+        """
 
         def work(device: str) -> tuple[np.ndarray, LoadedModel, dict[str, float]]:
             started = time.perf_counter()
             loaded = self.load(device)
             loaded_at = time.perf_counter()
-            quantiles = predict_quantiles(loaded.pipeline, inputs, horizon, context_length, self.batch_size_for(device))
+            quantiles = predict_quantiles(
+                loaded.pipeline, inputs, horizon, context_length, self.batch_size_for(device), quantile_levels, sort
+            )
             timings = {"model_load_seconds": loaded_at - started, "predict_seconds": time.perf_counter() - loaded_at}
             return quantiles, loaded, timings
 

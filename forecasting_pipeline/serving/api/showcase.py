@@ -1,0 +1,148 @@
+"""The read endpoints: ``GET /showcase/ml-prediction`` (the gateway's), and what the dashboard reads besides.
+
+Everything here only reads: latest forecasts through ``latest_ml_predictions``, an instrument's
+last bars from the configured source, and the stored scores. A parameter that names nothing known
+gets a 400 listing the known values; any other malformed parameter a 400 with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from forecasting_pipeline.market.cadences import cadence_named
+from forecasting_pipeline.market.instruments import SYMBOL_PATTERN
+from forecasting_pipeline.serving.api.dependencies import Service, service
+from forecasting_pipeline.serving.api.errors import Refusal
+from forecasting_pipeline.serving.api.schemas import ErrorAnswer
+from forecasting_pipeline.serving.gateway import DEFAULT_MODEL, known_models
+from forecasting_pipeline.serving.showcase import instrument_listing, latest_rows, model_scores, recent_bars
+from forecasting_pipeline.storage.ml_predictions import TIMEFRAMES
+
+MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_BARS = 1000
+DEFAULT_BARS = 120
+
+router = APIRouter(tags=["showcase"], responses={400: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
+
+
+class LatestRow(BaseModel):
+    """One row of ``latest_ml_predictions``."""
+
+    symbol: str
+    timeframe: str
+    model_name: str
+    model_version: str | None
+    as_of: str | None
+    created_at: str
+    predictions: object
+
+
+@router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}})
+def ml_prediction(request: Request, found: Service = Depends(service)) -> JSONResponse:
+    """The latest forecast per symbol and timeframe of one model (default `kronos-base`), as the gateway's rows.
+
+    Query: `symbol`, `timeframe` (`1h`, `1d`) and `model`, each optional; an empty value counts as absent.
+    """
+    params = query(request, ("symbol", "timeframe", "model"))
+    symbol, timeframe, model = params["symbol"], params["timeframe"], params["model"]
+    _check_pattern("symbol", symbol, SYMBOL_PATTERN)
+    _check_pattern("model", model, MODEL_PATTERN)
+    if timeframe is not None and timeframe not in TIMEFRAMES:
+        raise Refusal(400, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}")
+    with found.database() as conn:
+        if model is not None:
+            models = known_models(conn)
+            if model not in models:
+                raise Refusal(400, "model", f"unknown model {model!r}; known models: {_listing(models)}")
+        rows = latest_rows(conn, model or DEFAULT_MODEL, timeframe, symbol)
+        if not rows and symbol is not None:
+            have = sorted({r["symbol"] for r in latest_rows(conn, model or DEFAULT_MODEL, timeframe, None)})
+            raise Refusal(400, "symbol", f"unknown symbol {symbol!r} for model {model or DEFAULT_MODEL!r}"
+                          + (f" at {timeframe!r}" if timeframe else "") + f"; known symbols: {_listing(have)}")
+    return JSONResponse(rows)
+
+
+@router.get("/showcase/instruments")
+def instruments(found: Service = Depends(service)) -> dict:
+    """The instrument universe, the timeframes, and the models that have stored forecasts."""
+    with found.database() as conn:
+        models = known_models(conn)
+    return {"instruments": instrument_listing(found.forecaster.instruments.values()), "timeframes": list(TIMEFRAMES),
+            "models": models, "default_model": DEFAULT_MODEL}
+
+
+@router.get("/showcase/bars")
+def bars(request: Request, found: Service = Depends(service)) -> dict:
+    """The last bars of an instrument up to its newest closed bar, from the configured market-data source."""
+    params = query(request, ("symbol", "timeframe", "limit"))
+    instrument, cadence = _instrument(found, params["symbol"]), _cadence(params["timeframe"])
+    limit = _limit(params["limit"])
+    try:
+        found_bars = recent_bars(found.forecaster.source, instrument, cadence, limit, found.forecaster.clock())
+    except ValueError as exc:
+        raise Refusal(503, "symbol", f"the market-data source cannot read {instrument.symbol}: {exc}") from None
+    return {"symbol": instrument.symbol, "timeframe": cadence.name, "calendar": instrument.calendar, "bars": found_bars}
+
+
+@router.get("/showcase/scores")
+def scores(request: Request, found: Service = Depends(service)) -> dict:
+    """Each model's latest scores for one instrument (``forecast_scores``), pooled over the horizon's steps."""
+    params = query(request, ("symbol", "timeframe"))
+    instrument, cadence = _instrument(found, params["symbol"]), _cadence(params["timeframe"])
+    with found.database() as conn:
+        return {"symbol": instrument.symbol, "timeframe": cadence.name,
+                "models": model_scores(conn, cadence.name, instrument.symbol)}
+
+
+def query(request: Request, allowed: tuple[str, ...]) -> Mapping[str, str | None]:
+    """The allowed parameters (empty means absent); 400 for an unknown or repeated one."""
+    unknown = sorted(set(request.query_params) - set(allowed))
+    if unknown:
+        raise Refusal(400, unknown[0], f"unknown parameter {unknown[0]!r}; this endpoint takes {', '.join(allowed)}")
+    out: dict[str, str | None] = {}
+    for name in allowed:
+        values = request.query_params.getlist(name)
+        if len(values) > 1:
+            raise Refusal(400, name, f"{name} is given {len(values)} times; give it once")
+        out[name] = values[0].strip() or None if values else None
+    return out
+
+
+def _check_pattern(name: str, value: str | None, pattern: re.Pattern) -> None:
+    if value is not None and not pattern.match(value):
+        raise Refusal(400, name, f"malformed {name} {value[:80]!r}: expected {pattern.pattern}")
+
+
+def _instrument(found: Service, symbol: str | None):
+    universe = found.forecaster.instruments
+    if symbol is None:
+        raise Refusal(400, "symbol", "symbol is required")
+    _check_pattern("symbol", symbol, SYMBOL_PATTERN)
+    if symbol not in universe:
+        raise Refusal(400, "symbol", f"unknown symbol {symbol!r}; known symbols: {', '.join(universe)}")
+    return universe[symbol]
+
+
+def _cadence(timeframe: str | None):
+    try:
+        return cadence_named(timeframe or "")
+    except ValueError:
+        raise Refusal(400, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}") from None
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_BARS
+    if not value.isdigit() or not 1 <= int(value) <= MAX_BARS:
+        raise Refusal(400, "limit", f"limit must be a whole number from 1 to {MAX_BARS}, got {value[:20]!r}")
+    return int(value)
+
+
+def _listing(names) -> str:
+    return ", ".join(names) if names else "(none: ml_predictions is empty)"
+

@@ -1,0 +1,243 @@
+"""The forecast service over real HTTP on loopback: `forecasting-pipeline serve` with the tiny Chronos-2 (conftest.py).
+
+Each refusal is checked for its status and the field it names; concurrency is checked through the
+service's own Prometheus counters; the answers are checked against the chain's domain functions on
+the same bars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from forecasting_pipeline.forecasting.runner import Chronos2Runner
+from forecasting_pipeline.forecasting.window_forecasts import forecast_windows
+from forecasting_pipeline.market.calendars import next_bar_closes
+from forecasting_pipeline.market.features import engineer_covariates
+from forecasting_pipeline.market.instruments import load_instruments, select_instruments
+from forecasting_pipeline.market.sources import SampleSource
+from forecasting_pipeline.market.sources.sample import sample_bars
+from forecasting_pipeline.storage.ml_predictions import prediction_rows
+from forecasting_pipeline_tests.conftest import SERVICE_ENV, SERVICE_TOKEN, http_json, start_service, stop_service
+
+CONTEXT = 64
+PREDICT = "/predict-chronos2"
+BATCH = "/predict-batch-chronos2"
+
+
+def _metric(service, family_name: str, sample_name: str, **labels) -> float:
+    _status, text, _headers = service.get("/metrics")
+    return sum(
+        sample.value for family in text_string_to_metric_families(text) if family.name == family_name
+        for sample in family.samples
+        if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _http_calls(service) -> float:
+    return _metric(service, "forecast_model_calls", "forecast_model_calls_total", source="http")
+
+
+def _http_series(service) -> float:
+    return _metric(service, "forecast_model_call_series", "forecast_model_call_series_sum", source="http")
+
+
+def _bars(symbol: str = "EURUSD", cadence: str = "1h", n: int = 100, end: datetime | None = None) -> list[dict]:
+    """Real-looking bars of one instrument (the sample source), as a client would send them."""
+    instrument = select_instruments(load_instruments(), [symbol])[0]
+    frame = sample_bars(instrument, cadence, end or datetime.fromisoformat("2026-03-02T15:00:00+00:00"), n)
+    return [{**row, "ts": row["ts"].isoformat()} for row in frame.drop("symbol").iter_rows(named=True)]
+
+
+def test_when_the_service_runs_then_health_readiness_metrics_and_docs_answer(service):
+    assert service.get("/healthz")[:2] == (200, {"status": "alive"})
+    status, ready, _ = service.get("/readyz")
+    assert status == 200 and ready["status"] == "ready" and ready["socket"] == service.socket
+    assert ready["model_version"].endswith("RANDOM-WEIGHTS")
+    status, page, _ = service.get("/docs")
+    assert status == 200 and "swagger" in page.lower()
+    status, spec, _ = service.get("/openapi.json")
+    assert {PREDICT, BATCH, "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert _metric(service, "forecast_batch_max_wait_seconds", "forecast_batch_max_wait_seconds") == 0.4
+    assert _metric(service, "forecast_batch_max_series", "forecast_batch_max_series") == 32
+    assert _metric(service, "forecast_model_ready", "forecast_model_ready") == 1
+
+
+def test_when_a_known_instrument_is_asked_then_the_answer_is_the_chain_forecast_of_the_same_bars(service, tiny_checkpoint):
+    status, answer, _ = service.post(PREDICT, {"symbol": "AAPL", "timeframe": "1d", "horizon": 10, "context_length": CONTEXT})
+
+    assert status == 200, answer
+    assert (answer["symbol"], answer["timeframe"], answer["model_name"], answer["device"]) == ("AAPL", "1d", "chronos-2", "cpu")
+    assert answer["model_version"].endswith("RANDOM-WEIGHTS") and answer["seconds"] > 0
+    # The chain's own functions on the bars up to the answer's as_of: the row it would store.
+    as_of = datetime.fromisoformat(answer["as_of"].replace("Z", "+00:00"))
+    instrument = select_instruments(load_instruments(), ["AAPL"])[0]
+    bars, _ = SampleSource().bars([instrument], "1d", as_of, CONTEXT)
+    result = forecast_windows(
+        {"w": engineer_covariates(bars)}, lambda s, a, n: next_bar_closes(instrument.calendar, "1d", a, n),
+        Chronos2Runner(model=str(tiny_checkpoint), device="cpu"), 10, CONTEXT,
+    )
+    (row,) = prediction_rows(result.forecasts["w"], "1d", result.prediction.model.version)
+    assert [list(step) for step in answer["predictions"]] == [list(step) for step in row.predictions]
+    for got, stored in zip(answer["predictions"], row.predictions, strict=True):
+        assert (got["step"], got["ts"]) == (stored["step"], stored["ts"])
+        assert [got[k] for k in ("p10", "p50", "p90", "close")] == pytest.approx(
+            [stored[k] for k in ("p10", "p50", "p90", "close")], rel=1e-6)
+
+
+def test_when_an_ad_hoc_series_is_sent_then_its_steps_fall_on_its_calendar_at_the_levels_asked(service):
+    bars = _bars("EURUSD", "1h", 100)
+
+    status, answer, _ = service.post(PREDICT, {
+        "bars": bars, "timeframe": "1h", "horizon": 30, "calendar": "24/5", "quantiles": [0.95, 0.05, 0.5],
+    })
+
+    assert status == 200, answer
+    assert answer["symbol"] is None
+    assert answer["as_of"].startswith(bars[-1]["ts"][:19])
+    expected_ts = next_bar_closes("24/5", "1h", datetime.fromisoformat(bars[-1]["ts"]), 30)
+    assert [step["ts"] for step in answer["predictions"]] == [t.isoformat() for t in expected_ts]
+    for step in answer["predictions"]:
+        assert list(step) == ["step", "ts", "p5", "p50", "p95", "close"]
+        assert step["p5"] <= step["p50"] <= step["p95"] and step["close"] == step["p50"]
+
+
+def test_when_eight_requests_arrive_together_then_they_share_model_calls(service):
+    calls, series = _http_calls(service), _http_series(service)
+    symbols = ["AAPL", "MSFT", "BTC-USD", "ETH-USD", "EURUSD", "GBPUSD", "SPX", "NDX"]
+
+    with ThreadPoolExecutor(len(symbols)) as pool:
+        answers = list(pool.map(
+            lambda s: service.post(PREDICT, {"symbol": s, "timeframe": "1d", "context_length": CONTEXT}), symbols))
+
+    assert [status for status, _, _ in answers] == [200] * len(symbols)
+    assert [answer["symbol"] for _, answer, _ in answers] == symbols
+    assert _http_series(service) - series == len(symbols)
+    assert _http_calls(service) - calls < len(symbols)
+    assert max(answer["batch_series"] for _, answer, _ in answers) > 1
+
+
+def _with(bars: list[dict], index: int, **changes) -> list[dict]:
+    return [dict(bar, **changes) if i == index else bar for i, bar in enumerate(bars)]
+
+
+def _adhoc(bars: list[dict], **extra) -> dict:
+    return {"bars": bars, "timeframe": "1h", "calendar": "24/5", **extra}
+
+
+GOOD = _bars("EURUSD", "1h", 100)
+
+BAD_REQUESTS = {
+    "unknown symbol": ({"symbol": "NOPE", "timeframe": "1d"}, "symbol", "unknown symbol 'NOPE'; known symbols: BTC-USD"),
+    "unknown timeframe": ({"symbol": "AAPL", "timeframe": "1w"}, "timeframe", "unknown timeframe '1w'; known timeframes: 1h, 1d"),
+    "horizon zero": ({"symbol": "AAPL", "timeframe": "1d", "horizon": 0}, "horizon", "greater than or equal to 1"),
+    "horizon too long": ({"symbol": "AAPL", "timeframe": "1d", "horizon": 1025}, "horizon", "less than or equal to 1024"),
+    "NaN close": (_adhoc(_with(GOOD, 70, close=math.nan)), "bars[70]", "non_finite"),
+    "infinite volume": (_adhoc(_with(GOOD, 3, volume=math.inf)), "bars[3]", "non_finite"),
+    "negative price": (_adhoc(_with(GOOD, 5, low=-1.0)), "bars[5]", "non_positive_price"),
+    "zero price": (_adhoc(_with(GOOD, 6, open=0.0)), "bars[6]", "non_positive_price"),
+    "unordered": (_adhoc(GOOD[:50] + [GOOD[60]] + GOOD[51:60] + GOOD[61:]), "bars[51].ts", "ascending time order"),
+    "duplicate timestamp": (_adhoc(GOOD[:40] + [GOOD[39]] + GOOD[40:]), "bars[40].ts", "duplicate timestamp"),
+    "too few bars": (_adhoc(GOOD[:20]), "bars", "short_history: 20 bars, fewer than min_history_bars=64"),
+    "too many bars": (_adhoc(_bars("BTC-USD", "1h", 1001)[:1001], calendar="24/7"), "bars", "1001 bars, over this service's limit of 1000"),
+    "context over the limit": ({"symbol": "AAPL", "timeframe": "1d", "context_length": 5000}, "context_length", "limit of 1000"),
+    "bars without calendar": ({"bars": GOOD, "timeframe": "1h"}, "calendar", "bars need the calendar"),
+    "unknown calendar": (_adhoc(GOOD, calendar="MARS"), "calendar", "unknown calendar 'MARS'"),
+    "calendar of a known instrument": ({"symbol": "AAPL", "timeframe": "1d", "calendar": "24/7"}, "calendar", "AAPL trades on XNAS"),
+    "quantile not a model level": ({"symbol": "AAPL", "timeframe": "1d", "quantiles": [0.1, 0.33]}, "quantiles", "[0.33] are not levels"),
+    "price not a number": (_adhoc(_with(GOOD, 2, close="high")), "bars[2].close", "valid number"),
+    "unexpected field": ({"symbol": "AAPL", "timeframe": "1d", "horizn": 5}, "horizn", "Extra inputs are not permitted"),
+    "neither symbol nor bars": ({"timeframe": "1d"}, "symbol", "give a known instrument's symbol, or bars"),
+}
+
+
+@pytest.mark.parametrize("body, field, reason", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_when_a_request_is_bad_then_422_names_the_field_and_the_reason(service, body, field, reason):
+    status, answer, _ = service.post(PREDICT, raw=json.dumps(body).encode())  # json.dumps writes NaN and Infinity
+
+    assert status == 422, answer
+    assert answer["errors"][0]["field"] == field
+    assert reason in answer["errors"][0]["reason"]
+
+
+def test_when_the_body_is_over_the_size_limit_then_413_before_it_is_read(service):
+    body = json.dumps(_adhoc(GOOD * 12)).encode()
+    assert len(body) > int(SERVICE_ENV["PREDICT_MAX_BODY_BYTES"])
+
+    status, answer, _ = service.post(PREDICT, raw=body)
+
+    assert status == 413
+    assert answer["errors"][0]["field"] == "body" and "over the limit of 200000" in answer["errors"][0]["reason"]
+
+
+def test_when_the_body_is_not_json_then_400_says_so(service):
+    status, answer, _ = service.post(PREDICT, raw=b'{"symbol": "AAPL",')
+
+    assert status == 400
+    assert answer["errors"][0]["field"] == "body" and answer["errors"][0]["reason"].startswith("not valid JSON")
+
+
+def test_when_a_batch_has_a_bad_item_then_it_gets_its_own_error_and_the_rest_share_one_model_call(service):
+    calls = _http_calls(service)
+    items = [
+        {"symbol": "AAPL", "timeframe": "1d", "context_length": CONTEXT},
+        {"symbol": "NOPE", "timeframe": "1d"},
+        _adhoc(_with(GOOD, 9, close=-3.0)),
+        {"symbol": "XAUUSD", "timeframe": "1d", "horizon": 5, "context_length": 80},
+        {"timeframe": "1h", "calendar": "24/5", "bars": GOOD, "symbol": "MY-FX"},
+    ]
+
+    status, answer, _ = service.post(BATCH, {"requests": items})
+
+    assert status == 200, answer
+    results = answer["results"]
+    assert [r.get("symbol") for r in results] == ["AAPL", None, None, "XAUUSD", "MY-FX"]
+    assert results[1] == {"index": 1, "status": 422, "errors": [{
+        "field": "requests[1].symbol", "reason": results[1]["errors"][0]["reason"]}]}
+    assert results[1]["errors"][0]["reason"].startswith("unknown symbol 'NOPE'")
+    assert results[2]["errors"][0]["field"] == "requests[2].bars[9]"
+    assert [len(results[i]["predictions"]) for i in (0, 3, 4)] == [10, 5, 24]
+    # Horizons of 10, 5 and 24 steps all fit in one or two 16-step patches: 10 and 5 share a call.
+    assert _http_calls(service) - calls == 2
+    assert results[0]["batch_series"] == results[3]["batch_series"] == 2
+
+
+def test_when_a_batch_has_too_many_items_then_422_names_the_limit(service):
+    status, answer, _ = service.post(BATCH, {"requests": [{"symbol": "AAPL", "timeframe": "1d"}] * 9})
+
+    assert status == 422
+    assert answer["errors"] == [{"field": "requests", "reason": "9 items, over this service's limit of 8"}]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": SERVICE_TOKEN},
+                                     {"Authorization": f"Basic {SERVICE_TOKEN}"}],
+                         ids=["no header", "wrong token", "no scheme", "other scheme"])
+def test_when_the_token_is_missing_or_wrong_then_401_and_the_token_is_never_shown(service, headers):
+    body = {"symbol": "AAPL", "timeframe": "1d", "context_length": CONTEXT}
+
+    status, answer, answer_headers = http_json("POST", service.url + PREDICT, body, headers)
+    batch_status, _, _ = http_json("POST", service.url + BATCH, {"requests": [body]}, headers)
+
+    assert (status, batch_status) == (401, 401)
+    assert answer == {"errors": [{"field": "Authorization", "reason": "a valid 'Bearer' token is required"}]}
+    assert answer_headers["www-authenticate"] == "Bearer"
+    assert service.post(PREDICT, body)[0] == 200
+    assert SERVICE_TOKEN not in service.log.read_text()
+    # Health, readiness and metrics need no token.
+    assert service.get("/healthz")[0] == service.get("/metrics")[0] == 200
+
+
+def test_when_no_token_is_configured_then_predictions_need_none(server_url, tiny_checkpoint, tmp_path):
+    open_service = start_service(server_url, tiny_checkpoint, tmp_path / "open.log", {"PREDICT_API_TOKEN": ""})
+    try:
+        status, answer, _ = open_service.post(PREDICT, {"symbol": "BTC-USD", "timeframe": "1h", "context_length": CONTEXT})
+    finally:
+        stop_service(open_service)
+
+    assert status == 200, answer
+    assert answer["as_of"] >= (datetime.now().astimezone() - timedelta(hours=2)).isoformat()[:13]
