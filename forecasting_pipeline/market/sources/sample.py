@@ -32,7 +32,7 @@ import polars as pl
 
 from forecasting_pipeline.market.calendars import bar_close_array, bar_duration
 from forecasting_pipeline.market.instruments import Instrument
-from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, TS_DTYPE, empty_bars, read_each
+from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, TS_DTYPE, BarSource, empty_bars, read_each
 from forecasting_pipeline.times import ONE_US, as_utc, epoch_us
 
 logger = logging.getLogger(__name__)
@@ -369,19 +369,13 @@ def _stable_seed(symbol: str, cadence: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-class SampleSource:
+class SampleSource(BarSource):
     """The synthetic source: every instrument's bars generated on its own calendar."""
 
     is_synthetic = True
 
     def describe(self) -> str:
         return SAMPLE_IS_SYNTHETIC_NOTE
-
-    def bars(
-        self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
-    ) -> tuple[pl.DataFrame, dict[str, str]]:
-        """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
-        return self.history(instruments, cadence, end, end, n_bars)
 
     def history(
         self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
