@@ -1,1 +1,0 @@
-"""Scoring stored forecasts against realised bars: baselines, losses, coverage, canaries and evaluation."""
