@@ -1,0 +1,1 @@
+"""PostgreSQL: connections, the ml_predictions and forecast_scores tables, the migration runner, the embedded server."""
