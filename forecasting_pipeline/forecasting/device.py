@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -366,42 +366,57 @@ def run_on_device(
     result, record
         What ``work`` returned and where it ran (peak GPU memory when CUDA ran to the end or OOMed).
     """
-    import torch
-
     cuda = cuda or TorchCuda()
     started = time.perf_counter()
     with ExitStack() as stack:
         plan = _plan(settings, cuda, database_url, stack)
         peak = None
         if plan.device == "cuda":
-            cuda.reset_peak_memory_stats()
-            oom: str | None = None
-            try:
-                result = cuda.run(lambda: work("cuda"))
-            except torch.cuda.OutOfMemoryError as exc:
-                oom = str(exc).splitlines()[0][:200] if str(exc) else "CUDA out of memory"
-            finally:
-                # After the except block, so an OOM traceback's frames (and their GPU tensors) are
-                # gone; on any other error too, so no model stays on the GPU once the lock is released.
-                peak = cuda.max_memory_allocated()
-                if release_cuda is not None:
-                    release_cuda()
-                gc.collect()
-                cuda.empty_cache()
+            result, peak, oom = _run_on_cuda(work, cuda, release_cuda)
             if oom is None:
-                return result, DeviceRun(
-                    settings.device, "cuda", False, plan.reason, time.perf_counter() - started,
-                    plan.lock_wait_seconds, peak, plan.free_bytes, plan.processes, lock_key=plan.lock_key,
-                )
+                return result, _device_run(settings, plan, started, peak)
             logger.warning("CUDA out of memory (%s); retrying the same batch on the CPU", oom)
-            plan = _Plan("cpu", True, f"CUDA out of memory: {oom}", plan.lock_wait_seconds, plan.free_bytes,
-                         plan.processes, plan.lock_key)
+            plan = replace(plan, device="cpu", fell_back=True, reason=f"CUDA out of memory: {oom}")
         # The CPU does not need the GPU lock: release it before the (long) CPU work.
         stack.close()
         result = work("cpu")
     if plan.fell_back:
         logger.warning("running on the CPU instead of the GPU: %s", plan.reason)
-    return result, DeviceRun(
-        settings.device, "cpu", plan.fell_back, plan.reason, time.perf_counter() - started,
+    return result, _device_run(settings, plan, started, peak)
+
+
+def _run_on_cuda(
+    work: Callable[[str], T], cuda: Cuda, release_cuda: Callable[[], None] | None
+) -> tuple[T | None, int, str | None]:
+    """Run ``work("cuda")`` and give its GPU memory back, whatever happens.
+
+    Returns what ``work`` returned (None after an out-of-memory error), the peak GPU memory in
+    bytes, and the out-of-memory error's first line, or None when there was none. Any other
+    error propagates, after the memory is given back.
+    """
+    import torch
+
+    cuda.reset_peak_memory_stats()
+    result = None
+    oom: str | None = None
+    try:
+        result = cuda.run(lambda: work("cuda"))
+    except torch.cuda.OutOfMemoryError as exc:
+        oom = str(exc).splitlines()[0][:200] if str(exc) else "CUDA out of memory"
+    finally:
+        # After the except block, so an OOM traceback's frames (and their GPU tensors) are
+        # gone; on any other error too, so no model stays on the GPU once the lock is released.
+        peak = cuda.max_memory_allocated()
+        if release_cuda is not None:
+            release_cuda()
+        gc.collect()
+        cuda.empty_cache()
+    return result, peak, oom
+
+
+def _device_run(settings: GpuSettings, plan: _Plan, started: float, peak: int | None) -> DeviceRun:
+    """The record of a run that followed ``plan`` and began at ``started`` (``time.perf_counter``)."""
+    return DeviceRun(
+        settings.device, plan.device, plan.fell_back, plan.reason, time.perf_counter() - started,
         plan.lock_wait_seconds, peak, plan.free_bytes, plan.processes, lock_key=plan.lock_key,
     )

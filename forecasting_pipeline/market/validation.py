@@ -407,54 +407,82 @@ def calendar_rules(
     ``actual``: the close times (``datetime64[us]``, UTC), ascending, at least one.
     """
     symbol, calendar = instrument.symbol, instrument.calendar
-    findings = []
     last = datetimes(actual[-1:])[0]
     try:
         expected_last = closes.last_at_or_before(end)
         behind = len(closes.between(last, end))
     except ValueError as error:
         return [Finding(symbol, None, "stale", EXCLUDED, f"the {calendar} calendar cannot place the window end: {error}")]
-    if behind > config.max_stale_bars:
-        findings.append(Finding(
-            symbol, last, "stale", EXCLUDED,
-            f"last bar closed at {last.isoformat()}, but the {calendar} calendar's last {cadence} close at or "
-            f"before the window end {end.isoformat()} is {expected_last.isoformat()}: {behind} bar(s) missing "
-            f"(max_stale_bars={config.max_stale_bars})",
-        ))
+    findings = _stale(instrument, cadence, end, config, last, expected_last, behind)
 
     first = datetimes(actual[:1])[0]
     try:
         expected = closes.between(first - timedelta(microseconds=1), last)
     except ValueError as error:
         return findings + [Finding(symbol, None, "calendar_gap", WARNED, f"gaps not checked: {error}")]
-    missing_mask = ~_sorted_isin(expected, actual)
+    findings += _off_calendar(instrument, cadence, actual, expected)
+    findings += _calendar_gaps(instrument, config, actual, expected)
+    return findings
+
+
+def _stale(
+    instrument: Instrument,
+    cadence: str,
+    end: datetime,
+    config: ValidationConfig,
+    last: datetime,
+    expected_last: datetime,
+    behind: int,
+) -> list[Finding]:
+    """An exclusion when more than ``max_stale_bars`` calendar closes follow the last bar up to ``end``."""
+    if behind <= config.max_stale_bars:
+        return []
+    return [Finding(
+        instrument.symbol, last, "stale", EXCLUDED,
+        f"last bar closed at {last.isoformat()}, but the {instrument.calendar} calendar's last {cadence} close at "
+        f"or before the window end {end.isoformat()} is {expected_last.isoformat()}: {behind} bar(s) missing "
+        f"(max_stale_bars={config.max_stale_bars})",
+    )]
+
+
+def _off_calendar(instrument: Instrument, cadence: str, actual: np.ndarray, expected: np.ndarray) -> list[Finding]:
+    """One warning counting the bars whose close is not one of the calendar's ``expected`` closes."""
     off = actual[~_sorted_isin(actual, expected)]
-    if len(off):
-        off_ts = datetimes(off)
-        findings.append(Finding(
-            symbol, off_ts[0], "off_calendar", WARNED,
-            f"{len(off)} bar(s) at times that are not {cadence} closes of the {calendar} calendar, "
-            f"first {off_ts[0].isoformat()}",
+    if not len(off):
+        return []
+    off_ts = datetimes(off)
+    return [Finding(
+        instrument.symbol, off_ts[0], "off_calendar", WARNED,
+        f"{len(off)} bar(s) at times that are not {cadence} closes of the {instrument.calendar} calendar, "
+        f"first {off_ts[0].isoformat()}",
+    )]
+
+
+def _calendar_gaps(
+    instrument: Instrument, config: ValidationConfig, actual: np.ndarray, expected: np.ndarray
+) -> list[Finding]:
+    """A warning per run of ``expected`` closes missing from ``actual``, and an exclusion when too many are."""
+    missing_mask = ~_sorted_isin(expected, actual)
+    if not missing_mask.any():
+        return []
+    symbol = instrument.symbol
+    gaps = []
+    for start, stop in _runs(missing_mask):
+        run = datetimes(expected[start:stop])
+        gaps.append(Finding(
+            symbol, run[0], "calendar_gap", WARNED,
+            f"{len(run)} bar(s) missing from {run[0].isoformat()} to {run[-1].isoformat()}; "
+            f"the {instrument.calendar} calendar expects them",
         ))
-    if missing_mask.any():
-        runs = _runs(missing_mask)
-        gaps = []
-        for start, stop in runs:
-            run = datetimes(expected[start:stop])
-            gaps.append(Finding(
-                symbol, run[0], "calendar_gap", WARNED,
-                f"{len(run)} bar(s) missing from {run[0].isoformat()} to {run[-1].isoformat()}; "
-                f"the {calendar} calendar expects them",
-            ))
-        findings += gaps[: config.max_findings_per_rule]
-        findings += _summary(symbol, "calendar_gap", WARNED, [g.ts for g in gaps], config, "gaps")
-        n_missing, n_expected = int(missing_mask.sum()), len(expected)
-        if n_missing > config.max_missing_fraction * n_expected:
-            findings.append(Finding(
-                symbol, None, "calendar_gap", EXCLUDED,
-                f"{n_missing} of {n_expected} expected bars missing ({n_missing / n_expected:.1%}), more than "
-                f"max_missing_fraction={config.max_missing_fraction:.0%}",
-            ))
+    findings = _capped(gaps, config)
+    findings += _summary(symbol, "calendar_gap", WARNED, [g.ts for g in gaps], config, "gaps")
+    n_missing, n_expected = int(missing_mask.sum()), len(expected)
+    if n_missing > config.max_missing_fraction * n_expected:
+        findings.append(Finding(
+            symbol, None, "calendar_gap", EXCLUDED,
+            f"{n_missing} of {n_expected} expected bars missing ({n_missing / n_expected:.1%}), more than "
+            f"max_missing_fraction={config.max_missing_fraction:.0%}",
+        ))
     return findings
 
 

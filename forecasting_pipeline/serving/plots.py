@@ -123,47 +123,9 @@ def forecast_fan_png(
         If ``forecasts`` is empty, a frame lacks a required column, or ``history_bars`` or
         ``ncols`` is below 1.
     """
-    if forecasts.height == 0:
-        raise ValueError("forecasts is empty: there is nothing to plot (expected at least one row per symbol)")
-    if history_bars < 1:
-        raise ValueError(f"history_bars must be at least 1, got {history_bars}")
-    _require_columns(forecasts, _FORECAST_COLUMNS, "forecasts")
-    _require_columns(history, _HISTORY_COLUMNS, "history")
-    has_overlay = overlay is not None and overlay.height > 0
-    if has_overlay:
-        _require_columns(overlay, _OVERLAY_COLUMNS, "overlay")
-
-    symbols = sorted(forecasts.get_column("symbol").unique().to_list())
-    history_by_symbol = _split_by_symbol(history.select(_HISTORY_COLUMNS).sort("ts"))
-    forecasts_by_symbol = _split_by_symbol(forecasts.sort("ts"))
-    overlay_by_symbol = _split_by_symbol(overlay.sort("ts")) if has_overlay else {}
-
-    ncols_used, nrows = _grid_shape(len(symbols), ncols)
-    fig = _new_figure(fan_figure_size(len(symbols), ncols))
-    _place_grid(fig, nrows, ncols_used, header_in=FAN_HEADER_IN, hspace=0.45, wspace=0.28)
-
-    drew_overlay = False
-    for index, symbol in enumerate(symbols):
-        ax = fig.add_subplot(nrows, ncols_used, index + 1)
-        drew_overlay |= _draw_fan_panel(
-            ax,
-            symbol,
-            history_by_symbol.get(symbol),
-            forecasts_by_symbol[symbol],
-            overlay_by_symbol.get(symbol),
-            history_bars,
-        )
-
-    handles = [
-        _line_handle(color=_CLOSE_COLOR, linewidth=1.0, label="close"),
-        _patch_handle(facecolor=_CHRONOS_COLOR, alpha=0.25, label="Chronos-2 p10-p90"),
-        _line_handle(color=_CHRONOS_COLOR, linewidth=1.3, label="Chronos-2 p50"),
-    ]
-    # The Kronos entry only appears when a dashed line was actually drawn somewhere.
-    if drew_overlay:
-        handles.append(_line_handle(color=_KRONOS_COLOR, linewidth=1.3, linestyle="--", label="Kronos p50"))
-    handles.append(_line_handle(color=_AS_OF_COLOR, linewidth=0.8, linestyle=":", label="as_of"))
-    _add_header(fig, title, handles, header_in=FAN_HEADER_IN)
+    overlay = _checked_fan_inputs(history, forecasts, overlay, history_bars)
+    fig, drew_overlay = _fan_figure(history, forecasts, overlay, history_bars, ncols)
+    _add_header(fig, title, _fan_legend_handles(drew_overlay), header_in=FAN_HEADER_IN)
     return _to_png(fig)
 
 
@@ -199,35 +161,7 @@ def rolling_scores_png(series: pl.DataFrame, title: str) -> bytes:
     models = sorted(series.get_column("model_name").unique().to_list())
     # A model keeps one colour in every panel, so the shared legend reads across all of them.
     colors = {model: _MODEL_COLORS[i % len(_MODEL_COLORS)] for i, model in enumerate(models)}
-
-    width_in, height_in = SCORES_PANEL_SIZE_IN
-    fig = _new_figure((width_in, len(metrics) * height_in + SCORES_HEADER_IN))
-    _place_grid(fig, len(metrics), 1, header_in=SCORES_HEADER_IN, hspace=0.35, wspace=0.0)
-
-    by_metric = series.sort("as_of").partition_by("metric", as_dict=True)
-    first_ax = None
-    for index, metric in enumerate(metrics):
-        ax = fig.add_subplot(len(metrics), 1, index + 1, sharex=first_ax)
-        if first_ax is None:
-            first_ax = ax
-        rows = by_metric[(metric,)]
-        for (model,), model_rows in sorted(rows.partition_by("model_name", as_dict=True).items()):
-            ax.plot(
-                model_rows.get_column("as_of").to_numpy(),
-                model_rows.get_column("value").to_numpy(),
-                color=colors[model],
-                linewidth=1.3,
-                marker="." if model_rows.height < 40 else None,
-                markersize=4,
-            )
-        level = reference_level(metric)
-        if level is not None:
-            ax.axhline(level, color=_AS_OF_COLOR, linewidth=0.9, linestyle="--")
-        ax.set_title(metric, fontsize=9, loc="left")
-        ax.grid(True, linewidth=0.3, alpha=0.6)
-        ax.tick_params(labelsize=8)
-        _concise_dates(ax, maxticks=8)
-
+    fig = _scores_figure(series, metrics, colors)
     handles = [_line_handle(color=colors[model], linewidth=1.3, label=model) for model in models]
     if any(reference_level(metric) is not None for metric in metrics):
         handles.append(_line_handle(color=_AS_OF_COLOR, linewidth=0.9, linestyle="--", label="reference"))
@@ -279,6 +213,63 @@ def png_markdown(png: bytes, alt: str) -> str:
     return f"![{safe_alt}](data:image/png;base64,{encoded})"
 
 
+def _checked_fan_inputs(
+    history: pl.DataFrame, forecasts: pl.DataFrame, overlay: pl.DataFrame | None, history_bars: int
+) -> pl.DataFrame | None:
+    """Raise ``ValueError`` on unusable fan inputs; return the overlay, or ``None`` when it has no rows."""
+    if forecasts.height == 0:
+        raise ValueError("forecasts is empty: there is nothing to plot (expected at least one row per symbol)")
+    if history_bars < 1:
+        raise ValueError(f"history_bars must be at least 1, got {history_bars}")
+    _require_columns(forecasts, _FORECAST_COLUMNS, "forecasts")
+    _require_columns(history, _HISTORY_COLUMNS, "history")
+    if overlay is None or overlay.height == 0:
+        return None
+    _require_columns(overlay, _OVERLAY_COLUMNS, "overlay")
+    return overlay
+
+
+def _fan_figure(
+    history: pl.DataFrame, forecasts: pl.DataFrame, overlay: pl.DataFrame | None, history_bars: int, ncols: int
+) -> tuple[Figure, bool]:
+    """Draw one fan panel per symbol, in sorted order; return the figure and whether an overlay line was drawn."""
+    symbols = sorted(forecasts.get_column("symbol").unique().to_list())
+    history_by_symbol = _split_by_symbol(history.select(_HISTORY_COLUMNS).sort("ts"))
+    forecasts_by_symbol = _split_by_symbol(forecasts.sort("ts"))
+    overlay_by_symbol = _split_by_symbol(overlay.sort("ts")) if overlay is not None else {}
+
+    ncols_used, nrows = _grid_shape(len(symbols), ncols)
+    fig = _new_figure(fan_figure_size(len(symbols), ncols))
+    _place_grid(fig, nrows, ncols_used, header_in=FAN_HEADER_IN, hspace=0.45, wspace=0.28)
+
+    drew_overlay = False
+    for index, symbol in enumerate(symbols):
+        ax = fig.add_subplot(nrows, ncols_used, index + 1)
+        drew_overlay |= _draw_fan_panel(
+            ax,
+            symbol,
+            history_by_symbol.get(symbol),
+            forecasts_by_symbol[symbol],
+            overlay_by_symbol.get(symbol),
+            history_bars,
+        )
+    return fig, drew_overlay
+
+
+def _fan_legend_handles(drew_overlay: bool) -> list:
+    """The fan's shared legend entries, in drawing order."""
+    handles = [
+        _line_handle(color=_CLOSE_COLOR, linewidth=1.0, label="close"),
+        _patch_handle(facecolor=_CHRONOS_COLOR, alpha=0.25, label="Chronos-2 p10-p90"),
+        _line_handle(color=_CHRONOS_COLOR, linewidth=1.3, label="Chronos-2 p50"),
+    ]
+    # The Kronos entry only appears when a dashed line was actually drawn somewhere.
+    if drew_overlay:
+        handles.append(_line_handle(color=_KRONOS_COLOR, linewidth=1.3, linestyle="--", label="Kronos p50"))
+    handles.append(_line_handle(color=_AS_OF_COLOR, linewidth=0.8, linestyle=":", label="as_of"))
+    return handles
+
+
 def _draw_fan_panel(
     ax,
     symbol: str,
@@ -294,16 +285,9 @@ def _draw_fan_panel(
     fc_ts = forecast.get_column("ts").to_numpy()
 
     if history is not None and history.height > 0:
-        # Compared as numpy datetime64 so history and forecasts need not share a time unit.
-        hist_ts = history.get_column("ts").to_numpy()
-        close = history.get_column("close").to_numpy()
-        before = np.flatnonzero(hist_ts <= as_of)[-history_bars:]
-        after = np.flatnonzero((hist_ts > as_of) & (hist_ts <= fc_ts.max()))
-        keep = np.concatenate([before, after])
-        ax.plot(hist_ts[keep], close[keep], color=_CLOSE_COLOR, linewidth=1.0)
+        _draw_closes(ax, history, as_of, fc_ts.max(), history_bars)
     else:
         logger.debug("No history for %s; its panel shows the forecast only", symbol)
-
     ax.fill_between(
         fc_ts,
         forecast.get_column("p10").to_numpy(),
@@ -313,22 +297,41 @@ def _draw_fan_panel(
         linewidth=0,
     )
     ax.plot(fc_ts, forecast.get_column("p50").to_numpy(), color=_CHRONOS_COLOR, linewidth=1.3)
-
-    drew_overlay = False
-    if overlay is not None:
-        if "as_of" in overlay.columns:
-            overlay = overlay.filter(pl.Series(overlay.get_column("as_of").to_numpy() == as_of))
-        if overlay.height > 0:
-            ax.plot(
-                overlay.get_column("ts").to_numpy(),
-                overlay.get_column("p50").to_numpy(),
-                color=_KRONOS_COLOR,
-                linewidth=1.3,
-                linestyle="--",
-            )
-            drew_overlay = True
-
+    drew_overlay = overlay is not None and _draw_overlay(ax, overlay, as_of)
     ax.axvline(as_of, color=_AS_OF_COLOR, linewidth=0.8, linestyle=":")
+    _style_fan_panel(ax, symbol)
+    return drew_overlay
+
+
+def _draw_closes(ax, history: pl.DataFrame, as_of, last_ts, history_bars: int) -> None:
+    """Plot the last ``history_bars`` closes at or before ``as_of`` and those after it up to ``last_ts``."""
+    # Compared as numpy datetime64 so history and forecasts need not share a time unit.
+    hist_ts = history.get_column("ts").to_numpy()
+    close = history.get_column("close").to_numpy()
+    before = np.flatnonzero(hist_ts <= as_of)[-history_bars:]
+    after = np.flatnonzero((hist_ts > as_of) & (hist_ts <= last_ts))
+    keep = np.concatenate([before, after])
+    ax.plot(hist_ts[keep], close[keep], color=_CLOSE_COLOR, linewidth=1.0)
+
+
+def _draw_overlay(ax, overlay: pl.DataFrame, as_of) -> bool:
+    """Plot the overlay's p50 dashed, only rows from the same ``as_of`` when it has one; return whether any."""
+    if "as_of" in overlay.columns:
+        overlay = overlay.filter(pl.Series(overlay.get_column("as_of").to_numpy() == as_of))
+    if overlay.height == 0:
+        return False
+    ax.plot(
+        overlay.get_column("ts").to_numpy(),
+        overlay.get_column("p50").to_numpy(),
+        color=_KRONOS_COLOR,
+        linewidth=1.3,
+        linestyle="--",
+    )
+    return True
+
+
+def _style_fan_panel(ax, symbol: str) -> None:
+    """Title, small ticks, a light grid and readable price and date labels for one fan panel."""
     ax.set_title(symbol, fontsize=9)
     ax.tick_params(labelsize=7, length=2, pad=1)
     ax.margins(x=0.01)
@@ -338,7 +341,42 @@ def _draw_fan_panel(
     ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     _concise_dates(ax, maxticks=4)
     ax.xaxis.get_offset_text().set_fontsize(6)
-    return drew_overlay
+
+
+def _scores_figure(series: pl.DataFrame, metrics: list[str], colors: dict[str, str]) -> Figure:
+    """Draw one panel per metric, stacked and sharing the time axis, one line per model."""
+    width_in, height_in = SCORES_PANEL_SIZE_IN
+    fig = _new_figure((width_in, len(metrics) * height_in + SCORES_HEADER_IN))
+    _place_grid(fig, len(metrics), 1, header_in=SCORES_HEADER_IN, hspace=0.35, wspace=0.0)
+
+    by_metric = series.sort("as_of").partition_by("metric", as_dict=True)
+    first_ax = None
+    for index, metric in enumerate(metrics):
+        ax = fig.add_subplot(len(metrics), 1, index + 1, sharex=first_ax)
+        if first_ax is None:
+            first_ax = ax
+        _draw_score_panel(ax, metric, by_metric[(metric,)], colors)
+    return fig
+
+
+def _draw_score_panel(ax, metric: str, rows: pl.DataFrame, colors: dict[str, str]) -> None:
+    """Plot one metric's rows, a line per model, with its reference level dashed where it has one."""
+    for (model,), model_rows in sorted(rows.partition_by("model_name", as_dict=True).items()):
+        ax.plot(
+            model_rows.get_column("as_of").to_numpy(),
+            model_rows.get_column("value").to_numpy(),
+            color=colors[model],
+            linewidth=1.3,
+            marker="." if model_rows.height < 40 else None,
+            markersize=4,
+        )
+    level = reference_level(metric)
+    if level is not None:
+        ax.axhline(level, color=_AS_OF_COLOR, linewidth=0.9, linestyle="--")
+    ax.set_title(metric, fontsize=9, loc="left")
+    ax.grid(True, linewidth=0.3, alpha=0.6)
+    ax.tick_params(labelsize=8)
+    _concise_dates(ax, maxticks=8)
 
 
 def _grid_shape(n_panels: int, ncols: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ import polars as pl
 
 from forecasting_pipeline.market.cadences import CADENCES
 from forecasting_pipeline.market.instruments import SYMBOL_PATTERN, Instrument
-from forecasting_pipeline.market.sources.schema import coerce_bars, read_each
+from forecasting_pipeline.market.sources.schema import BarSource, coerce_bars, read_each
 from forecasting_pipeline.times import as_utc
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def read_history_from_files(
     return bars.slice(max(0, before_first - n_bars))
 
 
-class FileSource:
+class FileSource(BarSource):
     """Bars from ``{root}/{cadence}/{SYMBOL}.parquet|csv`` files."""
 
     is_synthetic = False
@@ -151,12 +151,6 @@ class FileSource:
 
     def describe(self) -> str:
         return f"files under {self.root}"
-
-    def bars(
-        self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
-    ) -> tuple[pl.DataFrame, dict[str, str]]:
-        """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
-        return self.history(instruments, cadence, end, end, n_bars)
 
     def history(
         self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int

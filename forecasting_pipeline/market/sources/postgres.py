@@ -23,6 +23,7 @@ from forecasting_pipeline.market.cadences import CADENCES
 from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.sources.schema import (
     BAR_COLUMNS,
+    BarSource,
     coerce_bars,
     empty_bars,
 )
@@ -217,7 +218,7 @@ def _build_query(
     return query, params
 
 
-class TableSource:
+class TableSource(BarSource):
     """Bars from a PostgreSQL table, read for every instrument in one query.
 
     ``url`` is a secret (it may hold a password): it is never logged or shown.
@@ -231,12 +232,6 @@ class TableSource:
 
     def describe(self) -> str:
         return f"PostgreSQL table {self.table.qualified_name}"
-
-    def bars(
-        self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
-    ) -> tuple[pl.DataFrame, dict[str, str]]:
-        """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
-        return self.history(instruments, cadence, end, end, n_bars)
 
     def history(
         self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int

@@ -32,7 +32,7 @@ import polars as pl
 
 from forecasting_pipeline.market.calendars import bar_close_array, bar_duration
 from forecasting_pipeline.market.instruments import Instrument
-from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, TS_DTYPE, empty_bars, read_each
+from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, TS_DTYPE, BarSource, empty_bars, read_each
 from forecasting_pipeline.times import ONE_US, as_utc, epoch_us
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ _BARS_PER_YEAR: dict[tuple[str, str], float] = {
     ("24/5", "1h"): 260.0 * 24, ("24/5", "1d"): 260.0,
     ("exchange", "1h"): 252.0 * 6.5, ("exchange", "1d"): 252.0,
 }
+# Trading days per year, to turn bars per year into bars per day.
+_TRADING_DAYS_PER_YEAR: dict[str, float] = {"24/7": 365.25, "24/5": 260.0, "exchange": 252.0}
 
 
 def sample_bars(
@@ -179,45 +181,96 @@ def _full_series(
     if asset_class not in _PROFILES:
         raise ValueError(f"{symbol}: unknown asset_class {asset_class!r}; expected one of {list(_PROFILES)}")
     profile = _PROFILES[asset_class]
-    epoch = SAMPLE_EPOCHS[cadence]
     horizon = datetime(through_year, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
-    closes = bar_close_array(calendar, cadence, epoch, horizon).astype(np.int64)
+    closes = bar_close_array(calendar, cadence, SAMPLE_EPOCHS[cadence], horizon).astype(np.int64)
     n = len(closes)
-    # Every random quantity has its own generator, and each generator is used
-    # for exactly one draw: numpy's Generator then guarantees that the first
-    # k values of a length-N draw equal a length-k draw, which is what makes
-    # a bar independent of how far the series was generated.
-    seed = _stable_seed(symbol, cadence)
-    streams = [np.random.Generator(np.random.PCG64([seed, k])) for k in range(6)]
-    params = np.random.Generator(np.random.PCG64([seed, 99])).random(3)
+    streams, params = _generators(symbol, cadence)
 
-    kind = calendar if calendar in ("24/7", "24/5") else "exchange"
-    bars_per_year = _BARS_PER_YEAR[(kind, cadence)]
-    bar_vol = profile.annual_vol / math.sqrt(bars_per_year)
-
-    # Volatility clustering: log-volatility is exponentially smoothed Gaussian
-    # noise (an AR(1)), rescaled to unit variance; memory of ~2 weeks.
-    halflife_bars = 10.0 * bars_per_year / 252.0
-    alpha = 1.0 - 0.5 ** (1.0 / halflife_bars)
-    # Start from the stationary distribution so the epoch is not special.
-    stationary_sd = math.sqrt(alpha / (2.0 - alpha))
-    vol_noise = streams[0].standard_normal(n + 1)
-    smoothed = _ewm(vol_noise[1:], alpha, initial=vol_noise[0] * stationary_sd)
-    smoothed = smoothed / stationary_sd
-    vol_of_vol = 0.45
-    sigma = bar_vol * np.exp(vol_of_vol * smoothed - 0.5 * vol_of_vol**2)
-
+    scale = _bar_scale(profile, calendar, cadence)
+    smoothed, sigma = _clustered_volatility(streams[0], n, scale)
+    bar_lengths = _bar_lengths(closes, cadence)
     # A short bar (the final part-hour of an exchange session) moves less;
     # variance scales with time. Bars after a pause count as full length.
-    nominal = bar_duration(cadence) / ONE_US
-    spacing = np.diff(closes, prepend=closes[0] - int(nominal))
-    sigma = sigma * np.sqrt(np.minimum(spacing / nominal, 1.0))
-
+    sigma = sigma * np.sqrt(np.minimum(bar_lengths, 1.0))
     # Fat-tailed shocks: Student-t with 5 degrees of freedom, unit variance.
     shocks = streams[1].standard_t(5, n) * math.sqrt(3.0 / 5.0) * sigma
 
-    # Slow mean reversion of log price around a trending anchor keeps levels
-    # plausible over years without removing short-term randomness.
+    log_close = _log_closes(symbol, profile, closes, shocks, scale.bars_per_year, params)
+    log_open = _log_opens(log_close, shocks, sigma, bar_lengths, streams[2])
+    log_high, log_low = _log_wicks(log_open, log_close, sigma, streams[3], streams[4])
+    log_volume = _log_volumes(symbol, profile, scale, log_open, log_close, smoothed, streams[5], params[2])
+    columns = _price_columns(log_open, log_high, log_low, log_close, log_volume)
+    for values in (closes, *columns.values()):
+        values.flags.writeable = False
+    logger.debug("generated %d synthetic %s bars for %s through %d", n, cadence, symbol, through_year)
+    return closes, columns
+
+
+def _generators(symbol: str, cadence: str) -> tuple[list[np.random.Generator], np.ndarray]:
+    """Six independent generators, one per random series, and three uniform series parameters.
+
+    Every random quantity has its own generator, and each generator is used
+    for exactly one draw: numpy's Generator then guarantees that the first
+    k values of a length-N draw equal a length-k draw, which is what makes
+    a bar independent of how far the series was generated.
+    """
+    seed = _stable_seed(symbol, cadence)
+    streams = [np.random.Generator(np.random.PCG64([seed, k])) for k in range(6)]
+    params = np.random.Generator(np.random.PCG64([seed, 99])).random(3)
+    return streams, params
+
+
+@dataclass(frozen=True)
+class _BarScale:
+    kind: str  # "24/7", "24/5" or "exchange": which trading week the calendar follows
+    bars_per_year: float
+    bar_vol: float  # typical volatility of one bar's log return
+
+
+def _bar_scale(profile: _ClassProfile, calendar: str, cadence: str) -> _BarScale:
+    """How many bars a year holds on this calendar and cadence, and how much one bar moves."""
+    kind = calendar if calendar in ("24/7", "24/5") else "exchange"
+    bars_per_year = _BARS_PER_YEAR[(kind, cadence)]
+    return _BarScale(kind, bars_per_year, profile.annual_vol / math.sqrt(bars_per_year))
+
+
+def _clustered_volatility(stream: np.random.Generator, n: int, scale: _BarScale) -> tuple[np.ndarray, np.ndarray]:
+    """The smoothed unit-variance log-volatility noise and the per-bar volatility it drives, each shape ``(n,)``.
+
+    Log-volatility is exponentially smoothed Gaussian noise (an AR(1)),
+    rescaled to unit variance, with a memory of about two weeks.
+    """
+    halflife_bars = 10.0 * scale.bars_per_year / 252.0
+    alpha = 1.0 - 0.5 ** (1.0 / halflife_bars)
+    # Start from the stationary distribution so the epoch is not special.
+    stationary_sd = math.sqrt(alpha / (2.0 - alpha))
+    vol_noise = stream.standard_normal(n + 1)
+    smoothed = _ewm(vol_noise[1:], alpha, initial=vol_noise[0] * stationary_sd)
+    smoothed = smoothed / stationary_sd
+    vol_of_vol = 0.45
+    return smoothed, scale.bar_vol * np.exp(vol_of_vol * smoothed - 0.5 * vol_of_vol**2)
+
+
+def _bar_lengths(closes: np.ndarray, cadence: str) -> np.ndarray:
+    """Time since the previous bar close, in nominal bars; the first bar counts as one."""
+    nominal = bar_duration(cadence) / ONE_US
+    spacing = np.diff(closes, prepend=closes[0] - int(nominal))
+    return spacing / nominal
+
+
+def _log_closes(
+    symbol: str,
+    profile: _ClassProfile,
+    closes: np.ndarray,
+    shocks: np.ndarray,
+    bars_per_year: float,
+    params: np.ndarray,
+) -> np.ndarray:
+    """Log close prices: a slow mean reversion of the shocks around a trending anchor.
+
+    The reversion keeps levels plausible over years without removing
+    short-term randomness.
+    """
     reversion_alpha = 1.0 - 0.5 ** (1.0 / bars_per_year)
     deviation = _ewm(shocks, reversion_alpha, initial=0.0) / reversion_alpha
     years = (closes - epoch_us(_REFERENCE_DATE)) / 1e6 / _SECONDS_PER_YEAR
@@ -226,31 +279,67 @@ def _full_series(
     if level is None:
         low, high = profile.default_level
         level = math.exp(math.log(low) + (math.log(high) - math.log(low)) * params[1])
-    log_close = math.log(level) + drift * years + deviation
+    return math.log(level) + drift * years + deviation
 
-    # Open sits near the previous close: a small gap, larger after a long
-    # pause in trading (overnight, weekend) because news arrives meanwhile.
-    pause_bars = np.maximum(spacing / nominal, 1.0)
+
+def _log_opens(
+    log_close: np.ndarray,
+    shocks: np.ndarray,
+    sigma: np.ndarray,
+    bar_lengths: np.ndarray,
+    stream: np.random.Generator,
+) -> np.ndarray:
+    """Log open prices near the previous close.
+
+    The gap is small, and larger after a long pause in trading (overnight,
+    weekend) because news arrives meanwhile.
+    """
+    pause_bars = np.maximum(bar_lengths, 1.0)
     gap_scale = sigma * np.where(pause_bars > 1.5, 0.5 * np.sqrt(np.minimum(pause_bars, 100.0)) / 3.0, 0.1)
-    log_open = np.concatenate(([log_close[0] - shocks[0]], log_close[:-1])) + gap_scale * streams[2].standard_normal(n)
+    previous = np.concatenate(([log_close[0] - shocks[0]], log_close[:-1]))
+    return previous + gap_scale * stream.standard_normal(len(log_close))
 
-    # Wicks beyond the body, half-normal with the bar's volatility.
-    upper = np.abs(streams[3].standard_normal(n)) * 0.6 * sigma
-    lower = np.abs(streams[4].standard_normal(n)) * 0.6 * sigma
-    log_high = np.maximum(log_open, log_close) + upper
-    log_low = np.minimum(log_open, log_close) - lower
 
-    # Volume rises with the size of the move relative to its usual size.
-    daily_volume = _REFERENCE_VOLUMES.get(symbol, profile.daily_volume) * (0.5 + params[2])
-    bars_per_day = bars_per_year / (252.0 if kind == "exchange" else (260.0 if kind == "24/5" else 365.25))
-    move = np.abs(log_close - log_open) / bar_vol
-    log_volume = (
+def _log_wicks(
+    log_open: np.ndarray,
+    log_close: np.ndarray,
+    sigma: np.ndarray,
+    upper_stream: np.random.Generator,
+    lower_stream: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log highs and lows: wicks beyond the body, half-normal with the bar's volatility."""
+    n = len(log_close)
+    upper = np.abs(upper_stream.standard_normal(n)) * 0.6 * sigma
+    lower = np.abs(lower_stream.standard_normal(n)) * 0.6 * sigma
+    return np.maximum(log_open, log_close) + upper, np.minimum(log_open, log_close) - lower
+
+
+def _log_volumes(
+    symbol: str,
+    profile: _ClassProfile,
+    scale: _BarScale,
+    log_open: np.ndarray,
+    log_close: np.ndarray,
+    smoothed: np.ndarray,
+    stream: np.random.Generator,
+    volume_param: float,
+) -> np.ndarray:
+    """Log volumes, rising with the size of the move relative to its usual size and with volatility."""
+    daily_volume = _REFERENCE_VOLUMES.get(symbol, profile.daily_volume) * (0.5 + volume_param)
+    bars_per_day = scale.bars_per_year / _TRADING_DAYS_PER_YEAR[scale.kind]
+    move = np.abs(log_close - log_open) / scale.bar_vol
+    return (
         math.log(daily_volume / bars_per_day)
         + 0.35 * move
-        + 0.3 * streams[5].standard_normal(n)
+        + 0.3 * stream.standard_normal(len(log_close))
         + 0.4 * smoothed
     )
 
+
+def _price_columns(
+    log_open: np.ndarray, log_high: np.ndarray, log_low: np.ndarray, log_close: np.ndarray, log_volume: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The OHLCV arrays from their logs, with high and low pinned to bound open and close."""
     columns = {
         "open": np.exp(log_open),
         "high": np.exp(log_high),
@@ -262,11 +351,7 @@ def _full_series(
     # rounding can differ in the last bit; pin the invariant exactly.
     columns["high"] = np.maximum(columns["high"], np.maximum(columns["open"], columns["close"]))
     columns["low"] = np.minimum(columns["low"], np.minimum(columns["open"], columns["close"]))
-    for values in columns.values():
-        values.flags.writeable = False
-    closes.flags.writeable = False
-    logger.debug("generated %d synthetic %s bars for %s through %d", n, cadence, symbol, through_year)
-    return closes, columns
+    return columns
 
 
 def _ewm(values: np.ndarray, alpha: float, initial: float) -> np.ndarray:
@@ -284,21 +369,13 @@ def _stable_seed(symbol: str, cadence: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-
-
-class SampleSource:
+class SampleSource(BarSource):
     """The synthetic source: every instrument's bars generated on its own calendar."""
 
     is_synthetic = True
 
     def describe(self) -> str:
         return SAMPLE_IS_SYNTHETIC_NOTE
-
-    def bars(
-        self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
-    ) -> tuple[pl.DataFrame, dict[str, str]]:
-        """The last ``n_bars`` bars closed at or before ``end`` per instrument (see ``BarSource``)."""
-        return self.history(instruments, cadence, end, end, n_bars)
 
     def history(
         self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int

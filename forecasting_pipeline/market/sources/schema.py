@@ -170,8 +170,12 @@ class BarSource(Protocol):
     def bars(
         self, instruments: Sequence[Instrument], cadence: str, end: datetime, n_bars: int
     ) -> tuple[pl.DataFrame, dict[str, str]]:
-        """The last ``n_bars`` bars closed at or before ``end`` for each instrument."""
-        ...
+        """The last ``n_bars`` bars closed at or before ``end`` for each instrument.
+
+        One window is the case ``first_end == last_end`` of ``history``; a source that subclasses
+        ``BarSource`` inherits this and writes ``history`` only.
+        """
+        return self.history(instruments, cadence, end, end, n_bars)
 
     def history(
         self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
