@@ -23,10 +23,10 @@ from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT
 # with-db` and the other light commands read settings without loading them.
 if TYPE_CHECKING:
     from forecasting_pipeline.forecasting.runner import Chronos2Runner
+    from forecasting_pipeline.market.sources import BarSource
     from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
     from forecasting_pipeline.orchestration.partitions import Windows
     from forecasting_pipeline.orchestration.placement import GpuPlacement
-    from forecasting_pipeline.market.sources import BarSource
     from forecasting_pipeline.orchestration.resources import Chronos2Resource
     from forecasting_pipeline.serving.api.config import ServiceConfig
 

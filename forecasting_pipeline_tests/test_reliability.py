@@ -70,6 +70,14 @@ def user_error(result, step_key) -> str:
     return error.message
 
 
+def _restarted(pgserver, pgdata):
+    """The server in ``pgdata`` started again, or None while the stopped one is still shutting down."""
+    try:
+        return pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception:  # noqa: BLE001 - pgserver raises a bare Exception while the old postmaster exits
+        return None
+
+
 def wait_for(predicate, timeout_s=60.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -556,7 +564,7 @@ def test_when_the_server_stops_mid_write_then_after_restart_the_window_is_absent
     writer_thread.join()
     blocker.close()
 
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = wait_for(lambda: _restarted(pgserver, pgdata))
     try:
         with psycopg.connect(url, autocommit=True) as c:
             after_restart = chronos_rows(c)

@@ -45,27 +45,27 @@ class Rejection:
         return f"{self.window}: {self.symbol}: {self.message}"
 
 
-def _input_problem(frame: pl.DataFrame) -> str | None:
+def _input_problem(frame: pl.DataFrame, wide: dict[str, np.ndarray], narrow: dict[str, np.ndarray]) -> str | None:
     """Why one instrument's context cannot go to the model, or None.
 
-    The model computes in float32. A finite float64 beyond its range (about 3.4e38) becomes
-    infinite there, and with chronos-forecasting 2.3.2 one infinite value turns every series of
-    the batch into NaN, so the instrument must be left out before the call, not after it.
+    ``wide`` holds the context's columns as stored (float64), ``narrow`` as the model reads them
+    (float32). A finite float64 beyond float32's range (about 3.4e38) becomes infinite there, and
+    with chronos-forecasting 2.3.2 one infinite value turns every series of the batch into NaN, so
+    the instrument must be left out before the call, not after it.
     """
     for name in ("close", *COVARIATE_COLUMNS):
-        wide = frame[name].to_numpy()
-        with np.errstate(over="ignore", invalid="ignore"):
-            bad = ~np.isfinite(wide.astype(np.float32))
-        overflow = bad & np.isfinite(wide)
+        bad = ~np.isfinite(narrow[name])
+        if not bad.any():
+            continue
+        overflow = bad & np.isfinite(wide[name])
         if overflow.any():
             i = int(np.argmax(overflow))
             bar = frame["ts"][i].isoformat()
-            return f"{name} {wide[i]:.6g} at bar {bar} is beyond float32, in which the model computes (max 3.4e38)"
+            return f"{name} {wide[name][i]:.6g} at bar {bar} is beyond float32, in which the model computes (max 3.4e38)"
         if name == "close" and bad.all():
             # The model returns values near 0 for an all-NaN target instead of failing.
             return "the close has no finite value in the context"
-        if bad.any():
-            return f"non-finite {name} at bar {frame['ts'][int(np.argmax(bad))].isoformat()}"
+        return f"non-finite {name} at bar {frame['ts'][int(np.argmax(bad))].isoformat()}"
     return None
 
 
@@ -80,25 +80,25 @@ def usable_model_inputs(
         ``inputs[i]`` is ``{"target": (T,), "past_covariates": {name: (T,)}}`` with T <= context_length,
         float32; ``keys[i]`` says whose it is, with ``as_of`` the close time of its last bar.
         ``rejected`` names each instrument left out and why (``_input_problem``).
+        Instruments come in symbol order.
     """
     if context_length < 1:
         raise ValueError(f"context_length must be positive, got {context_length}")
     keys: list[SeriesKey] = []
     inputs: list[dict] = []
     rejected: list[Rejection] = []
-    for (symbol,), frame in covariates.sort("symbol", "ts").group_by("symbol", maintain_order=True):
-        frame = frame.tail(context_length)
-        problem = _input_problem(frame)
+    for frame in sorted(covariates.partition_by("symbol", maintain_order=True), key=lambda f: f["symbol"][0]):
+        frame = (frame if frame["ts"].is_sorted() else frame.sort("ts")).tail(context_length)
+        symbol = frame["symbol"][0]
+        wide = {name: frame[name].to_numpy() for name in ("close", *COVARIATE_COLUMNS)}
+        with np.errstate(over="ignore", invalid="ignore"):
+            narrow = {name: values.astype(np.float32) for name, values in wide.items()}
+        problem = _input_problem(frame, wide, narrow)
         if problem is not None:
             rejected.append(Rejection(window, symbol, "model_input", problem))
             continue
         keys.append(SeriesKey(window, symbol, frame["ts"][-1]))
-        inputs.append(
-            {
-                "target": frame["close"].to_numpy().astype(np.float32),
-                "past_covariates": {name: frame[name].to_numpy().astype(np.float32) for name in COVARIATE_COLUMNS},
-            }
-        )
+        inputs.append({"target": narrow["close"], "past_covariates": {name: narrow[name] for name in COVARIATE_COLUMNS}})
     return keys, inputs, rejected
 
 

@@ -114,26 +114,46 @@ def receive_message(sock: socket.socket) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
-def encode_inputs(inputs: list[dict]) -> tuple[list[list[str]], dict[str, np.ndarray]]:
-    """Model inputs (forecasting.model_inputs) as covariate names per series plus named arrays."""
-    names, arrays = [], {}
+def encode_inputs(inputs: list[dict]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Model inputs (``forecasting.inputs``) as their covariate names and a few flat arrays.
+
+    One array per variate holds every series end to end, with the series' lengths beside them: a
+    backfill run sends thousands of series, and an archive entry per series costs more to write
+    and read than the values themselves. One model call takes one set of covariates, so every
+    series must have the same names.
+    """
+    names = list(inputs[0].get("past_covariates", {})) if inputs else []
     for i, series in enumerate(inputs):
-        arrays[f"t{i}"] = np.asarray(series["target"])
-        covariates = series.get("past_covariates", {})
-        names.append(list(covariates))
-        for j, values in enumerate(covariates.values()):
-            arrays[f"c{i}_{j}"] = np.asarray(values)
+        if list(series.get("past_covariates", {})) != names:
+            raise ValueError(f"series {i} has covariates {list(series.get('past_covariates', {}))}, the first {names}")
+    arrays = {
+        "lengths": np.array([len(series["target"]) for series in inputs], dtype=np.int64),
+        "target": _joined([series["target"] for series in inputs]),
+    }
+    for j, name in enumerate(names):
+        arrays[f"covariate_{j}"] = _joined([series["past_covariates"][name] for series in inputs])
     return names, arrays
 
 
-def decode_inputs(covariate_names: list[list[str]], arrays: dict[str, np.ndarray]) -> list[dict]:
+def decode_inputs(covariate_names: list[str], arrays: dict[str, np.ndarray]) -> list[dict]:
+    """The inputs ``encode_inputs`` sent; ProtocolError when the arrays do not add up."""
     try:
-        return [
-            {"target": arrays[f"t{i}"], "past_covariates": {name: arrays[f"c{i}_{j}"] for j, name in enumerate(names)}}
-            for i, names in enumerate(covariate_names)
-        ]
+        lengths, target = arrays["lengths"], arrays["target"]
+        covariates = [arrays[f"covariate_{j}"] for j in range(len(covariate_names))]
     except KeyError as exc:
         raise ProtocolError(f"payload lacks array {exc}") from None
+    total = int(lengths.sum()) if len(lengths) else 0
+    if (lengths < 0).any() or any(len(values) != total for values in (target, *covariates)):
+        raise ProtocolError(f"payload's arrays do not hold the {total} values its lengths add up to")
+    bounds = np.concatenate(([0], np.cumsum(lengths)))
+    return [
+        {"target": target[a:b], "past_covariates": {name: values[a:b] for name, values in zip(covariate_names, covariates)}}
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())
+    ]
+
+
+def _joined(values: list) -> np.ndarray:
+    return np.concatenate([np.asarray(v) for v in values]) if values else np.empty(0, dtype=np.float32)
 
 
 def model_key(model: str, revision: str | None, dtype: str) -> dict[str, str | None]:

@@ -15,9 +15,9 @@ from forecasting_pipeline.heap import imports_without_collection
 # Every process that opens this instance (runs, the daemon, the webserver) has just imported
 # Dagster, SQLAlchemy and alembic to get here, and keeps them (heap.py says why this saves time).
 with imports_without_collection():
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
     from dagster import DagsterEventType
     from dagster._core.storage.event_log import SqlEventLogStorageTable
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
     from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
 # Connections beyond the held one while threads (the daemon's, the webserver's) overlap.
@@ -71,13 +71,18 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         """Planned materialisations in one insert, as dagster-postgres already stores materialisations.
 
         A backfill run plans one materialisation per window of each asset before it starts, and
-        dagster-postgres stores a batch of them one event at a time. The rows are the same; the
-        asset table records each asset's last planned event, as storing them singly would leave it.
+        dagster-postgres stores a batch of them (mixed with the run's planned checks) one event at
+        a time. The rows are the same; the asset table records each asset's last planned event, as
+        storing them singly would leave it. Other events of the batch go the usual way.
         """
-        kinds = {event.get_dagster_event().event_type for event in events}
-        if kinds != {DagsterEventType.ASSET_MATERIALIZATION_PLANNED}:
-            super().store_event_batch(events)
-            return
+        planned = [e for e in events if e.get_dagster_event().event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED]
+        others = [e for e in events if e.get_dagster_event().event_type != DagsterEventType.ASSET_MATERIALIZATION_PLANNED]
+        if planned:
+            self._store_planned_batch(planned)
+        if others:
+            super().store_event_batch(others)
+
+    def _store_planned_batch(self, events) -> None:
         with self._connect() as conn:
             inserted = conn.execute(self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id))
             event_ids = [int(row[0]) for row in inserted.fetchall()]

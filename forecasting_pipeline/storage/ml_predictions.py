@@ -23,12 +23,16 @@ MODEL_NAME = "chronos-2"
 KRONOS_MODEL_NAME = "kronos-base"
 TIMEFRAMES = ("1h", "1d")
 
-# One statement per window, its rows passed as arrays: a round trip per window rather than per row.
+# A run's rows are copied into a temporary table, then upserted by one statement: COPY carries
+# thousands of JSON documents at a fraction of the cost of the same values as query parameters.
+_INCOMING = """
+CREATE TEMP TABLE incoming_predictions (
+    symbol TEXT, timeframe TEXT, model_name TEXT, model_version TEXT, as_of TIMESTAMPTZ, predictions TEXT
+) ON COMMIT DROP
+"""
 _UPSERT = """
 INSERT INTO ml_predictions (symbol, timeframe, model_name, model_version, as_of, predictions, created_at)
-SELECT r.symbol, r.timeframe, r.model_name, r.model_version, r.as_of, r.predictions::jsonb, now()
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
-    AS r(symbol, timeframe, model_name, model_version, as_of, predictions)
+SELECT symbol, timeframe, model_name, model_version, as_of, predictions::jsonb, now() FROM incoming_predictions
 ON CONFLICT (symbol, timeframe, model_name, as_of)
 DO UPDATE SET predictions = EXCLUDED.predictions,
               model_version = EXCLUDED.model_version,
@@ -100,7 +104,11 @@ def upsert_windows(conn: psycopg.Connection, rows_of: Mapping[str | None, Sequen
             # window before: one statement may not update a row twice, so the later window's row
             # stands for both, as writing the windows one after the other would leave it.
             latest = {(row.symbol, row.timeframe, row.model_name, row.as_of): row for row in rows}
-            cur.execute(_UPSERT, [list(column) for column in zip(*(row.params() for row in latest.values()))])
+            cur.execute(_INCOMING)
+            with cur.copy("COPY incoming_predictions FROM STDIN") as copy:
+                for row in latest.values():
+                    copy.write_row(row.params())
+            cur.execute(_UPSERT)
     return {window: len(window_rows) for window, window_rows in rows_of.items()}
 
 

@@ -11,7 +11,13 @@ from forecasting_pipeline.forecasting.on_demand import InputProblem, SeriesReque
 from forecasting_pipeline.serving.api.dependencies import Service, ready_service, require_token
 from forecasting_pipeline.serving.api.errors import Refusal
 from forecasting_pipeline.serving.api.forecaster import ItemRefused, answer_json, since
-from forecasting_pipeline.serving.api.schemas import BatchAnswer, BatchRequest, ErrorAnswer, ForecastAnswer, ForecastRequest
+from forecasting_pipeline.serving.api.schemas import (
+    BatchAnswer,
+    BatchRequest,
+    ErrorAnswer,
+    ForecastAnswer,
+    ForecastRequest,
+)
 
 REFUSALS = {status: {"model": ErrorAnswer} for status in (400, 401, 413, 422, 503)}
 
