@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from forecasting_pipeline.market.cadences import DAILY, HOURLY
 from forecasting_pipeline.orchestration.backfill_summary import summarise_runs
@@ -166,8 +167,16 @@ def test_when_runs_are_stored_in_postgres_then_partition_status_shows_written_mi
             key, ["2012-11-06", "2012-11-07", "2012-11-08", "2012-11-12", "2012-11-13", "2012-11-14"],
             windows.partitions_def,
         )
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(key, "every_window_written"), limit=100)
 
     assert written.success and not failed.success
     materialized, failure = dg.AssetPartitionStatus.MATERIALIZED, dg.AssetPartitionStatus.FAILED
     assert status == {"2012-11-06": materialized, "2012-11-07": None, "2012-11-08": materialized,
                       "2012-11-12": failure, "2012-11-13": failure, "2012-11-14": failure}
+    # The check is planned for each window of each run; a range run's result is the run's (no window).
+    planned = {(c.run_id, c.partition) for c in checks if c.status == AssetCheckExecutionRecordStatus.PLANNED}
+    assert planned == {(run.run_id, window) for run, keys in ((written, around_gap), (failed, later))
+                       for window in windows.partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(*keys))}
+    assert [(c.partition, c.status) for c in checks if c.run_id == written.run_id and c.partition is None] == [
+        (None, AssetCheckExecutionRecordStatus.FAILED)]

@@ -11,7 +11,7 @@ def test_when_nothing_is_set_then_the_defaults_hold():
 
     hourly, daily = settings.windows()
     assert (hourly.cadence.name, hourly.partitions_def.get_first_partition_key(), hourly.per_backfill_run) == (
-        "1h", "2026-01-01-00:00", 120)
+        "1h", "2026-01-01-00:00", 240)
     assert (daily.cadence.name, daily.partitions_def.get_first_partition_key(), daily.per_backfill_run) == (
         "1d", "2024-01-01", 120)
     assert settings.market_data_source == "sample" and settings.chronos2_model == "amazon/chronos-2"

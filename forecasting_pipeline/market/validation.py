@@ -511,13 +511,14 @@ def jump_findings(
     symbol: str, returns: np.ndarray, ts_at: Callable[[int], datetime], config: ValidationConfig
 ) -> list[Finding]:
     """Jumps among close-to-close log ``returns``; ``ts_at(i)`` is the close time of the i-th usable bar."""
-    sigma = _MAD_TO_SIGMA * float(np.median(np.abs(returns - np.median(returns))))
+    deviation = np.abs(returns - np.median(returns))
+    sigma = _MAD_TO_SIGMA * float(np.median(deviation))
     if sigma == 0.0:
         # A mostly flat series (a pegged or illiquid quote): fall back to the plain deviation.
         sigma = float(np.std(returns))
     if sigma == 0.0 or not math.isfinite(sigma):
         return []
-    score = np.abs(returns - np.median(returns)) / sigma
+    score = deviation / sigma
     hits = np.flatnonzero(score > config.jump_sigma)
     findings = []
     for i in hits[: config.max_findings_per_rule]:

@@ -16,9 +16,12 @@ from forecasting_pipeline.heap import imports_without_collection
 # Dagster, SQLAlchemy and alembic to get here, and keeps them (heap.py says why this saves time).
 with imports_without_collection():
     from dagster import DagsterEventType
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
     from dagster._core.storage.event_log import SqlEventLogStorageTable
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
     from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+    from dagster_shared.serdes import serialize_value
 
 # Connections beyond the held one while threads (the daemon's, the webserver's) overlap.
 MAX_OVERFLOW = 10
@@ -91,6 +94,27 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             self._store_asset_event_tags(conn, events, event_ids)
             for event, event_id in last_of_asset.values():
                 self._store_asset_event(conn, event, event_id)
+
+    def _store_asset_check_evaluation_planned(self, event, event_id) -> None:
+        """One row per planned partition of a check, as dagster-postgres writes them, built once.
+
+        A backfill run plans each check for every window of the run, and dagster-postgres
+        serialises the whole planned event (which lists the run's windows) again for each window's
+        row and compiles one statement with every row's values inlined. The rows are the same.
+        """
+        planned = event.get_dagster_event().event_specific_data
+        partition_keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        shared = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": serialize_value(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert(), [{**shared, "partition": key} for key in partition_keys])
 
 
 class PooledPostgresScheduleStorage(PostgresScheduleStorage):
