@@ -589,16 +589,23 @@ def overhead_keys(r: dict) -> dict:
     }
 
 
-def overhead_only(results: dict, works: dict[str, Workload], args) -> int:
+@contextmanager
+def project_instance(device: str):
+    """A database, a DAGSTER_HOME with the project's dagster.yaml on it, the child processes' env, and the instance."""
     with database() as database_url, tempfile.TemporaryDirectory(dir=CACHE, prefix="dagster_home_") as tmp:
         home = Path(tmp)
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        env = child_env(database_url, home, args.device)
+        env = child_env(database_url, home, device)
         os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
         import dagster as dg
 
         with dg.DagsterInstance.get() as instance:
-            results["overhead"] = overhead_stage(env, home, instance, works)
+            yield env, home, instance
+
+
+def overhead_only(results: dict, works: dict[str, Workload], args) -> int:
+    with project_instance(args.device) as (env, home, instance):
+        results["overhead"] = overhead_stage(env, home, instance, works)
     LAUNCHER.stdin.close()
     LAUNCHER.wait()
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
@@ -700,6 +707,42 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def pipeline_stages(results: dict, works: dict[str, Workload], backfill_work: Workload, device: str, reps: int) -> None:
+    """Every stage that runs the pipeline on one instance: single windows, the floor, the server, backfills."""
+    quick = results["settings"]["mode"] == "quick"
+    with project_instance(device) as (env, home, instance):
+        # --quick keeps under 3 minutes by leaving out the hourly in-run pipeline and hourly
+        # fresh-process model; the hourly pipeline still runs through the model server.
+        in_run = ("1d",) if quick else ("1d", "1h")
+        results["pipeline"] = {}
+        for c in in_run:
+            results["pipeline"][c] = median_run(reps, lambda: pipeline_run(works[c], env, home, instance))
+            log(f"pipeline {c}: {results['pipeline'][c]['wall_s']:.2f}s, {results['pipeline'][c]['rows']} rows")
+        results["dagster_floor"] = dagster_floor(env, home, instance)
+        log(f"Dagster floor: {results['dagster_floor']['step_done_s']:.2f}s")
+        with model_server(env, home, works) as (socket_path, server_info):
+            served_env = {**env, "CHRONOS2_SERVER": socket_path}
+            results["pipeline_served"] = {}
+            for c in ("1d", "1h"):
+                results["pipeline_served"][c] = median_run(
+                    reps, lambda: pipeline_run(works[c], served_env, home, instance, "pipeline_served")
+                )
+                log(f"pipeline {c} through the model server: {results['pipeline_served'][c]['wall_s']:.2f}s")
+        results["model_server"] = server_info
+        results["bare_process"] = {c: script_run("bare_process.py", works[c], env, home, device) for c in in_run}
+        log(f"bare model in a fresh process 1d: {results['bare_process']['1d']['model_process_s']:.2f}s")
+        results["naive"] = {"1d": script_run("naive.py", works["1d"], env, home, device)}
+        log(f"naive 1d: {results['naive']['1d']['wall_s']:.2f}s")
+        results["backfill"] = backfill_run(env, home, instance, backfill_work)
+        log(f"backfill: {results['backfill']['wall_s']:.2f}s, {results['backfill']['rows']} rows")
+        results["bare_1d_after"] = bare_model_again(works["1d"], device, reps)
+        log(f"bare model 1d again: {results['bare_1d_after']:.2f}s")
+        results["overhead"] = overhead_stage(env, home, instance, works)
+        keep = CACHE / "last_logs"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(home, keep, ignore=shutil.ignore_patterns("storage", "*.yaml"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short contexts (1d 256, 1h 512) and 1 timed repetition")
@@ -756,44 +799,7 @@ def main() -> int:
         results["machine_limit"][key] = max(results["machine_limit"][key], matmul_gflops(args.device, dtype, quick_s))
     log(f"matmul peak (best of two samples): {results['machine_limit']}")
 
-    with database() as database_url, tempfile.TemporaryDirectory(dir=CACHE, prefix="dagster_home_") as tmp:
-        home = Path(tmp)
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        env = child_env(database_url, home, args.device)
-        os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
-        import dagster as dg
-
-        with dg.DagsterInstance.get() as instance:
-            # --quick keeps under 3 minutes by leaving out the hourly in-run pipeline and hourly
-            # fresh-process model; the hourly pipeline still runs through the model server.
-            in_run = ("1d",) if args.quick else ("1d", "1h")
-            results["pipeline"] = {}
-            for c in in_run:
-                results["pipeline"][c] = median_run(reps, lambda: pipeline_run(works[c], env, home, instance))
-                log(f"pipeline {c}: {results['pipeline'][c]['wall_s']:.2f}s, {results['pipeline'][c]['rows']} rows")
-            results["dagster_floor"] = dagster_floor(env, home, instance)
-            log(f"Dagster floor: {results['dagster_floor']['step_done_s']:.2f}s")
-            with model_server(env, home, works) as (socket_path, server_info):
-                served_env = {**env, "CHRONOS2_SERVER": socket_path}
-                results["pipeline_served"] = {}
-                for c in ("1d", "1h"):
-                    results["pipeline_served"][c] = median_run(
-                        reps, lambda: pipeline_run(works[c], served_env, home, instance, "pipeline_served")
-                    )
-                    log(f"pipeline {c} through the model server: {results['pipeline_served'][c]['wall_s']:.2f}s")
-            results["model_server"] = server_info
-            results["bare_process"] = {c: script_run("bare_process.py", works[c], env, home, args.device) for c in in_run}
-            log(f"bare model in a fresh process 1d: {results['bare_process']['1d']['model_process_s']:.2f}s")
-            results["naive"] = {"1d": script_run("naive.py", works["1d"], env, home, args.device)}
-            log(f"naive 1d: {results['naive']['1d']['wall_s']:.2f}s")
-            results["backfill"] = backfill_run(env, home, instance, backfill_work)
-            log(f"backfill: {results['backfill']['wall_s']:.2f}s, {results['backfill']['rows']} rows")
-            results["bare_1d_after"] = bare_model_again(works["1d"], args.device, reps)
-            log(f"bare model 1d again: {results['bare_1d_after']:.2f}s")
-            results["overhead"] = overhead_stage(env, home, instance, works)
-            keep = CACHE / "last_logs"
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(home, keep, ignore=shutil.ignore_patterns("storage", "*.yaml"))
+    pipeline_stages(results, works, backfill_work, args.device, reps)
 
     LAUNCHER.stdin.close()
     LAUNCHER.wait()

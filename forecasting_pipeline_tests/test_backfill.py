@@ -60,6 +60,19 @@ def load_counter(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def location_defs(database_url, tiny_checkpoint, tmp_path, monkeypatch):
+    """The definitions of the test code location, on this database, two instruments and the tiny checkpoint."""
+    instruments_file = tmp_path / "instruments.yaml"
+    instruments_file.write_text(INSTRUMENTS_YAML)
+    for name, value in {"DATABASE_URL": database_url, "INSTRUMENTS_FILE": str(instruments_file),
+                        "CHRONOS2_MODEL": str(tiny_checkpoint), "FRAMES_DIR": str(tmp_path / "frames")}.items():
+        monkeypatch.setenv(name, value)
+    from forecasting_pipeline_tests.backfill_code_location import defs
+
+    return defs
+
+
 def run_backfill_daemon(instance: dg.DagsterInstance, backfill_id: str, iterations: int = 5) -> None:
     origin = InProcessCodeLocationOrigin(
         LoadableTargetOrigin(executable_path=sys.executable, module_name=CODE_LOCATION_MODULE,
@@ -74,17 +87,10 @@ def run_backfill_daemon(instance: dg.DagsterInstance, backfill_id: str, iteratio
 
 
 def test_when_ten_daily_windows_are_backfilled_then_one_run_with_one_model_load_covers_them(
-    daemon_instance, load_counter, database_url, tiny_checkpoint, tmp_path, monkeypatch, conn
+    daemon_instance, load_counter, location_defs, conn
 ):
-    instruments_file = tmp_path / "instruments.yaml"
-    instruments_file.write_text(INSTRUMENTS_YAML)
-    for name, value in {"DATABASE_URL": database_url, "INSTRUMENTS_FILE": str(instruments_file),
-                        "CHRONOS2_MODEL": str(tiny_checkpoint), "FRAMES_DIR": str(tmp_path / "frames")}.items():
-        monkeypatch.setenv(name, value)
-    from forecasting_pipeline_tests.backfill_code_location import defs
-
     backfill_id = submit_chain_backfill(
-        daemon_instance, defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-11",
+        daemon_instance, location_defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-11",
         run_config={"ops": {"ohlcv_1d": {"config": {"history_bars": 256}}}},
     )
     run_backfill_daemon(daemon_instance, backfill_id)
@@ -99,7 +105,7 @@ def test_when_ten_daily_windows_are_backfilled_then_one_run_with_one_model_load_
     # BTC-USD closes in every window; AAPL in the 8 weekday windows (its weekend windows re-use Friday's as_of).
     stored = read_predictions(conn, "1d")
     assert stored.select("symbol", "as_of").unique().height == 10 + 8
-    # Progress: one materialization per stored window, as it commits, counting up to the total.
+    # Progress: one materialization per stored window, once the run's rows commit, counting up to the total.
     written = [
         r.asset_materialization
         for r in daemon_instance.fetch_materializations(dg.AssetKey("ml_predictions_1d"), limit=100).records
@@ -109,17 +115,10 @@ def test_when_ten_daily_windows_are_backfilled_then_one_run_with_one_model_load_
 
 
 def test_when_a_backfill_has_run_then_its_summary_is_printed_and_recorded(
-    daemon_instance, database_url, tiny_checkpoint, tmp_path, monkeypatch, capsys
+    daemon_instance, location_defs, capsys
 ):
-    instruments_file = tmp_path / "instruments.yaml"
-    instruments_file.write_text(INSTRUMENTS_YAML)
-    for name, value in {"DATABASE_URL": database_url, "INSTRUMENTS_FILE": str(instruments_file),
-                        "CHRONOS2_MODEL": str(tiny_checkpoint), "FRAMES_DIR": str(tmp_path / "frames")}.items():
-        monkeypatch.setenv(name, value)
-    from forecasting_pipeline_tests.backfill_code_location import defs
-
     backfill_id = submit_chain_backfill(
-        daemon_instance, defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-04",
+        daemon_instance, location_defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-04",
         run_config={"ops": {"ohlcv_1d": {"config": {"history_bars": 256}}}},
     )
     run_backfill_daemon(daemon_instance, backfill_id)

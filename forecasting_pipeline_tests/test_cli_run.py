@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import psycopg
+import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 
 from forecasting_pipeline.storage.embedded_postgres import dagster_storage_url
@@ -55,13 +56,18 @@ def _sessions(url: str) -> int:
 
 
 
-def test_when_a_backfill_is_submitted_from_the_command_line_then_the_instance_holds_it_for_the_daemon(
-    empty_database_url, tmp_path, monkeypatch
-):
+@pytest.fixture
+def project_instance_home(empty_database_url, tmp_path, monkeypatch):
+    """DAGSTER_HOME with the project's dagster.yaml, its storages in an empty database: what `make dev` runs on."""
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
+    return tmp_path
 
+
+def test_when_a_backfill_is_submitted_from_the_command_line_then_the_instance_holds_it_for_the_daemon(
+    project_instance_home
+):
     done = subprocess.run(
         [sys.executable, "-m", "forecasting_pipeline.cli", "backfill", "--cadence", "1d",
          "--from", "2025-06-02", "--to", "2025-06-06", "--no-wait"],
@@ -81,12 +87,8 @@ def test_when_a_backfill_is_submitted_from_the_command_line_then_the_instance_ho
 
 
 def test_when_a_backfill_range_is_reversed_or_not_a_window_then_the_command_says_so_and_submits_nothing(
-    empty_database_url, tmp_path, monkeypatch
+    project_instance_home
 ):
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
-
     for start, end, said in [("2025-06-06", "2025-06-02", "ends (2025-06-02) before it starts (2025-06-06)"),
                              ("2025-06-02", "2025-13-01", "['2025-13-01'] are not 1d windows")]:
         done = subprocess.run(
@@ -103,12 +105,8 @@ def test_when_a_backfill_range_is_reversed_or_not_a_window_then_the_command_says
 
 
 def test_when_no_daemon_launches_the_runs_then_the_waiting_command_gives_up_saying_how_to_look_later(
-    empty_database_url, tmp_path, monkeypatch
+    project_instance_home
 ):
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
-
     done = subprocess.run(
         [sys.executable, "-m", "forecasting_pipeline.cli", "backfill", "--cadence", "1d",
          "--from", "2025-06-02", "--to", "2025-06-03", "--wait-timeout-s", "1"],
