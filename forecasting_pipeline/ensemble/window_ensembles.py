@@ -169,7 +169,9 @@ def ensemble_windows(
     past = _past_origins(bars, origins, params.lookback + cadence.horizon + 1)
     horizon = horizon_frame(pl.concat([origins.select("symbol", "as_of"), past]), {i.symbol: i.calendar for i in readable},
                             calendars)
-    members = gather_members(conn, cadence.name, horizon, bars, params.vol_window)
+    # Its own transaction: on a fresh connection the reads end here, and write_run's commit is a commit.
+    with conn.transaction():
+        members = gather_members(conn, cadence.name, horizon, bars, params.vol_window)
     _Combiner(run, params, members, scored_outcomes(members, bars, params.vol_window), bars).make(origins)
     return run
 
