@@ -21,6 +21,7 @@ from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.sources import FileSource
 from forecasting_pipeline.orchestration.partitions import cadence_windows
 from forecasting_pipeline.scoring.losses import per_forecast_losses
+from forecasting_pipeline.serving.gateway import latest_forecast
 from forecasting_pipeline.storage.ensemble_weights import read_ensemble_weights
 from forecasting_pipeline.storage.kronos_rows import matching_kronos_forecasts
 from forecasting_pipeline.storage.ml_predictions import (
@@ -273,3 +274,7 @@ def test_when_kronos_has_not_written_then_the_forecast_goes_without_it_and_says_
     row = read_predictions(conn, "1d", "ensemble")
     assert row.height == HORIZON and row["model_version"][0] == PARAMS.model_version()
     assert (row["p10"] <= row["p50"]).all() and (row["p50"] <= row["p90"]).all()
+    # The gateway (and `forecasting-pipeline latest GOOG --model ensemble`) reads it like any model.
+    served = latest_forecast(conn, "GOOG", "1d", model="ensemble")
+    assert served.model_name == "ensemble" and served.as_of == explained.as_of and len(served.steps) == HORIZON
+    assert served.steps[0]["p50"] == pytest.approx(row["p50"][0])

@@ -30,6 +30,9 @@ from forecasting_pipeline.orchestration.metadata import (
 from forecasting_pipeline.orchestration.partitions import Windows
 from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
 
+# An ensemble backfill run covers this many times the chain's windows per run.
+ENSEMBLE_RUN_FACTOR = 4
+
 # The tag Dagster reads an observation's data version from (dagster._core.definitions.data_version.DATA_VERSION_TAG).
 DATA_VERSION_TAG = "dagster/data_version"
 
@@ -138,7 +141,10 @@ def ensemble_asset(windows: Windows, wait: timedelta) -> dg.AssetsDefinition:
         group_name=ensemble_group(windows),
         deps=[dg.AssetKey(f"ml_predictions_{cadence.name}"), kronos_asset_key(windows)],
         kinds={"polars", "postgres"},
-        backfill_policy=dg.BackfillPolicy.multi_run(windows.per_backfill_run),
+        # Runs of its own in a backfill, never inside a chain run: ml_predictions_<cadence> records its windows
+        # as events rather than an output, and a step downstream of a missing output is skipped. A policy that
+        # differs from the chain's keeps the daemon from grouping them; the ensemble costs milliseconds per window.
+        backfill_policy=dg.BackfillPolicy.multi_run(ENSEMBLE_RUN_FACTOR * windows.per_backfill_run),
         automation_condition=ensemble_condition(windows, wait),
         # Materialised per window written, like ml_predictions_<cadence>.
         output_required=False,
