@@ -5,11 +5,11 @@ file rather than from objects a test holds, so each resource names an environmen
 test sets (``dg.EnvVar`` is resolved when a run starts, not when this file is imported).
 """
 
+from datetime import timedelta
+
 import dagster as dg
 
 from forecasting_pipeline.market.cadences import DAILY
-from datetime import timedelta
-
 from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER, build_chain
 from forecasting_pipeline.orchestration.ensemble_assets import EnsembleResource, build_ensemble
 from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
