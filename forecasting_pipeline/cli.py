@@ -350,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     # BackfillPolicy is marked beta in Dagster 1.13; the policy is deliberate (README: Backfills).
     warnings.filterwarnings("ignore", message=".*backfill_policy.*beta", category=Warning)
+    # So is multi_observable_source_asset, which makes Kronos's rows an observed asset (README: The ensemble).
+    warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*beta", category=Warning)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

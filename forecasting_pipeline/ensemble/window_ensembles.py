@@ -163,9 +163,13 @@ def ensemble_windows(
                                  if i.symbol not in unreadable and i not in readable}
     if not readable:
         return run
-    calendars = Calendars(cadence.name, [i.calendar for i in readable], bars["ts"].min().replace(microsecond=0)
-                          - cadence.bar, last, cadence.horizon)
+    calendars = Calendars(cadence.name, [i.calendar for i in readable], bars["ts"].min() - cadence.bar, last,
+                          cadence.horizon)
     origins = window_origins(readable, ends, calendars)
+    with_origin = set(origins.select("window", "symbol").iter_rows())
+    for window in ends:
+        run.left_out[window] |= {i.symbol: "its calendar has no close between its first bar and the window's end"
+                                 for i in readable if (window, i.symbol) not in with_origin}
     past = _past_origins(bars, origins, params.lookback + cadence.horizon + 1)
     horizon = horizon_frame(pl.concat([origins.select("symbol", "as_of"), past]), {i.symbol: i.calendar for i in readable},
                             calendars)
