@@ -20,6 +20,7 @@ from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.sources import FileSource
 from forecasting_pipeline.orchestration.partitions import cadence_windows
+from forecasting_pipeline.scoring.canaries import ensemble_canary
 from forecasting_pipeline.scoring.losses import per_forecast_losses
 from forecasting_pipeline.serving.gateway import latest_forecast
 from forecasting_pipeline.storage.ensemble_weights import read_ensemble_weights
@@ -278,3 +279,32 @@ def test_when_kronos_has_not_written_then_the_forecast_goes_without_it_and_says_
     served = latest_forecast(conn, "GOOG", "1d", model="ensemble")
     assert served.model_name == "ensemble" and served.as_of == explained.as_of and len(served.steps) == HORIZON
     assert served.steps[0]["p50"] == pytest.approx(row["p50"][0])
+
+
+# ---------------------------------------------------------------------------
+# the canary on the scores
+
+
+def per_forecast(model: str, levels: int, losses: list[float]) -> pl.DataFrame:
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    return pl.DataFrame({
+        "model_name": model, "symbol": "GOOG", "as_of": [start + timedelta(days=i) for i in range(len(losses))],
+        "levels": pl.Series([levels] * len(losses), dtype=pl.Int8), "mean_pinball": losses,
+        "scaled_abs_error": [2 * x if levels == 1 else 2.5 * x for x in losses],
+    })
+
+
+@pytest.mark.parametrize(("ensemble_excess", "fires"), [(0.0, False), (0.04, False), (0.2, True)])
+def test_when_the_ensemble_trails_its_best_member_for_a_while_then_its_canary_fires(ensemble_excess, fires):
+    kronos = [0.4] * 40
+    losses = pl.concat([
+        per_forecast("kronos-base", 1, kronos),  # best member: a point forecast, compared on scaled MAE
+        per_forecast("baseline-rw-vol", 3, [1.0] * 40),
+        per_forecast("ensemble", 3, [(2 * k + ensemble_excess) / 2.5 for k in kronos]),
+    ])
+
+    canary = ensemble_canary(losses)
+
+    assert canary.best_member == "kronos-base" and canary.loss_column == "scaled_abs_error"
+    assert canary.fired is fires
+    assert canary.latest_rolling_diff == pytest.approx(ensemble_excess)

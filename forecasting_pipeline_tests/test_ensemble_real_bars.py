@@ -80,6 +80,8 @@ def test_when_a_useless_chronos_meets_a_skilful_kronos_on_real_goog_then_the_ens
     assert combined.success and scored.success
     explained = read_ensemble_weights(conn, "1d")
     assert len(explained) == len(sessions)
+    first = explained[0]
+    assert first["details"]["warm_up"] and all(w["location"] == pytest.approx(1 / 3) for w in first["weights"].values())
     first_calibrated = min(e["as_of"] for e in explained if not e["details"]["warm_up"]).astimezone(timezone.utc)
     figures = {row["model_name"]: row for row in out_of_sample(conn, first_calibrated).iter_rows(named=True)}
     best = min(MEMBERS, key=lambda m: figures[m]["scaled_mae"])
