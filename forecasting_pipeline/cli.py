@@ -6,7 +6,7 @@
     forecasting-pipeline run                 materialise the latest window of a cadence and print a summary
     forecasting-pipeline init-model          write a RANDOM-WEIGHT Chronos-2 checkpoint (tests, benchmarks, offline demos)
     forecasting-pipeline backfill            submit an asset backfill of a cadence's chain (the daemon of `make dev` runs it),
-                                             wait for its runs and print what they did
+                                             and with --with-ensemble the ensemble; wait for its runs and print what they did
     forecasting-pipeline backfill-summary ID what a backfill's runs did (any backfill of a chain, UI ones too)
     forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
     forecasting-pipeline serve               the forecast service: on-demand forecasts over HTTP, and the model server
@@ -115,9 +115,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"forecasting-pipeline backfill: {exc}", file=sys.stderr)
         return 2
     instance = dg.DagsterInstance.get()
-    backfill_id = submit_chain_backfill(instance, defs.resolve_asset_graph(), windows, args.start, args.end)
+    backfill_id = submit_chain_backfill(
+        instance, defs.resolve_asset_graph(), windows, args.start, args.end, with_ensemble=args.with_ensemble
+    )
     print(
-        f"backfill {backfill_id}: {n_windows} {args.cadence} windows {args.start}...{args.end} as "
+        f"backfill {backfill_id}: {n_windows} {args.cadence} windows {args.start}...{args.end}"
+        + (" (chain, then the ensemble)" if args.with_ensemble else "") + " as "
         f"{runs_for(windows, n_windows)} run(s); the Dagster daemon (`make dev`) launches them. "
         "Progress: http://127.0.0.1:3000/runs/b/" + backfill_id, flush=True,
     )
@@ -322,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", required=True, help="last window, inclusive")
     p.add_argument("--no-wait", action="store_true", help="submit and return; do not wait for the runs and their summary")
     p.add_argument("--wait-timeout-s", type=float, default=None, help="stop waiting after this many seconds (exit 3)")
+    p.add_argument("--with-ensemble", action="store_true",
+                   help="also backfill ensemble_forecasts_<cadence> over the same windows, each after its chain window")
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("backfill-summary", help="what a backfill's runs did: windows written, nothing to forecast, exclusions")
@@ -357,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     # BackfillPolicy is marked beta in Dagster 1.13; the policy is deliberate (README: Backfills).
     warnings.filterwarnings("ignore", message=".*backfill_policy.*beta", category=Warning)
+    # So is multi_observable_source_asset, which makes Kronos's rows an observed asset (README: The ensemble).
+    warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*beta", category=Warning)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -24,6 +24,7 @@ from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT
 if TYPE_CHECKING:
     from forecasting_pipeline.forecasting.runner import Chronos2Runner
     from forecasting_pipeline.market.sources import BarSource
+    from forecasting_pipeline.orchestration.ensemble_assets import EnsembleResource
     from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
     from forecasting_pipeline.orchestration.partitions import Windows
     from forecasting_pipeline.orchestration.placement import GpuPlacement
@@ -90,6 +91,11 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024  # PREDICT_MAX_BODY_BYTES
     max_bars: int = 8192  # PREDICT_MAX_BARS
     max_batch_items: int = 64  # PREDICT_MAX_BATCH_ITEMS
+    ensemble_lookback: int = 120  # ENSEMBLE_LOOKBACK: scored forecasts behind an instrument's weights and band
+    ensemble_warmup: int = 20  # ENSEMBLE_WARMUP: scored forecasts before weights leave equal
+    ensemble_shrinkage: float = 60.0  # ENSEMBLE_SHRINKAGE: pseudo-count toward the pooled weights
+    ensemble_scheme: str = "grid"  # ENSEMBLE_SCHEME: grid, inverse or sqrt-inverse
+    ensemble_kronos_wait_minutes: float = 30.0  # ENSEMBLE_KRONOS_WAIT_MINUTES: after the chain, before going without Kronos
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -132,6 +138,11 @@ class Settings:
             max_body_bytes=int(get("PREDICT_MAX_BODY_BYTES", 8 * 1024 * 1024)),
             max_bars=int(get("PREDICT_MAX_BARS", 8192)),
             max_batch_items=int(get("PREDICT_MAX_BATCH_ITEMS", 64)),
+            ensemble_lookback=_count(env, "ENSEMBLE_LOOKBACK") or 120,
+            ensemble_warmup=_count(env, "ENSEMBLE_WARMUP") or 20,
+            ensemble_shrinkage=_non_negative(env, "ENSEMBLE_SHRINKAGE", 60.0),
+            ensemble_scheme=_choice(env, "ENSEMBLE_SCHEME", ("grid", "inverse", "sqrt-inverse")),
+            ensemble_kronos_wait_minutes=_non_negative(env, "ENSEMBLE_KRONOS_WAIT_MINUTES", 30.0),
         )
 
     def with_model(self, model: str) -> Settings:
@@ -160,6 +171,26 @@ def _count(env: Mapping[str, str], name: str) -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{name} must be a positive whole number, got {env.get(name)!r}")
     return int(value)
+
+
+def _non_negative(env: Mapping[str, str], name: str, default: float) -> float:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"{name} must be a non-negative number, got {env.get(name)!r}")
+    return number
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or "").strip() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {env.get(name)!r}")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -270,8 +301,22 @@ def resources(settings: Settings) -> dict[str, object]:
             table=settings.market_data_table,
         ),
         "chronos2": chronos2_resource(settings),
+        "ensemble": ensemble_resource(settings),
         FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=settings.frames_dir),
     }
+
+
+def ensemble_resource(settings: Settings) -> EnsembleResource:
+    from forecasting_pipeline.orchestration.ensemble_assets import EnsembleResource
+
+    if settings.ensemble_warmup > settings.ensemble_lookback:
+        raise ValueError(
+            f"ENSEMBLE_WARMUP ({settings.ensemble_warmup}) may not exceed ENSEMBLE_LOOKBACK ({settings.ensemble_lookback})"
+        )
+    return EnsembleResource(
+        lookback=settings.ensemble_lookback, warmup=settings.ensemble_warmup, shrinkage=settings.ensemble_shrinkage,
+        scheme=settings.ensemble_scheme, kronos_wait_minutes=settings.ensemble_kronos_wait_minutes,
+    )
 
 
 def kronos_batch_resource(settings: Settings) -> KronosBatchResource:

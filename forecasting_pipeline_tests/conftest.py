@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import psycopg
 import pytest
@@ -423,3 +424,47 @@ def store_scores(conn, timeframe: str, rows: list[tuple], scored_through, **colu
         sum_scaled_rw_abs_error=pl.col("scaled_rw_mae") * pl.col("n"),
     )
     write_scores(conn, timeframe, frame, scored_through)
+
+
+def write_kronos_rows(conn, rows) -> int:
+    """Kronos rows as Kronos writes them: ``as_of`` NULL, ``{"ts", "close"}`` steps, ``created_at`` given.
+
+    ``rows``: (symbol, timeframe, created_at, [(ts, close), ...]) per forecast.
+    """
+    payload = [
+        (symbol, timeframe, json.dumps([{"ts": ts.isoformat(), "close": float(close)} for ts, close in steps]), created_at)
+        for symbol, timeframe, created_at, steps in rows
+    ]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ml_predictions (symbol, timeframe, predictions, created_at) VALUES (%s, %s, %s::jsonb, %s)",
+            payload,
+        )
+    return len(payload)
+
+
+def skilful_kronos(bars: pl.DataFrame, origins: list[datetime], horizon: int, timeframe: str = "1d",
+                   noise: float = 0.5, seed: int = 7):
+    """A skilful stand-in for Kronos, which cannot run here: from each origin (a bar close), the realised
+    closes of the next ``horizon`` bars plus Gaussian noise of ``noise`` times the naive scale at the origin
+    times sqrt(step), as (symbol, timeframe, created_at = origin, steps) rows for ``write_kronos_rows``.
+
+    It knows the future, so its error is only the noise: about half a random walk's at every step.
+    """
+    from forecasting_pipeline.scoring.baselines import DEFAULT_VOL_WINDOW, history_stats
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (symbol,), mine in bars.partition_by("symbol", as_dict=True, maintain_order=True).items():
+        mine = mine.sort("ts")
+        stats = history_stats(mine.select("symbol", "ts", "close"), DEFAULT_VOL_WINDOW)
+        ts, close, scale = mine["ts"].to_list(), mine["close"].to_numpy(), stats["naive_scale"].to_numpy()
+        index = {t: i for i, t in enumerate(ts)}
+        for origin in origins:
+            i = index.get(origin)
+            if i is None or i + horizon >= len(ts) or not np.isfinite(scale[i]):
+                continue
+            steps = [(ts[i + h], close[i + h] + noise * scale[i] * np.sqrt(h) * rng.standard_normal())
+                     for h in range(1, horizon + 1)]
+            rows.append((symbol, timeframe, origin, steps))
+    return rows

@@ -1,4 +1,4 @@
-"""The layers: domain code (market, forecasting, storage, scoring, serving) never reaches into orchestration."""
+"""The layers: domain code (market, forecasting, storage, scoring, ensemble, serving) never reaches into orchestration."""
 
 import ast
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "forecasting_pipeline"
-DOMAIN_LAYERS = ("market", "forecasting", "storage", "scoring", "serving")
+DOMAIN_LAYERS = ("market", "forecasting", "storage", "scoring", "ensemble", "serving")
 # What only the orchestration layer and the entry points (settings, definitions, cli) may import.
 ORCHESTRATION = (
     "dagster", "dagster_postgres", "dagster_webserver", "dagster_k8s",

@@ -114,6 +114,32 @@ def test_when_ten_daily_windows_are_backfilled_then_one_run_with_one_model_load_
     assert progress == [(i, 10, f"2025-06-{i + 1:02d}") for i in range(1, 11)]
 
 
+def test_when_the_ensemble_is_backfilled_with_the_chain_then_each_window_is_combined_after_its_chain_window(
+    daemon_instance, database_url, tiny_checkpoint, tmp_path, monkeypatch, conn
+):
+    instruments_file = tmp_path / "instruments.yaml"
+    instruments_file.write_text(INSTRUMENTS_YAML)
+    for name, value in {"DATABASE_URL": database_url, "INSTRUMENTS_FILE": str(instruments_file),
+                        "CHRONOS2_MODEL": str(tiny_checkpoint), "FRAMES_DIR": str(tmp_path / "frames")}.items():
+        monkeypatch.setenv(name, value)
+    from forecasting_pipeline_tests.backfill_code_location import defs
+
+    backfill_id = submit_chain_backfill(
+        daemon_instance, defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-04", with_ensemble=True,
+    )
+    run_backfill_daemon(daemon_instance, backfill_id, iterations=10)
+
+    assert daemon_instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS
+    runs = sorted(daemon_instance.get_runs(), key=lambda r: daemon_instance.get_run_record_by_id(r.run_id).create_timestamp)
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
+    assert runs[-1].asset_selection == {dg.AssetKey("ensemble_forecasts_1d")}
+    combined = {r.partition_key for r in daemon_instance.fetch_materializations(
+        dg.AssetKey("ensemble_forecasts_1d"), limit=10).records}
+    assert combined == {"2025-06-02", "2025-06-03", "2025-06-04"}
+    # Each instrument's forecast of each window, combined from Chronos-2 and the volatility band (no Kronos here).
+    assert read_predictions(conn, "1d", "ensemble").select("symbol", "as_of").unique().height == 6
+
+
 def test_when_a_backfill_has_run_then_its_summary_is_printed_and_recorded(
     daemon_instance, location_defs, capsys
 ):

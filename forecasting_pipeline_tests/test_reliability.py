@@ -21,6 +21,7 @@ from forecasting_pipeline.market.sources.sample import sample_bars
 from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
 from forecasting_pipeline.storage.database import DatabaseUnavailableError
+from forecasting_pipeline.storage.ensemble_weights import WeightsRow, write_ensemble
 from forecasting_pipeline.storage.migrations import MigrationError, migrate
 from forecasting_pipeline.storage.ml_predictions import (
     KRONOS_MODEL_NAME,
@@ -33,6 +34,7 @@ from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 WINDOW = "2025-06-02"
 WINDOW_END = datetime(2025, 6, 3, tzinfo=timezone.utc)
 OPTIONAL_MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations" / "optional"
+OPTIONAL_FILES = ["20260615_chronos_writer_rls.sql", "20260801_ensemble_writer_rls.sql"]
 SECRET = "pw-Zq8-never-printed"
 
 
@@ -414,7 +416,7 @@ def test_when_the_table_is_full_of_kronos_rows_then_migrations_leave_every_row_u
 
         assert before[0] == 2000
         assert first and second == []
-        assert optional == ["20260615_chronos_writer_rls.sql"]
+        assert optional == OPTIONAL_FILES
         assert before == after_first == after_second == c.execute(KRONOS_CHECKSUM).fetchone()
         assert c.execute(
             "SELECT model_name, count(*), count(as_of), count(model_version) FROM ml_predictions GROUP BY 1"
@@ -427,8 +429,8 @@ def test_when_the_table_is_full_of_kronos_rows_then_migrations_leave_every_row_u
 
 @pytest.fixture
 def rls_conn(conn):
-    """The migrated test database with the optional chronos_writer migration applied, plus a Kronos row."""
-    assert migrate(conn, OPTIONAL_MIGRATIONS) == ["20260615_chronos_writer_rls.sql"]
+    """The migrated test database with the optional chronos_writer migrations applied, plus a Kronos row."""
+    assert migrate(conn, OPTIONAL_MIGRATIONS) == OPTIONAL_FILES
     conn.execute(
         "INSERT INTO ml_predictions (symbol, timeframe, predictions) VALUES ('AAPL', '1d', '[{\"ts\": 1, \"close\": 2}]')"
     )
@@ -470,6 +472,30 @@ def test_when_writing_as_the_chronos_writer_role_then_chronos_rows_go_in_and_kro
     assert [v for _, _, v, _ in chronos_rows(rls_conn)] == ["second", "second"]
 
 
+def test_when_writing_as_the_chronos_writer_role_then_ensemble_rows_and_their_weights_go_in_and_kronos_stays_out(
+    rls_conn,
+):
+    kronos_before = kronos_rows(rls_conn)
+    ensemble = [PredictionRow(r.symbol, r.timeframe, "ensemble", "ens", r.as_of, r.predictions)
+                for r in window_rows(["AAPL", "BTC-USD"])]
+    weights = [WeightsRow(r.symbol, r.as_of, {"chronos-2": {"location": 1.0, "band": 1.0}}, {}, {}) for r in ensemble]
+    rls_conn.execute("SET ROLE chronos_writer")
+    try:
+        assert write_ensemble(rls_conn, "1d", "ens", {WINDOW: ensemble}, weights) == {WINDOW: 2}
+        assert write_ensemble(rls_conn, "1d", "ens", {WINDOW: ensemble}, weights) == {WINDOW: 2}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            rls_conn.execute("UPDATE ml_predictions SET model_name = 'kronos-base' WHERE model_name = 'ensemble'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            rls_conn.execute("INSERT INTO ml_predictions (symbol, timeframe, model_name, predictions) "
+                             "VALUES ('AAPL', '1d', 'kronos-base', '[]')")
+    finally:
+        rls_conn.execute("RESET ROLE")
+
+    assert kronos_rows(rls_conn) == kronos_before
+    assert rls_conn.execute("SELECT count(*) FROM ml_predictions WHERE model_name = 'ensemble'").fetchone()[0] == 2
+    assert rls_conn.execute("SELECT count(*) FROM ensemble_weights").fetchone()[0] == 2
+
+
 def test_when_another_non_owner_role_writes_then_row_level_security_changes_nothing_for_it(rls_conn):
     rls_conn.execute(
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fp_kronos_writer') THEN "
@@ -497,7 +523,7 @@ def test_when_the_optional_migration_runs_in_a_second_database_then_the_existing
     try:
         with psycopg.connect(url, autocommit=True) as c:
             migrate(c)
-            assert migrate(c, OPTIONAL_MIGRATIONS) == ["20260615_chronos_writer_rls.sql"]
+            assert migrate(c, OPTIONAL_MIGRATIONS) == OPTIONAL_FILES
             assert migrate(c, OPTIONAL_MIGRATIONS) == []
             policies = c.execute("SELECT policyname FROM pg_policies WHERE tablename = 'ml_predictions' ORDER BY 1").fetchall()
         assert [p for (p,) in policies] == [

@@ -35,6 +35,9 @@ def test_when_the_first_windows_move_back_then_every_default_window_key_stays_va
     ({"FIRST_WINDOW_1H": "2010-01-01"}, "first 1h window '2010-01-01' is not a window key like '2026-01-01-00:00'"),
     ({"WINDOWS_PER_BACKFILL_RUN_1H": "0"}, "WINDOWS_PER_BACKFILL_RUN_1H must be a positive whole number, got '0'"),
     ({"K8S_GPUS_PER_STEP": "1"}, "K8S_GPUS_PER_STEP take effect only with K8S_STEP_PODS=true"),
+    ({"ENSEMBLE_SCHEME": "median"}, "ENSEMBLE_SCHEME must be one of grid, inverse, sqrt-inverse, got 'median'"),
+    ({"ENSEMBLE_KRONOS_WAIT_MINUTES": "soon"}, "ENSEMBLE_KRONOS_WAIT_MINUTES must be a non-negative number, got 'soon'"),
+    ({"ENSEMBLE_LOOKBACK": "-5"}, "ENSEMBLE_LOOKBACK must be a positive whole number, got '-5'"),
 ])
 def test_when_a_setting_is_malformed_then_the_error_names_the_variable_and_value(env, said):
     with pytest.raises(ValueError) as error:
@@ -53,3 +56,15 @@ def test_when_resources_are_built_then_every_secret_is_an_env_var_and_no_value_i
     assert built["market_data"].database_url == dg.EnvVar("MARKET_DATA_DATABASE_URL")
     assert built["chronos2"].lock_database_url == dg.EnvVar("DATABASE_URL")
     assert "secret" not in repr(built) and "other" not in repr(built)
+
+
+def test_when_ensemble_settings_are_given_then_the_ensemble_resource_carries_them():
+    built = resources(Settings.from_env({"ENSEMBLE_LOOKBACK": "60", "ENSEMBLE_WARMUP": "15", "ENSEMBLE_SHRINKAGE": "0",
+                                         "ENSEMBLE_SCHEME": "inverse", "ENSEMBLE_KRONOS_WAIT_MINUTES": "5"}))
+
+    ensemble = built["ensemble"]
+    assert (ensemble.lookback, ensemble.warmup, ensemble.shrinkage, ensemble.scheme, ensemble.kronos_wait_minutes) == (
+        60, 15, 0.0, "inverse", 5.0)
+    assert "lookback=60 warmup=15 shrinkage=0" in ensemble.params().model_version()
+    with pytest.raises(ValueError, match=r"ENSEMBLE_WARMUP \(30\) may not exceed ENSEMBLE_LOOKBACK \(20\)"):
+        resources(Settings.from_env({"ENSEMBLE_LOOKBACK": "20", "ENSEMBLE_WARMUP": "30"}))

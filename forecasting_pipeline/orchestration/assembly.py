@@ -1,10 +1,13 @@
-"""The Dagster definitions built from settings: both cadence chains, scoring, jobs, schedules and resources."""
+"""The Dagster definitions built from settings: both cadence chains, scoring, the ensemble, jobs, schedules and resources."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import dagster as dg
 
 from forecasting_pipeline.orchestration.chain import build_chain
+from forecasting_pipeline.orchestration.ensemble_assets import automation_sensor, build_ensemble, kronos_sensor
 from forecasting_pipeline.orchestration.kronos_assets import build_kronos_batch, kronos_job, kronos_schedule
 from forecasting_pipeline.orchestration.placement import model_step_tags, run_executor
 from forecasting_pipeline.orchestration.schedules import chain_job, chain_schedule
@@ -22,6 +25,21 @@ def kronos_definitions(settings: Settings) -> dg.Definitions:
         jobs=[job for _, job in jobs],
         schedules=[kronos_schedule(windows, job) for windows, job in jobs],
         resources={"kronos_batch": kronos_batch_resource(settings)},
+    )
+
+
+def ensemble_definitions(settings: Settings) -> dg.Definitions:
+    """Per cadence, Kronos's rows as an external asset with its sensor, the ensemble asset, and their automation."""
+    windows = settings.windows()
+    wait = timedelta(minutes=settings.ensemble_kronos_wait_minutes)
+
+    def trigger(w):
+        # With Dagster triggering Kronos's batches, its rows are downstream of that trigger.
+        return dg.AssetKey(f"kronos_predictions_{w.cadence.name}") if settings.kronos_batch else None
+
+    return dg.Definitions(
+        assets=[asset for w in windows for asset in build_ensemble(w, wait, trigger(w))],
+        sensors=[*(kronos_sensor(w) for w in windows), automation_sensor(windows)],
     )
 
 
@@ -46,5 +64,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             # One process per run; one pod per step only on Kubernetes with K8S_STEP_PODS (placement.py).
             executor=run_executor(settings.k8s_step_pods),
         ),
+        ensemble_definitions(settings),
         kronos_definitions(settings),
     )

@@ -53,6 +53,7 @@ def submit_chain_backfill(
     end: str,
     run_config: dict | None = None,
     title: str | None = None,
+    with_ensemble: bool = False,
 ) -> str:
     """Store an asset backfill of the cadence's chain over ``start``..``end`` on ``instance``; return its id.
 
@@ -68,12 +69,19 @@ def submit_chain_backfill(
         First and last window keys, inclusive (``2025-03-01``, or ``2026-03-02-15:00`` hourly).
     run_config
         Run config for every run (e.g. ``ForecastConfig`` of ``chronos2_forecasts_<cadence>``).
+    with_ensemble
+        Also ``ensemble_forecasts_<cadence>``: the daemon runs each of its windows after the chain's.
     """
     keys = partition_range(windows, start, end)
     group = chain_group(windows)
     selection = dg.AssetSelection.groups(group).resolve(asset_graph)
     if not selection:
         raise ValueError(f"the asset graph has no {group} assets to backfill")
+    if with_ensemble:
+        ensemble = dg.AssetKey(f"ensemble_forecasts_{windows.cadence.name}")
+        if not asset_graph.has(ensemble):
+            raise ValueError(f"the asset graph has no {ensemble.to_user_string()} to backfill")
+        selection = {*selection, ensemble}
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id=make_new_backfill_id(),
         asset_graph=asset_graph,

@@ -4,9 +4,13 @@ tables, JSON and pictures a person reads in the UI, and where results become ass
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import dagster as dg
 import polars as pl
 
+from forecasting_pipeline.ensemble.members import MEMBERS, KronosWindow
+from forecasting_pipeline.ensemble.window_ensembles import EnsembleRun
 from forecasting_pipeline.forecasting.predict import QUANTILE_LEVELS
 from forecasting_pipeline.forecasting.shaping import rejections_frame
 from forecasting_pipeline.forecasting.window_forecasts import (
@@ -18,7 +22,7 @@ from forecasting_pipeline.forecasting.window_forecasts import (
 from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.validation import EXCLUDED
 from forecasting_pipeline.market.window_bars import WindowBars
-from forecasting_pipeline.scoring.canaries import LossCanary, SignFlip
+from forecasting_pipeline.scoring.canaries import EnsembleCanary, LossCanary, SignFlip
 from forecasting_pipeline.scoring.coverage import CoverageAlarm
 from forecasting_pipeline.scoring.evaluation import Review, ScoringRun
 from forecasting_pipeline.scoring.forecasts import NO_BAR_BEFORE
@@ -285,5 +289,117 @@ def coverage_check_result(check_name: str, alarms: dict[str, CoverageAlarm]) -> 
                     "expected_fail_rate": a.expected_rate, "kupiec_p_value": a.p_value, "enough_data": a.enough_data}
                 for m, a in alarms.items()
             }),
+        },
+    )
+
+
+# The check of ensemble_forecasts_<cadence> that fails when a window of the run got no ensemble rows.
+EVERY_WINDOW_COMBINED = "every_window_combined"
+
+
+def _weight_cell(weights: dict, member: str) -> str:
+    if member not in weights:
+        return "-"
+    w = weights[member]
+    return f"{w['location']:.2f}" + (f" / {w['band']:.2f}" if w["band"] is not None else "")
+
+
+def ensemble_weights_table(run: EnsembleRun, window: str) -> pl.DataFrame:
+    """One row per instrument of a window: each member's location / band weights and what they rest on."""
+    rows = []
+    for e in run.explanations_of(window):
+        calibration = e.details["calibration"]
+        rows.append({
+            "symbol": e.symbol, "as_of": e.as_of.isoformat(),
+            **{member: _weight_cell(e.weights, member) for member in MEMBERS},
+            "scored": e.details["scored_forecasts"], "warm_up": e.details["warm_up"],
+            "band_factors": f"{calibration['lower']:.2f} / {calibration['upper']:.2f}" if calibration["applied"] else "none",
+            "missing": "; ".join(f"{m}: {why}" for m, why in e.missing.items()),
+        })
+    return pl.DataFrame(rows)
+
+
+def ensemble_window_metadata(run: EnsembleRun, window: str, rows: int, database: str) -> dict[str, object]:
+    """Metadata of one window of ``ensemble_forecasts_<cadence>``: its weights, the members it lacked, a preview."""
+    frame = run.forecasts[window]
+    missing = run.missing_members(window)
+    return {
+        "rows": rows,
+        "model_version": run.model_version,
+        "database": database,
+        "weights": markdown_table(ensemble_weights_table(run, window), max_rows=100),
+        "weights_read_as": "location weight / band weight per member (band: members with a band only); "
+                           "band_factors: conformal factors on the lower / upper half-widths",
+        "combined_without": dg.MetadataValue.json(missing),
+        "without_kronos": sum(1 for lacking in missing.values() if "kronos-base" in lacking),
+        "left_out": dg.MetadataValue.json(run.left_out.get(window, {})),
+        "preview": markdown_table(frame.filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")),
+    }
+
+
+def missing_member_messages(run: EnsembleRun) -> list[str]:
+    """Log lines: each instrument combined without a member, or left out, and why (a few per instrument)."""
+    lines: dict[str, list[str]] = {}
+    for window in sorted(run.forecasts):
+        for symbol, lacking in run.missing_members(window).items():
+            for member, why in lacking.items():
+                lines.setdefault(f"{symbol} {member}", []).append(
+                    f"{window}: {symbol} combined without {member}: {why}")
+    for window, left_out in sorted(run.left_out.items()):
+        for symbol, why in left_out.items():
+            lines.setdefault(symbol, []).append(f"{window}: {symbol} has no ensemble forecast: {why}")
+    return _at_most_per_instrument(lines, "affected in")
+
+
+def windows_combined_check(run: EnsembleRun, windows: list[str]) -> dg.AssetCheckResult:
+    """Fails (WARN), naming them and why, when windows of the run got no ensemble rows."""
+    empty = {w: run.left_out.get(w, {}) for w in windows if w not in run.forecasts}
+    return dg.AssetCheckResult(
+        check_name=EVERY_WINDOW_COMBINED,
+        passed=not empty,
+        # The chain's own check (ERROR) already fails a window with nothing to forecast.
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "windows_requested": len(windows),
+            "windows_combined": len(run.forecasts),
+            "windows_without_ensemble": dg.MetadataValue.json(empty),
+        },
+    )
+
+
+def kronos_observation_metadata(
+    kronos: KronosWindow, chain_at: datetime | None, wait: timedelta | None
+) -> dict[str, object]:
+    """Metadata of an observation of ``kronos_base_<cadence>``: how much of the window Kronos has written."""
+    total = len(kronos.written) + len(kronos.not_written)
+    if kronos.complete:
+        status = f"Kronos has forecast all {total} instruments"
+    elif wait is None:
+        status = f"Kronos has forecast {len(kronos.written)} of {total} instruments"
+    else:
+        status = (f"waited {wait} after the chain; Kronos has forecast {len(kronos.written)} of {total} instruments, "
+                  "the ensemble combines the others without it")
+    return {
+        "status": status,
+        "instruments_written": len(kronos.written),
+        "instruments_not_written": dg.MetadataValue.json(list(kronos.not_written)),
+        "newest_written_at": kronos.newest_written_at.isoformat() if kronos.newest_written_at else "none",
+        "chain_written_at": chain_at.isoformat() if chain_at else "not yet",
+    }
+
+
+def ensemble_check_result(check_name: str, canary: EnsembleCanary | None) -> dg.AssetCheckResult:
+    """WARN when the ensemble has been worse than its best member for a while; the comparison as metadata."""
+    return dg.AssetCheckResult(
+        check_name=check_name,
+        passed=canary is None or not canary.fired,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "compared": f"ensemble - {canary.best_member}" if canary else "no scored ensemble forecasts",
+            "loss": canary.loss_column if canary else "",
+            "mean_losses": dg.MetadataValue.json(
+                {m: round(v, 6) for m, v in canary.mean_losses.items()} if canary else {}),
+            "latest_rolling_diff": canary.latest_rolling_diff if canary else None,
+            "forecast_dates": canary.comparison.height if canary else 0,
         },
     )

@@ -15,7 +15,12 @@ import dagster as dg
 from pydantic import Field
 
 from forecasting_pipeline.market.cadences import Cadence
-from forecasting_pipeline.orchestration.metadata import coverage_check_result, scoring_metadata, sign_flip_check_result
+from forecasting_pipeline.orchestration.metadata import (
+    coverage_check_result,
+    ensemble_check_result,
+    scoring_metadata,
+    sign_flip_check_result,
+)
 from forecasting_pipeline.orchestration.resources import InstrumentsResource, MarketDataResource, PostgresResource
 from forecasting_pipeline.scoring.canaries import CANARY_DEADBAND, CANARY_PERSIST, CANARY_RECENT_DATES, CANARY_WINDOW
 from forecasting_pipeline.scoring.coverage import COVERAGE_ALARM_ALPHA, COVERAGE_ALARM_MIN_OBS
@@ -25,6 +30,7 @@ from forecasting_pipeline.times import parse_utc
 
 SIGN_FLIP_CHECK = "loss_difference_sign_stable"
 COVERAGE_CHECK = "band_coverage_kupiec"
+ENSEMBLE_CHECK = "ensemble_not_worse_than_best_member"
 
 
 class ScoresConfig(dg.Config):
@@ -79,6 +85,14 @@ def _check_specs(asset_name: str) -> list[dg.AssetCheckSpec]:
                 f"passes Kupiec's test at {COVERAGE_ALARM_ALPHA} (from {COVERAGE_ALARM_MIN_OBS} observations)."
             ),
         ),
+        dg.AssetCheckSpec(
+            ENSEMBLE_CHECK, asset=asset_name,
+            description=(
+                "The ensemble's rolling loss (window " f"{CANARY_WINDOW}) has not been above its best member's by more "
+                f"than {CANARY_DEADBAND} for the last {CANARY_PERSIST} forecast dates (best: lowest scaled MAE of p50; "
+                "compared on mean pinball when that member has a band)."
+            ),
+        ),
     ]
 
 
@@ -89,7 +103,7 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
     @dg.asset(
         name=asset_name,
         group_name=asset_name,
-        deps=[dg.AssetKey(f"ml_predictions_{cadence.name}")],
+        deps=[dg.AssetKey(f"ml_predictions_{cadence.name}"), dg.AssetKey(f"ensemble_forecasts_{cadence.name}")],
         kinds={"polars", "postgres"},
         check_specs=_check_specs(asset_name),
     )
@@ -114,6 +128,7 @@ def build_scoring(cadence: Cadence) -> list[dg.AssetsDefinition]:
         yield dg.MaterializeResult(metadata=scoring_metadata(run, review, source.describe(), database.describe()))
         yield sign_flip_check_result(SIGN_FLIP_CHECK, review.loss_canary)
         yield coverage_check_result(COVERAGE_CHECK, review.coverage_alarms)
+        yield ensemble_check_result(ENSEMBLE_CHECK, review.ensemble_canary)
 
     return [forecast_scores]
 

@@ -1,8 +1,11 @@
-"""The two canaries on the scores: a regime shift between two models, and a band that misses too often.
+"""The canaries on the scores: a regime shift between two models, a band that misses too often, an ensemble
+that falls behind its best member.
 
 * The loss canary: the rolling mean over forecast dates of (loss of model A - loss of model B);
   a sign of it that flips and stays flipped is a change of which model is better.
 * The coverage alarm: Kupiec's test of each banded model's latest ``rolling.ROLLING_WINDOW`` forecast dates.
+* The ensemble canary: the same rolling difference between the ensemble and its best member; it
+  fires when the ensemble has been worse by more than the deadband for ``CANARY_PERSIST`` dates.
 
 Both take per-forecast losses (``frames.PER_FORECAST_SCHEMA``), the rows a scoring run stores.
 """
@@ -16,10 +19,10 @@ from datetime import datetime
 
 import polars as pl
 
-from forecasting_pipeline.scoring.baselines import BASELINE_MODELS, BASELINE_RANDOM_WALK
+from forecasting_pipeline.scoring.baselines import BASELINE_MODELS, BASELINE_RANDOM_WALK, BASELINE_RW_VOL
 from forecasting_pipeline.scoring.coverage import CoverageAlarm, coverage_alarm
 from forecasting_pipeline.scoring.frames import require_columns
-from forecasting_pipeline.storage.ml_predictions import KRONOS_MODEL_NAME, MODEL_NAME
+from forecasting_pipeline.storage.ml_predictions import ENSEMBLE_MODEL_NAME, KRONOS_MODEL_NAME, MODEL_NAME
 
 CANARY_WINDOW = 20
 """Forecast dates (distinct ``as_of``) in the rolling mean of the loss difference.
@@ -298,3 +301,65 @@ def coverage_alarms(coverage: pl.DataFrame) -> dict[str, CoverageAlarm]:
         for name, n_obs, below, above in latest.select("model_name", "n_obs", "n_below_p10", "n_above_p90").iter_rows()
     }
 
+
+
+ENSEMBLE_MEMBERS = (MODEL_NAME, KRONOS_MODEL_NAME, BASELINE_RW_VOL)
+"""The models the ensemble combines, as scoring names them."""
+
+
+@dataclass(frozen=True)
+class EnsembleCanary:
+    """The ensemble against its best member over the reviewed forecasts.
+
+    Attributes
+    ----------
+    best_member
+        The member with the lowest scaled absolute error of p50 on the forecasts it shares with
+        the ensemble (the loss every member has, point members included).
+    loss_column
+        What the two are compared on: ``mean_pinball`` when the best member has a band, else
+        ``scaled_abs_error``.
+    mean_losses
+        Mean ``loss_column`` of the ensemble and of each member on the shared forecasts (each
+        member with its own levels; for ``scaled_abs_error`` every model is comparable).
+    comparison
+        ``rolling_model_comparison`` of the ensemble minus the best member.
+    fired
+        The rolling difference has been above ``CANARY_DEADBAND`` (the ensemble worse) for the
+        last ``CANARY_PERSIST`` forecast dates.
+    """
+
+    best_member: str
+    loss_column: str
+    mean_losses: dict[str, float]
+    comparison: pl.DataFrame
+    fired: bool
+
+    @property
+    def latest_rolling_diff(self) -> float | None:
+        values = self.comparison["rolling_diff"].drop_nulls()
+        return float(values[-1]) if values.len() else None
+
+
+def ensemble_canary(per_forecast: pl.DataFrame) -> EnsembleCanary | None:
+    """The ensemble against its best member; None when the ensemble or every member lacks scored forecasts."""
+    require_columns(per_forecast, ("model_name", "symbol", "as_of", "levels", "mean_pinball", "scaled_abs_error"),
+                    "per_forecast_losses")
+    ensemble = per_forecast.filter(pl.col("model_name") == ENSEMBLE_MODEL_NAME).select("symbol", "as_of")
+    shared = per_forecast.filter(pl.col("model_name").is_in(ENSEMBLE_MEMBERS)).join(
+        ensemble, on=["symbol", "as_of"], how="semi")
+    if ensemble.is_empty() or shared.is_empty():
+        return None
+    by_member = shared.group_by("model_name").agg(
+        pl.col("scaled_abs_error").mean(), pl.col("mean_pinball").mean(), pl.col("levels").max()
+    ).sort("scaled_abs_error", "model_name")
+    best, levels = by_member.row(0)[0], by_member.row(0)[3]
+    loss_column = "mean_pinball" if levels == 3 else "scaled_abs_error"
+    comparison = rolling_model_comparison(per_forecast, ENSEMBLE_MODEL_NAME, best, CANARY_WINDOW, loss_column)
+    mine = per_forecast.filter(pl.col("model_name") == ENSEMBLE_MODEL_NAME).join(
+        shared.filter(pl.col("model_name") == best).select("symbol", "as_of"), on=["symbol", "as_of"], how="semi")
+    losses = {ENSEMBLE_MODEL_NAME: float(mine[loss_column].mean())}
+    losses |= {m: float(v) for m, v in by_member.select("model_name", loss_column).iter_rows()}
+    tail = comparison["rolling_diff"].drop_nulls().tail(CANARY_PERSIST)
+    fired = tail.len() == CANARY_PERSIST and bool((tail > CANARY_DEADBAND).all())
+    return EnsembleCanary(best, loss_column, losses, comparison, fired)

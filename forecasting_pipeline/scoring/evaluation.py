@@ -34,7 +34,13 @@ from forecasting_pipeline.market.cadences import Cadence
 from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.sources.schema import BarSource
 from forecasting_pipeline.scoring.baselines import BASELINE_MODELS, BASELINE_RANDOM_WALK, DEFAULT_VOL_WINDOW
-from forecasting_pipeline.scoring.canaries import LossCanary, coverage_alarms, loss_canary
+from forecasting_pipeline.scoring.canaries import (
+    EnsembleCanary,
+    LossCanary,
+    coverage_alarms,
+    ensemble_canary,
+    loss_canary,
+)
 from forecasting_pipeline.scoring.coverage import CoverageAlarm
 from forecasting_pipeline.scoring.forecasts import (
     LATE_BAR_GRACE,
@@ -143,6 +149,8 @@ class Review:
         Per model with a band, the Kupiec test of its latest ``rolling.ROLLING_WINDOW`` forecast dates.
     loss_canary
         The rolling loss comparison, or None when no two models share a scored forecast.
+    ensemble_canary
+        The ensemble against its best member, or None without scored ensemble forecasts.
     scored, not_scored
         Forecasts scored per model over all history; rows left unscored per reason and model.
     """
@@ -154,6 +162,7 @@ class Review:
     rolling: pl.DataFrame
     coverage_alarms: dict[str, CoverageAlarm]
     loss_canary: LossCanary | None
+    ensemble_canary: EnsembleCanary | None
     scored: dict[str, int]
     not_scored: dict[str, dict[str, int]]
     review_from: datetime | None
@@ -361,6 +370,7 @@ def review_scores(conn: psycopg.Connection, timeframe: str, span: timedelta | No
         rolling=rolling_series(coverage, rolling_relative_mae(per_forecast)),
         coverage_alarms=dict(sorted(coverage_alarms(coverage).items())),
         loss_canary=loss_canary(per_forecast),
+        ensemble_canary=ensemble_canary(per_forecast),
         scored={m: n for m, n in store.loss_counts(conn, timeframe).items() if m not in BASELINE_MODELS},
         not_scored=store.skip_counts(conn, timeframe),
         review_from=review_from,

@@ -10,46 +10,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 
 import polars as pl
 import psycopg
 
 from forecasting_pipeline.serving.plots import forecast_fan_png, png_markdown
-from forecasting_pipeline.storage.ml_predictions import GUARDED_STEPS, KRONOS_MODEL_NAME
+from forecasting_pipeline.storage.kronos_rows import matching_kronos_forecasts
 
 logger = logging.getLogger(__name__)
 
-#: How long after a Chronos-2 forecast's ``as_of`` a Kronos forecast still counts as made from
-#: the same information: one bar. Kronos rows carry no ``as_of``, so their ``created_at`` is
-#: their origin; a Kronos run that started before the next bar closed saw the same bars.
-OVERLAY_TOLERANCE = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
-
 #: History drawn before each forecast, in multiples of its horizon.
 HISTORY_HORIZONS = 4
-
-# Per symbol, the newest Kronos row whose origin lies in [as_of, as_of + tolerance]; the
-# lateral LIMIT 1 walks idx_ml_pred_latest (model_name, timeframe, symbol, origin DESC, created_at DESC).
-# Steps are read guarded (ml_predictions.GUARDED_STEPS; 23 rows, so the cost is nothing): a malformed
-# Kronos step is left out of the picture instead of failing the run whose rows are already committed.
-_KRONOS_OVERLAY = f"""
-SELECT symbol, ts, p50 FROM (
-    SELECT o.symbol, o.as_of, {GUARDED_STEPS.ts} AS ts, {GUARDED_STEPS.p50} AS p50
-    FROM unnest(%(symbols)s::text[], %(origins)s::timestamptz[]) AS o(symbol, as_of)
-    CROSS JOIN LATERAL (
-        SELECT m.predictions
-        FROM ml_predictions m
-        WHERE m.model_name = %(model)s AND m.timeframe = %(timeframe)s AND m.symbol = o.symbol
-          AND COALESCE(m.as_of, m.created_at) >= o.as_of
-          AND COALESCE(m.as_of, m.created_at) <= o.as_of + %(tolerance)s
-        ORDER BY COALESCE(m.as_of, m.created_at) DESC, m.created_at DESC
-        LIMIT 1
-    ) k
-    CROSS JOIN LATERAL {GUARDED_STEPS.steps_of.format("k.predictions")} AS s(value)
-) steps
-WHERE ts > as_of AND p50 IS NOT NULL
-ORDER BY symbol, ts
-"""
 
 
 @dataclass(frozen=True)
@@ -64,7 +35,7 @@ class FanChart:
 
 
 def kronos_overlay(conn: psycopg.Connection, timeframe: str, origins: pl.DataFrame) -> pl.DataFrame:
-    """Kronos central forecasts from the same origins as ``origins``.
+    """Kronos central forecasts from the same origins as ``origins`` (the rule: ``storage.kronos_rows``).
 
     Parameters
     ----------
@@ -77,18 +48,7 @@ def kronos_overlay(conn: psycopg.Connection, timeframe: str, origins: pl.DataFra
         Columns ``symbol``, ``ts``, ``p50`` (Kronos's ``close``), only steps after ``as_of``;
         no rows for a symbol without a matching Kronos forecast.
     """
-    rows = conn.execute(
-        _KRONOS_OVERLAY,
-        {
-            "symbols": origins["symbol"].to_list(),
-            "origins": origins["as_of"].to_list(),
-            "model": KRONOS_MODEL_NAME,
-            "timeframe": timeframe,
-            "tolerance": OVERLAY_TOLERANCE[timeframe],
-        },
-    ).fetchall()
-    schema = {"symbol": pl.Utf8, "ts": pl.Datetime("us", "UTC"), "p50": pl.Float64}
-    return pl.DataFrame(rows, schema=schema, orient="row")
+    return matching_kronos_forecasts(conn, timeframe, origins).select("symbol", "ts", "p50")
 
 
 def window_fan_chart(

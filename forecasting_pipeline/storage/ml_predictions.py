@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "chronos-2"
 KRONOS_MODEL_NAME = "kronos-base"
+ENSEMBLE_MODEL_NAME = "ensemble"
+#: The models this pipeline writes. Kronos's rows are another system's and are never written here.
+WRITABLE_MODELS = (MODEL_NAME, ENSEMBLE_MODEL_NAME)
 TIMEFRAMES = ("1h", "1d")
 
 # A run's rows are copied into a temporary table, then upserted by one statement: COPY carries
@@ -54,8 +57,10 @@ class PredictionRow:
                 json.dumps(self.predictions))
 
 
-def prediction_rows(forecasts: pl.DataFrame, timeframe: str, model_version: str) -> list[PredictionRow]:
-    """Group long forecast rows (symbol, as_of, step, ts, p10, p50, p90) into one row per forecast."""
+def prediction_rows(
+    forecasts: pl.DataFrame, timeframe: str, model_version: str, model_name: str = MODEL_NAME
+) -> list[PredictionRow]:
+    """Group long forecast rows (symbol, as_of, step, ts, p10, p50, p90) into one row per forecast of ``model_name``."""
     if timeframe not in TIMEFRAMES:
         raise ValueError(f"timeframe must be one of {TIMEFRAMES}, got {timeframe!r}")
     steps_of: dict[tuple[str, datetime], list[dict]] = {}
@@ -65,16 +70,20 @@ def prediction_rows(forecasts: pl.DataFrame, timeframe: str, model_version: str)
             {"step": s, "ts": t.isoformat(), "p10": lo, "p50": mid, "p90": hi, "close": mid}
         )
     return [
-        PredictionRow(symbol, timeframe, MODEL_NAME, model_version, as_of, steps)
+        PredictionRow(symbol, timeframe, model_name, model_version, as_of, steps)
         for (symbol, as_of), steps in steps_of.items()
     ]
 
 
-def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow], window: str | None = None) -> int:
-    """Write one window's rows in one transaction: all of them, or none if anything fails.
+def upsert_window(
+    conn: psycopg.Connection, rows: Sequence[PredictionRow], window: str | None = None, model_name: str = MODEL_NAME
+) -> int:
+    """Write one window's rows of ``model_name`` in one transaction: all of them, or none if anything fails.
 
     A re-run of the window replaces its rows (the key is symbol, timeframe, model_name, as_of).
-    Rows of any other model are refused, so this can never touch Kronos's rows.
+    ``model_name`` must be one this pipeline writes (``WRITABLE_MODELS``: ``chronos-2``, or the
+    ensemble's writer's ``ensemble``), and rows of any other model are refused, so this can never
+    touch Kronos's rows.
 
     Two writers of the same window (a schedule tick and a manual run) are serialised by a
     transaction-level advisory lock on (model, timeframe, ``window``), or on (model, timeframe)
@@ -82,17 +91,27 @@ def upsert_window(conn: psycopg.Connection, rows: Sequence[PredictionRow], windo
     so the window ends with exactly one run's set, never a mix. The lock is released with the
     transaction, also when the connection dies mid-write (and the transaction rolls back).
     """
-    return sum(upsert_windows(conn, {window: rows}).values())
+    return sum(upsert_windows(conn, {window: rows}, model_name).values())
 
 
-def upsert_windows(conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow]]) -> dict[str | None, int]:
-    """Write several windows' rows in one transaction (see ``upsert_window``): all windows, or none."""
+def upsert_windows(
+    conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow]], model_name: str = MODEL_NAME
+) -> dict[str | None, int]:
+    """Write several windows' rows in one transaction (see ``upsert_window``): all windows, or none.
+
+    Inside a caller's transaction this is a savepoint of it, so the caller can write more (the
+    ensemble's weights) in the same commit.
+    """
+    if model_name not in WRITABLE_MODELS:
+        raise ValueError(f"refusing to write model {model_name!r}: this pipeline writes only {list(WRITABLE_MODELS)}")
     rows = [row for window_rows in rows_of.values() for row in window_rows]
-    foreign = sorted({row.model_name for row in rows if row.model_name != MODEL_NAME})
+    foreign = sorted({row.model_name for row in rows if row.model_name != model_name})
     if foreign:
-        raise ValueError(f"refusing to write rows of model(s) {foreign}: this pipeline writes only {MODEL_NAME!r}")
+        raise ValueError(f"refusing to write rows of model(s) {foreign}: this writer writes only {model_name!r}")
     # Sorted, so two writers of overlapping windows take the locks in one order (no deadlock).
-    locks = sorted({window_lock_name(row.timeframe, window) for window, window_rows in rows_of.items() for row in window_rows})
+    locks = sorted({
+        window_lock_name(row.timeframe, window, model_name) for window, window_rows in rows_of.items() for row in window_rows
+    })
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) "
@@ -125,9 +144,9 @@ def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str) -> list[Pr
     return prediction_rows(forecasts, timeframe, versions[0])
 
 
-def window_lock_name(timeframe: str, window: str | None) -> str:
+def window_lock_name(timeframe: str, window: str | None, model_name: str = MODEL_NAME) -> str:
     """The text whose hash keys a window's advisory lock (per database)."""
-    return f"ml_predictions:{MODEL_NAME}:{timeframe}" + (f":{window}" if window is not None else "")
+    return f"ml_predictions:{model_name}:{timeframe}" + (f":{window}" if window is not None else "")
 
 
 # Another system (Kronos) writes rows here too, so a stored step can be malformed: predictions
