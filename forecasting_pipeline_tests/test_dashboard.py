@@ -1,10 +1,12 @@
 """The dashboard at `/` in a real browser: `forecasting-pipeline serve` on loopback, headless Debian Chromium.
 
-The database holds the latest daily forecast of three instruments from both models: Chronos-2's
-made by the chain's own functions with the tiny model, Kronos's in the shape Kronos writes (its
-model cannot run here), and stored scores of both. The test picks an instrument, switches the
-model toggle kronos-base -> chronos-2 -> all, and checks the chart's legend changes each time and
-that the scores table shows both models. Screenshots go to ``test-artifacts/``.
+The database holds the latest daily forecast of three instruments from both models and their
+ensemble: Chronos-2's made by the chain's own functions with the tiny model, Kronos's in the shape
+Kronos writes (its model cannot run here), the ensemble's combined from those two and the
+random-walk baseline by the ensemble's own run (equal weights: no history is scored yet), and
+stored scores. The test picks an instrument, switches the model toggle kronos-base -> chronos-2
+-> ensemble -> all, and checks the chart's legend changes each time and that the scores table
+shows the models. Screenshots go to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import polars as pl
 import psycopg
 import pytest
 
+from forecasting_pipeline.ensemble.window_ensembles import ensemble_windows, write_run
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
+from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.forecasting.window_forecasts import forecast_windows
 from forecasting_pipeline.market.calendars import next_bar_closes
 from forecasting_pipeline.market.features import engineer_covariates
@@ -44,7 +48,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _store_forecasts(conn: psycopg.Connection, checkpoint) -> None:
-    """Both models' latest daily forecast for SYMBOLS, ending at the newest closed bar."""
+    """Both models' and the ensemble's latest daily forecast for SYMBOLS, ending at the newest closed bar."""
     universe = select_instruments(load_instruments(), SYMBOLS)
     now = datetime.now(timezone.utc)
     read = read_window_bars(SampleSource(), universe, "1d", {"latest": now}, 128, ValidationConfig())
@@ -63,6 +67,8 @@ def _store_forecasts(conn: psycopg.Connection, checkpoint) -> None:
             "INSERT INTO ml_predictions (symbol, timeframe, predictions, created_at) VALUES (%s, '1d', %s::jsonb, %s)",
             (symbol, json.dumps(steps), as_of + timedelta(minutes=30)),
         )
+    ensembles = ensemble_windows(conn, DAILY, SampleSource(), universe, {"latest": now})
+    assert write_run(conn, ensembles)["latest"] == len(SYMBOLS)
 
 
 def _store_scores(conn: psycopg.Connection) -> None:
@@ -104,7 +110,7 @@ def _shot(driver, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / name))
 
 
-def test_when_the_model_toggle_switches_then_the_chart_series_change_and_the_scores_show_both_models(dashboard, browser):
+def test_when_the_model_toggle_switches_then_the_chart_series_change_and_the_scores_show_the_models(dashboard, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -121,16 +127,23 @@ def test_when_the_model_toggle_switches_then_the_chart_series_change_and_the_sco
     chronos = _legend(browser)
     _shot(browser, "dashboard-chronos-2.png")
 
+    browser.find_element(By.ID, "model-ensemble").click()
+    _ready(browser, "ensemble")
+    ensemble = _legend(browser)
+    _shot(browser, "dashboard-ensemble.png")
+
     browser.find_element(By.ID, "model-all").click()
-    _ready(browser, "kronos-base,chronos-2")
-    both = _legend(browser)
+    _ready(browser, "kronos-base,chronos-2,ensemble")
+    every = _legend(browser)
     _shot(browser, "dashboard-all.png")
 
     assert kronos[1:] == ["AAPL close", "kronos-base"]
     assert chronos[1:] == ["AAPL close", "chronos-2 p50", "chronos-2 p10", "chronos-2 p90"]
-    assert both[1:] == ["AAPL close", "kronos-base", "chronos-2 p50", "chronos-2 p10", "chronos-2 p90"]
+    assert ensemble[1:] == ["AAPL close", "ensemble p50", "ensemble p10", "ensemble p90"]
+    assert every[1:] == ["AAPL close", "kronos-base", "chronos-2 p50", "chronos-2 p10", "chronos-2 p90",
+                         "ensemble p50", "ensemble p10", "ensemble p90"]
     # Drawn series, as the chart holds them (uPlot's series 0 is the time axis).
-    assert browser.execute_script("return document.body.dataset.series") == "5"
+    assert browser.execute_script("return document.body.dataset.series") == "8"
     models = [row.get_attribute("data-model") for row in browser.find_elements(By.CSS_SELECTOR, "#scores tbody tr")]
     assert {"chronos-2", "kronos-base"} <= set(models)
     scores_text = browser.find_element(By.ID, "scores").text
