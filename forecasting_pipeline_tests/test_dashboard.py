@@ -20,8 +20,8 @@ import pytest
 
 from forecasting_pipeline.ensemble.window_ensembles import ensemble_windows, write_run
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
-from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.forecasting.window_forecasts import forecast_windows
+from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.market.calendars import next_bar_closes
 from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.market.instruments import load_instruments, select_instruments
@@ -110,6 +110,16 @@ def _shot(driver, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / name))
 
 
+def _switch(driver, choice: str, drawn: str) -> list[str]:
+    """Pick ``choice`` on the model toggle, wait until ``drawn`` (comma-joined models) is on the chart: its legend."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, f"model-{choice}").click()
+    _ready(driver, drawn)
+    _shot(driver, f"dashboard-{choice}.png")
+    return _legend(driver)
+
+
 def test_when_the_model_toggle_switches_then_the_chart_series_change_and_the_scores_show_the_models(dashboard, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -122,20 +132,9 @@ def test_when_the_model_toggle_switches_then_the_chart_series_change_and_the_sco
     kronos = _legend(browser)
     _shot(browser, "dashboard-kronos-base.png")
 
-    browser.find_element(By.ID, "model-chronos-2").click()
-    _ready(browser, "chronos-2")
-    chronos = _legend(browser)
-    _shot(browser, "dashboard-chronos-2.png")
-
-    browser.find_element(By.ID, "model-ensemble").click()
-    _ready(browser, "ensemble")
-    ensemble = _legend(browser)
-    _shot(browser, "dashboard-ensemble.png")
-
-    browser.find_element(By.ID, "model-all").click()
-    _ready(browser, "kronos-base,chronos-2,ensemble")
-    every = _legend(browser)
-    _shot(browser, "dashboard-all.png")
+    chronos = _switch(browser, "chronos-2", "chronos-2")
+    ensemble = _switch(browser, "ensemble", "ensemble")
+    every = _switch(browser, "all", "kronos-base,chronos-2,ensemble")
 
     assert kronos[1:] == ["AAPL close", "kronos-base"]
     assert chronos[1:] == ["AAPL close", "chronos-2 p50", "chronos-2 p10", "chronos-2 p90"]
