@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
+from forecasting_pipeline.forecasting.precision import DTYPE_SETTINGS
 from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY
 from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT
 
@@ -64,11 +65,12 @@ class Settings:
     chronos2_model: str = DEFAULT_MODEL_ID  # CHRONOS2_MODEL
     chronos2_revision: str | None = None  # CHRONOS2_REVISION
     chronos2_device: str = "auto"  # CHRONOS2_DEVICE
-    chronos2_dtype: str = "float32"  # CHRONOS2_DTYPE
+    chronos2_dtype: str = "auto"  # CHRONOS2_DTYPE: auto (bfloat16 where the hardware has it), float32 or bfloat16
     min_free_gpu_gb: float = 1.5  # CHRONOS2_MIN_FREE_GPU_GB
     gpu_lock_timeout_s: float = 60.0  # CHRONOS2_GPU_LOCK_TIMEOUT_S
     gpu_lock_scope: str = "shared"  # CHRONOS2_GPU_LOCK: shared (Kronos's key) or per-gpu
     model_server_socket: str | None = None  # CHRONOS2_SERVER
+    gpu_resident: bool = False  # CHRONOS2_GPU_RESIDENT: keep the weights on a GPU no one else uses between calls
     # FRAMES_DIR, else DAGSTER_HOME/storage/frames; on Kubernetes a volume every pod mounts.
     frames_dir: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "storage" / "frames"))
     k8s_step_pods: bool = False  # K8S_STEP_PODS: one pod per step (dagster-k8s's k8s_job_executor)
@@ -115,11 +117,12 @@ class Settings:
             chronos2_model=get("CHRONOS2_MODEL", DEFAULT_MODEL_ID),
             chronos2_revision=get("CHRONOS2_REVISION"),
             chronos2_device=get("CHRONOS2_DEVICE", "auto"),
-            chronos2_dtype=get("CHRONOS2_DTYPE", "float32"),
+            chronos2_dtype=_choice(env, "CHRONOS2_DTYPE", DTYPE_SETTINGS),
             min_free_gpu_gb=float(get("CHRONOS2_MIN_FREE_GPU_GB", 1.5)),
             gpu_lock_timeout_s=float(get("CHRONOS2_GPU_LOCK_TIMEOUT_S", 60)),
             gpu_lock_scope=get("CHRONOS2_GPU_LOCK", "shared"),
             model_server_socket=get("CHRONOS2_SERVER"),
+            gpu_resident=_flag(env, "CHRONOS2_GPU_RESIDENT"),
             frames_dir=get("FRAMES_DIR") or str(Path(home) / "storage" / "frames"),
             k8s_step_pods=_flag(env, "K8S_STEP_PODS"),
             gpu_placement=_gpu_placement(env),
@@ -226,6 +229,7 @@ def _chronos2_fields(settings: Settings) -> dict[str, object]:
         min_free_memory_gb=settings.min_free_gpu_gb,
         lock_timeout_s=settings.gpu_lock_timeout_s,
         lock_scope=settings.gpu_lock_scope,
+        gpu_resident=settings.gpu_resident,
     )
 
 

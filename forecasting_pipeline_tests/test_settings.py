@@ -16,6 +16,7 @@ def test_when_nothing_is_set_then_the_defaults_hold():
         "1d", "2024-01-01", 120)
     assert settings.market_data_source == "sample" and settings.chronos2_model == "amazon/chronos-2"
     assert not settings.model_configured and not settings.embedded_database
+    assert (settings.chronos2_dtype, settings.gpu_resident) == ("auto", False)
 
 
 def test_when_the_first_windows_move_back_then_every_default_window_key_stays_valid():
@@ -38,6 +39,8 @@ def test_when_the_first_windows_move_back_then_every_default_window_key_stays_va
     ({"ENSEMBLE_SCHEME": "median"}, "ENSEMBLE_SCHEME must be one of grid, inverse, sqrt-inverse, got 'median'"),
     ({"ENSEMBLE_KRONOS_WAIT_MINUTES": "soon"}, "ENSEMBLE_KRONOS_WAIT_MINUTES must be a non-negative number, got 'soon'"),
     ({"ENSEMBLE_LOOKBACK": "-5"}, "ENSEMBLE_LOOKBACK must be a positive whole number, got '-5'"),
+    ({"CHRONOS2_DTYPE": "float16"}, "CHRONOS2_DTYPE must be one of auto, float32, bfloat16, got 'float16'"),
+    ({"CHRONOS2_GPU_RESIDENT": "sometimes"}, "CHRONOS2_GPU_RESIDENT must be true or false, got 'sometimes'"),
 ])
 def test_when_a_setting_is_malformed_then_the_error_names_the_variable_and_value(env, said):
     with pytest.raises(ValueError) as error:

@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from forecasting_pipeline.forecasting.precision import Dtype
 from forecasting_pipeline.forecasting.predict import MODEL_QUANTILE_LEVELS
 from forecasting_pipeline.heap import imports_without_collection
 
@@ -46,7 +47,6 @@ GEOMETRIES: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 6, "d_kv": 4, "d_ff": 8, "num_layers": 2, "num_heads": 4},
 }
 
-Dtype = Literal["float32", "bfloat16"]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -73,9 +73,9 @@ class LoadedModel:
 
     @property
     def version(self) -> str:
-        """What ``model_version`` records: package version, model id and revision."""
+        """What ``model_version`` records: package version, model id, revision and the precision it ran in."""
         tag = " RANDOM-WEIGHTS" if self.random_weights else ""
-        return f"chronos-forecasting=={version('chronos-forecasting')} {self.model_id}@{self.revision}{tag}"
+        return f"chronos-forecasting=={version('chronos-forecasting')} {self.model_id}@{self.revision} {self.dtype}{tag}"
 
     @property
     def identity(self) -> ModelIdentity:
