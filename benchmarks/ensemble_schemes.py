@@ -159,7 +159,10 @@ def main() -> None:
     parser.add_argument("--from", dest="first", default="2011-07-01")
     parser.add_argument("--to", dest="last", default="2012-06-30")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--smoke", action="store_true", help="two months (2012-05..06): checks that it runs, quickly")
     args = parser.parse_args()
+    if args.smoke:
+        args.first, args.last = "2012-05-01", "2012-06-30"
     results = run(args.first, args.last)
     results["load_average"] = os.getloadavg()
     print(f"GOOG daily {args.first}..{args.last}: {results['windows']} windows, {results['sessions']} sessions")

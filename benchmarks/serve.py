@@ -214,15 +214,20 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--requests", type=int, help="requests per client (default 6, quick 3)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (default 3)")
+    parser.add_argument("--smoke", action="store_true", help="the tiny checkpoint, one request per client, one round")
     args = parser.parse_args()
+    if args.smoke:
+        global CHECKPOINT
+        CHECKPOINT = CACHE / "chronos2-tiny-random"
+        args.quick, args.requests, args.rounds = True, 1, 1
     context = QUICK_CONTEXT if args.quick else DAILY_CONTEXT
     per_client = args.requests or (3 if args.quick else 6)
 
     if not (CHECKPOINT / "config.json").exists():
         from forecasting_pipeline.forecasting.model import write_random_checkpoint
 
-        log(f"writing the full-size random checkpoint to {CHECKPOINT} (once)")
-        write_random_checkpoint(CHECKPOINT, "full")
+        log(f"writing the random checkpoint to {CHECKPOINT} (once)")
+        write_random_checkpoint(CHECKPOINT, "tiny" if args.smoke else "full")
     import torch
 
     results: dict = {
