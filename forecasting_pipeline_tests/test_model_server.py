@@ -100,7 +100,7 @@ def test_when_the_server_runs_another_model_then_the_run_fails_naming_both_and_t
         model=str(tiny_checkpoint), device="cpu", dtype="bfloat16", server_socket=model_server.socket
     )
 
-    with pytest.raises(ModelServerError, match=r"this server runs .*'float32'.*the run asked for .*'bfloat16'"):
+    with pytest.raises(ModelServerError, match=r"this server runs .*'auto'.*the run asked for .*'bfloat16'"):
         wants_bf16.runner().predict(daily_inputs, HORIZON, CONTEXT)
 
     assert describe(model_server.socket)["pid"] == model_server.process.pid

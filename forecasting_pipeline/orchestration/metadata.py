@@ -4,6 +4,7 @@ tables, JSON and pictures a person reads in the UI, and where results become ass
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -68,7 +69,7 @@ def window_bars_metadata(result: WindowBars, source: str, synthetic: bool, instr
         "synthetic": synthetic,
         "windows": len(result.windows),
         "instruments": instruments,
-        "rows": sum(len(f) for f in result.bars.values()),
+        "rows": result.bars.rows(),
         "excluded": dg.MetadataValue.json(result.excluded),
         "excluded_by_rule": dg.MetadataValue.json(result.excluded_by_rule()),
         "nothing_to_forecast": dg.MetadataValue.json(result.empty),
@@ -135,7 +136,7 @@ def written_window_metadata(frame: pl.DataFrame, rows: int, done: int, total: in
 
 
 def windows_written_check(
-    forecasts: dict[str, pl.DataFrame], written: dict[str, pl.DataFrame], reasons: dict[str, str]
+    forecasts: Mapping[str, pl.DataFrame], written: dict[str, pl.DataFrame], reasons: dict[str, str]
 ) -> dg.AssetCheckResult:
     """Fails, naming them and why, when windows of the run had nothing to forecast and so no rows."""
     missing = {window: reasons.get(window, "nothing to forecast") for window in sorted(forecasts) if window not in written}
@@ -181,6 +182,7 @@ def forecast_metadata(result: WindowForecasts) -> dict[str, object]:
         "horizon": result.horizon,
         "quantiles": dg.MetadataValue.json(list(QUANTILE_LEVELS)),
         "series": result.series,
+        "distinct_series": result.distinct_series,
         "windows": len(result.forecasts),
         "rejected": dg.MetadataValue.json(result.left_out()),
         "nothing_to_forecast": dg.MetadataValue.json(result.empty),
