@@ -5,7 +5,7 @@ from the benchmark process (which holds a loaded model) would report at least th
 peak. This launcher is started before the benchmark grows and runs every child itself.
 
 Protocol: one JSON request per stdin line ``{"argv", "env", "cwd", "log"}``; one JSON reply per
-stdout line ``{"started_at", "wall_s", "peak_rss_mb", "returncode"}``.
+stdout line ``{"started_at", "wall_s", "peak_rss_mb", "cpu_s", "returncode"}``.
 
 ``--smoke`` starts this launcher as ``run.py`` does, sends it one small child and prints the reply.
 """
@@ -32,6 +32,9 @@ def main() -> int:
             "started_at": started_at,
             "wall_s": time.perf_counter() - t,
             "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
+            # User and system CPU seconds of the child (every thread): steadier than wall time
+            # when other processes share the cores.
+            "cpu_s": usage.ru_utime + usage.ru_stime,
             "returncode": proc.returncode,
         }
         print(json.dumps(reply), flush=True)

@@ -20,7 +20,7 @@ Measures in one run, on one machine, with one full-size random-weight Chronos-2 
 7. peak RSS of the pipeline and backfill processes.
 
     python benchmarks/run.py [--quick] [--json FILE] [--device cpu|cuda]
-    python benchmarks/run.py --only overhead [--json FILE]     # stage 6 alone (minutes)
+    python benchmarks/run.py --only overhead [--json FILE] [--profile DIR]  # stage 6 alone (minutes)
     python benchmarks/run.py --year [--json FILE]              # a year of hourly windows, estimated
     python benchmarks/run.py --smoke                           # tiny model, few windows: checks it runs
 
@@ -134,6 +134,8 @@ class Plan:
     # Overhead runs: (cadence, through the model server).
     overhead_runs: tuple[tuple[str, bool], ...] = (("1d", False), ("1h", False), ("1d", True), ("1h", True))
     year_passes: int = 2
+    # Where the overhead runs write their cProfile statistics (``--profile``); None: not profiled.
+    profile_dir: Path | None = None
     # The naive script and the model in a fresh process (each also runs alone in its own --smoke).
     peers: bool = True
     dtypes: tuple[str, ...] = field(default=DTYPES)
@@ -416,7 +418,7 @@ def run_timeline(instance, started_at: float, cadence: str) -> dict:
             steps.setdefault(event.step_key, {})[kind] = record.timestamp
         elif kind == "ASSET_MATERIALIZATION" and event.step_key == f"chronos2_forecasts_{cadence}":
             values = record.asset_materialization.metadata
-            for key in ("model_load_seconds", "predict_seconds", "series", "device"):
+            for key in ("model_load_seconds", "predict_seconds", "model_cpu_seconds", "series", "device"):
                 if key in values:
                     metadata[key] = values[key].value
         elif kind == "ASSET_MATERIALIZATION" and event.step_key == f"ml_predictions_{cadence}":
@@ -439,6 +441,7 @@ def run_timeline(instance, started_at: float, cadence: str) -> dict:
         "model_s": span(f"chronos2_forecasts_{c}"),
         "model_load_s": metadata.get("model_load_seconds"),
         "predict_s": metadata.get("predict_seconds"),
+        "model_cpu_s": metadata.get("model_cpu_seconds"),
         "write_s": span(f"ml_predictions_{c}"),
         "committed_s": (committed_at or steps[f"ml_predictions_{c}"]["STEP_SUCCESS"]) - started_at,
         "run_end_s": (run_end - started_at) if run_end else None,
@@ -583,14 +586,21 @@ def overhead_run(env: dict, home: Path, instance, plan: Plan, cadence: str, serv
             "-j", f"chronos2_{cadence}_job", "-c", str(config), "--tags",
             json.dumps({"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})]
     label = f"overhead_{cadence}{'_served' if served else ''}"
+    load_average = os.getloadavg()[0]
+    if plan.profile_dir is not None:
+        plan.profile_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "cProfile", "-o", str(plan.profile_dir / f"{label}.prof"), *argv]
     child = run_child(argv, {**env, "CHRONOS2_MODEL": str(TINY_CHECKPOINT)}, home / f"{label}.log")
     if child["returncode"] != 0:
         raise failed(f"the {label} backfill run", home / f"{label}.log")
     timeline = run_timeline(instance, child["started_at"], cadence)
     windows = plan.overhead_windows[cadence]
     model_s = (timeline["model_load_s"] or 0.0) + timeline["predict_s"]
-    return {**child, **timeline, "windows": windows, "model_s": model_s,
+    # Through the server the model's CPU is the server's, not this process's.
+    model_cpu_s = 0.0 if served else timeline["model_cpu_s"]
+    return {**child, **timeline, "windows": windows, "model_s": model_s, "load_average": load_average,
             "overhead_per_window_s": (child["wall_s"] - model_s) / windows,
+            "overhead_cpu_per_window_s": (child["cpu_s"] - model_cpu_s) / windows,
             "per_window_ms": phases_per_window_ms(child["wall_s"], timeline, model_s, windows)}
 
 
@@ -754,6 +764,12 @@ def overhead_keys(r: dict) -> dict:
             for c in ("1d", "1h") if f"{c}_served" in o}
     keys |= {f"backfill_overhead_per_window_s_{c}_model_in_run": o[c]["overhead_per_window_s"]
              for c in ("1d", "1h") if c in o}
+    # The same beyond-the-model cost in the run process's CPU seconds: what a shared machine's load
+    # does not inflate (through the server, the server's own share of a call is not in it).
+    keys |= {f"backfill_overhead_cpu_per_window_s_{c}": o[f"{c}_served"]["overhead_cpu_per_window_s"]
+             for c in ("1d", "1h") if f"{c}_served" in o}
+    keys |= {f"backfill_overhead_cpu_per_window_s_{c}_model_in_run": o[c]["overhead_cpu_per_window_s"]
+             for c in ("1d", "1h") if c in o}
     return keys
 
 
@@ -778,11 +794,12 @@ def project_instance(plan: Plan):
 
 def overhead_report(r: dict) -> str:
     windows = ", ".join(f"{c} {r['overhead'][c]['windows']}" for c in r["overhead"] if not c.endswith("_served"))
-    lines = [f"| backfill run (tiny model; windows: {windows}) | wall s | model s (load + predict) | events "
-             "| beyond the model, per window |", "|---|---|---|---|---|"]
+    lines = [f"| backfill run (tiny model; windows: {windows}) | load average | wall s | model s (load + predict) "
+             "| events | beyond the model, per window | its CPU seconds, per window |", "|---|---|---|---|---|---|---|"]
     for key, o in r["overhead"].items():
-        lines.append(f"| {key.replace('_served', ' through the model server')} | {o['wall_s']:.2f} | {o['model_s']:.2f} "
-                     f"| {o['events']} | {o['overhead_per_window_s']:.4f} |")
+        lines.append(f"| {key.replace('_served', ' through the model server')} | {o['load_average']:.1f} | {o['wall_s']:.2f} "
+                     f"| {o['model_s']:.2f} | {o['events']} | {o['overhead_per_window_s']:.4f} "
+                     f"| {o['overhead_cpu_per_window_s']:.4f} |")
     phases = next(iter(r["overhead"].values()))["per_window_ms"]
     lines += ["", "| ms per window beyond the model | " + " | ".join(phases) + " |",
               "|---|" + "---|" * len(phases)]
@@ -904,6 +921,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--reps", type=int, help="timed repetitions of the bare model and of each pipeline run (default: quick 1, else 3)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run each backfill-overhead run under cProfile, writing DIR/overhead_<cadence>[_served].prof "
+                             "(profiling slows the runs: its per-window figures are not the measure)")
     stage = parser.add_mutually_exclusive_group()
     stage.add_argument("--only", choices=["overhead"], help="only the backfill-overhead stage (minutes, tiny model)")
     stage.add_argument("--year", action="store_true",
@@ -932,7 +952,7 @@ def main() -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA device")
-    plan = make_plan(args)
+    plan = replace(make_plan(args), profile_dir=args.profile)
     results: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(args.device),

@@ -158,7 +158,7 @@ class Chronos2Runner:
         self, device: str, cuda: Cuda, inputs, horizon, context_length, quantile_levels, sort
     ) -> tuple[np.ndarray, ModelIdentity, dict[str, float]]:
         """One batch on ``device`` with the host copy: lent to the GPU for the call, or used in place on the CPU."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         loaded, host = self._cached(resolve_dtype(self.dtype, device, cuda))
         placement = host.lent(cuda, self.gpu_resident) if device == "cuda" else host.on_host()
         with placement:
@@ -166,5 +166,10 @@ class Chronos2Runner:
             quantiles = predict_quantiles(
                 loaded.pipeline, inputs, horizon, context_length, self.batch_size_for(device), quantile_levels, sort
             )
-        timings = {"model_load_seconds": loaded_at - started, "predict_seconds": time.perf_counter() - loaded_at}
+        timings = {
+            "model_load_seconds": loaded_at - started, "predict_seconds": time.perf_counter() - loaded_at,
+            # CPU seconds of every thread of the process that ran the call (load and predict): on a
+            # shared machine, what the call cost regardless of who else was running.
+            "model_cpu_seconds": time.process_time() - cpu_started,
+        }
         return quantiles, replace(loaded.identity, device=device), timings

@@ -232,15 +232,26 @@ def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
     ):
         """Chronos-2 rows in ml_predictions (model_name 'chronos-2'), upserted in one transaction for the run's windows."""
         to_write = {window: frame for window, frame in sorted(forecasts.items()) if not frame.is_empty()}
+        metadata_of = {}
         with database.connection() as conn:
             # Every window in one transaction: all of the run's rows are visible at once, or none.
             written = write_windows(conn, to_write, cadence)
             for done, (window, frame) in enumerate(to_write.items(), start=1):
-                metadata = written_window_metadata(frame, written[window], done, len(to_write), database.describe())
+                metadata_of[window] = written_window_metadata(frame, written[window], done, len(to_write), database.describe())
                 if len(forecasts) == 1:
-                    metadata |= _fan(context, conn, cadence, window, frame, frames_io_manager)
-                context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=window, metadata=metadata))
+                    metadata_of[window] |= _fan(context, conn, cadence, window, frame, frames_io_manager)
         context.log.info(f"wrote {len(to_write)} of {len(forecasts)} windows")
+        if set(to_write) == set(context.partition_keys):
+            # Every window of the run is written: the step's own materialisation (one per window,
+            # each with its window's metadata), which Dagster stores as one batch of events.
+            for window, metadata in metadata_of.items():
+                context.add_asset_metadata(metadata, partition_key=window)
+            yield dg.MaterializeResult(check_results=[windows_written_check(forecasts, to_write, {})])
+            return
+        # Some windows had nothing to forecast: only the written ones are materialised, so the
+        # others stay missing (and the check below names them, with what the earlier steps recorded).
+        for window, metadata in metadata_of.items():
+            context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=window, metadata=metadata))
         yield windows_written_check(forecasts, to_write, nothing_to_forecast_reasons(context, cadence))
 
     return ml_predictions

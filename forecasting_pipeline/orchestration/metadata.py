@@ -196,6 +196,7 @@ def forecast_metadata(result: WindowForecasts) -> dict[str, object]:
             "dtype": done.model.dtype,
             "model_load_seconds": round(done.timings["model_load_seconds"], 3),
             "predict_seconds": round(done.timings["predict_seconds"], 3),
+            "model_cpu_seconds": round(done.timings["model_cpu_seconds"], 3),
             **done.device_run.metadata(),
         }
     last = max(result.forecasts, default=None)
