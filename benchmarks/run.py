@@ -571,9 +571,8 @@ def overhead_run(env: dict, home: Path, instance, plan: Plan, cadence: str, serv
 
     The tiny model keeps the run short; what it measures is everything else a backfill run does
     per window (reading, validating, shaping, writing, Dagster's events), at the cadence's context.
-    Model seconds are the forecast step's load and predict seconds. Load includes importing
-    chronos, not torch, which the step imports first to choose the device: with the model in the
-    run, torch's import counts as overhead. Through the model server, a run imports neither.
+    Model seconds are the forecast step's load and predict seconds; load includes importing torch
+    and chronos, which only the model needs. Through the model server, a run imports neither.
     """
     context_length = plan.works[cadence].context_length
     first, last = plan.overhead_range(cadence)

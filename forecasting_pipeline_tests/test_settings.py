@@ -13,7 +13,7 @@ def test_when_nothing_is_set_then_the_defaults_hold():
     assert (hourly.cadence.name, hourly.partitions_def.get_first_partition_key(), hourly.per_backfill_run) == (
         "1h", "2026-01-01-00:00", 240)
     assert (daily.cadence.name, daily.partitions_def.get_first_partition_key(), daily.per_backfill_run) == (
-        "1d", "2024-01-01", 120)
+        "1d", "2024-01-01", 240)
     assert settings.market_data_source == "sample" and settings.chronos2_model == "amazon/chronos-2"
     assert not settings.model_configured and not settings.embedded_database
     assert (settings.chronos2_dtype, settings.gpu_resident) == ("auto", False)
@@ -21,14 +21,14 @@ def test_when_nothing_is_set_then_the_defaults_hold():
 
 def test_when_the_first_windows_move_back_then_every_default_window_key_stays_valid():
     settings = Settings.from_env({"FIRST_WINDOW_1H": "2017-01-01-00:00", "FIRST_WINDOW_1D": "2004-01-01",
-                                  "WINDOWS_PER_BACKFILL_RUN_1D": "240"})
+                                  "WINDOWS_PER_BACKFILL_RUN_1D": "120"})
     defaults = Settings.from_env({}).windows()
 
     for moved, default in zip(settings.windows(), defaults, strict=True):
         some_default_keys = default.partitions_def.get_partition_keys()[:50]
         assert all(moved.partitions_def.has_partition_key(key) for key in some_default_keys)
     assert settings.windows()[1].partitions_def.get_first_partition_key() == "2004-01-01"
-    assert settings.windows()[1].per_backfill_run == 240
+    assert settings.windows()[1].per_backfill_run == 120
 
 
 @pytest.mark.parametrize(("env", "said"), [

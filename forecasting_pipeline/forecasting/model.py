@@ -162,8 +162,8 @@ def _check_local_checkpoint(path: Path) -> bool:
 
 
 @functools.cache
-def _model_modules():
-    """torch and chronos, imported on first use: they stay for the life of the process (heap.py)."""
+def model_modules():
+    """torch and chronos, the model's own imports, imported on first use: they stay for the process's life (heap.py)."""
     with imports_without_collection():
         import torch
         from chronos import Chronos2Pipeline
@@ -186,7 +186,7 @@ def load_chronos2(
         Hub revision (commit, tag or branch) to pin; recorded in ``model_version``. For a local
         directory it is recorded as given, or else as a hash of the weights.
     """
-    torch, Chronos2Pipeline = _model_modules()
+    torch, Chronos2Pipeline = model_modules()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     path = Path(model).expanduser()
     if path.is_dir():
