@@ -21,6 +21,7 @@ Measures in one run, on one machine, with one full-size random-weight Chronos-2 
 
     python benchmarks/run.py [--quick] [--json FILE] [--device cpu|cuda]
     python benchmarks/run.py --only overhead [--json FILE] [--profile DIR]  # stage 6 alone (minutes)
+    python benchmarks/run.py --only model [--quick] [--json FILE]  # stages 1 and 5: model per dtype, peak
     python benchmarks/run.py --year [--json FILE]              # a year of hourly windows, estimated
     python benchmarks/run.py --smoke                           # tiny model, few windows: checks it runs
 
@@ -842,13 +843,21 @@ def ratio_lines(r: dict) -> list[str]:
     return lines
 
 
-def report(r: dict) -> str:
-    lines = machine_lines(r) + ratio_lines(r) + ["", "| measurement | seconds | peak RSS (MB) |", "|---|---|---|"]
+def model_lines(r: dict) -> list[str]:
+    """The bare model per dtype and cadence, and the matmul peaks it is held against."""
+    lines = ["| measurement | seconds | peak RSS (MB) |", "|---|---|---|"]
     for dtype in DTYPES:
         for c in ("1d", "1h"):
             b = r["bare"][dtype][c]
             lines.append(f"| bare model {c} {dtype} ({b['series']} series, context {b['context_length']}, "
                          f"{b['tokens']} tokens, {b['gflops']:.0f} GFLOP/s) | {b['seconds']:.2f} | |")
+    ml = r["machine_limit"]
+    lines.append(f"| matmul peak: fp32 {ml['float32_gflops']:.0f} GFLOP/s, bf16 {ml['bfloat16_gflops']:.0f} GFLOP/s | | |")
+    return lines
+
+
+def report(r: dict) -> str:
+    lines = machine_lines(r) + ratio_lines(r) + [""] + model_lines(r)[:-1]
     lines.append(f"| bare model 1d again, after the backfill | {r['bare_1d_after']:.2f} | |")
     for kind, title in (("pipeline", ""), ("pipeline_served", " through the warm model server")):
         for c, p in r[kind].items():
@@ -876,6 +885,16 @@ def report(r: dict) -> str:
     lines.append(f"| matmul peak: fp32 {ml['float32_gflops']:.0f} GFLOP/s, bf16 {ml['bfloat16_gflops']:.0f} GFLOP/s | | |")
     lines.append(f"| whole benchmark | {r['benchmark_seconds']:.0f} | |")
     return "\n".join(lines + ["", overhead_report(r), "", year_report(r)])
+
+
+def model_stage(results: dict, plan: Plan) -> None:
+    """The matmul peak of each dtype, the bare model in each, and the peak again (the best of two samples)."""
+    results["machine_limit"] = machine_limit(plan)
+    log(f"matmul peak: {results['machine_limit']}")
+    results["bare"] = bare_model(plan)
+    # Measured again after the model: a busy moment elsewhere on the machine lowers one sample.
+    results["machine_limit"] = machine_limit(plan, results["machine_limit"])
+    log(f"matmul peak (best of two samples): {results['machine_limit']}")
 
 
 def pipeline_stages(results: dict, plan: Plan) -> None:
@@ -924,7 +943,9 @@ def arguments() -> argparse.Namespace:
                         help="run each backfill-overhead run under cProfile, writing DIR/overhead_<cadence>[_served].prof "
                              "(profiling slows the runs: its per-window figures are not the measure)")
     stage = parser.add_mutually_exclusive_group()
-    stage.add_argument("--only", choices=["overhead"], help="only the backfill-overhead stage (minutes, tiny model)")
+    stage.add_argument("--only", choices=["overhead", "model"],
+                       help="overhead: only the backfill-overhead stage (minutes, tiny model); model: only the bare "
+                            "model per dtype and cadence against the matmul peaks (stages 1 and 5)")
     stage.add_argument("--year", action="store_true",
                        help="only a year of hourly windows: the model's series/s at a backfill run's batch size, "
                             "an hourly backfill run's cost beyond the model, and the estimate")
@@ -983,12 +1004,11 @@ def main() -> int:
         return finish(results, args, began, lambda r: "\n".join(
             ratio_lines(r) + ["", overhead_report(r), "", year_report(r)]))
 
-    results["machine_limit"] = machine_limit(plan)
-    log(f"matmul peak: {results['machine_limit']}")
-    results["bare"] = bare_model(plan)
-    # Measured again after the model: a busy moment elsewhere on the machine lowers one sample.
-    results["machine_limit"] = machine_limit(plan, results["machine_limit"])
-    log(f"matmul peak (best of two samples): {results['machine_limit']}")
+    model_stage(results, plan)
+    if args.only == "model":
+        results["ratios"] = model_keys(results)
+        results.update(results["ratios"])
+        return finish(results, args, began, lambda r: "\n".join(machine_lines(r) + ratio_lines(r) + [""] + model_lines(r)))
     pipeline_stages(results, plan)
     hourly = plan.works["1h"]
     results["year_model"] = series_per_second(plan, hourly.context_length, hourly.horizon)

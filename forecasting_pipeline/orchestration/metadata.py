@@ -125,14 +125,18 @@ def nothing_to_forecast_reasons(context: dg.AssetExecutionContext, cadence: str)
 
 
 def written_window_metadata(frame: pl.DataFrame, rows: int, done: int, total: int, database: str) -> dict[str, object]:
-    """Metadata of one window of ``ml_predictions_<cadence>``, logged when its rows are committed."""
-    return {
-        "rows": rows,
-        "windows_done": done,
-        "windows_total": total,
-        "database": database,
-        "preview": markdown_table(frame.filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")),
-    }
+    """Metadata of one window of ``ml_predictions_<cadence>``, logged when its rows are committed.
+
+    A run of one window previews its first step's rows; a backfill run's windows do not, as they
+    draw no fan chart: one window's table among hundreds says little, and building each is work
+    in every window.
+    """
+    out: dict[str, object] = {"rows": rows, "windows_done": done, "windows_total": total, "database": database}
+    if total == 1:
+        out["preview"] = markdown_table(
+            frame.filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")
+        )
+    return out
 
 
 def windows_written_check(
