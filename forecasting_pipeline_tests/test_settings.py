@@ -11,9 +11,9 @@ def test_when_nothing_is_set_then_the_defaults_hold():
 
     hourly, daily = settings.windows()
     assert (hourly.cadence.name, hourly.partitions_def.get_first_partition_key(), hourly.per_backfill_run) == (
-        "1h", "2026-01-01-00:00", 240)
+        "1h", "2026-01-01-00:00", 480)
     assert (daily.cadence.name, daily.partitions_def.get_first_partition_key(), daily.per_backfill_run) == (
-        "1d", "2024-01-01", 240)
+        "1d", "2024-01-01", 480)
     assert settings.market_data_source == "sample" and settings.chronos2_model == "amazon/chronos-2"
     assert not settings.model_configured and not settings.embedded_database
     assert (settings.chronos2_dtype, settings.gpu_resident) == ("auto", False)
