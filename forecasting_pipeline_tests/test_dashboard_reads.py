@@ -12,7 +12,7 @@ import pytest
 from forecasting_pipeline.market.cadences import DAILY
 from forecasting_pipeline.market.calendars import next_bar_closes
 from forecasting_pipeline.market.instruments import load_instruments, select_instruments
-from forecasting_pipeline.market.sources import SampleSource
+from forecasting_pipeline.market.sources import FileSource, SampleSource
 from forecasting_pipeline.scoring.frames import PER_FORECAST_SCHEMA
 from forecasting_pipeline.scoring.rolling import rolling_scaled_mae
 from forecasting_pipeline.serving.model_catalog import Series, View, describe_model, model_catalog
@@ -144,6 +144,18 @@ def test_when_past_forecasts_include_kronos_rows_then_each_step_meets_its_close_
     assert [b["ts"] for b in answer.bars] == [t.isoformat() for t in sorted(closes) if t <= now][-12:]
     assert sum(datetime.fromisoformat(b["ts"]) <= first_step for b in answer.bars) == DAILY.horizon
     assert answer.bars_note is None and answer.empty_reason is None
+
+
+def test_when_an_instrument_with_forecasts_has_no_bars_then_its_steps_wait_and_the_note_gives_the_sources_reason(
+        conn, bar_files):
+    aapl = select_instruments(load_instruments(), ["AAPL"])[0]
+    steps = [{"step": 1, "ts": "2026-03-03T21:00:00+00:00", "p10": 1.0, "p50": 2.0, "p90": 3.0, "close": 2.0}]
+    _insert(conn, "chronos-2", "1d", "AAPL", T0, steps=steps)
+
+    answer = past_forecasts(conn, FileSource(bar_files.root), aapl, DAILY, "chronos-2", 5, T0 + timedelta(days=3))
+
+    assert answer.bars == [] and answer.bars_note.startswith("no bars for AAPL: AAPL: no 1d bar file; tried ")
+    assert [(f.realised_steps, f.inside_band, f.steps[0]["close"]) for f in answer.forecasts] == [(0, 0, None)]
 
 
 def test_when_more_origins_are_asked_than_allowed_then_value_error_names_the_bound(conn):

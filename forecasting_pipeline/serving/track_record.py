@@ -23,6 +23,7 @@ from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.sources import BarSource
 from forecasting_pipeline.scoring.baselines import BASELINE_MODELS
 from forecasting_pipeline.scoring.evaluation import DEFAULT_REVIEW_SPAN
+from forecasting_pipeline.scoring.frames import UTC
 from forecasting_pipeline.scoring.rolling import rolling_coverage, rolling_relative_mae, rolling_scaled_mae
 from forecasting_pipeline.serving.gateway import known_models
 from forecasting_pipeline.serving.model_catalog import describe_model, kind_order
@@ -93,21 +94,24 @@ def past_forecasts(
         return PastForecasts(unreadable_rows=unreadable_rows, empty_reason=(
             f"no {model} {cadence.name} forecasts of {instrument.symbol} are stored" + (" with a readable step" if ids else "")))
     first = steps.select(pl.coalesce("as_of", "ts").min()).item()
-    last = min(steps["ts"].max(), last_bar_close(instrument.calendar, cadence.name, now))
-    bars, unreadable = source.history([instrument], cadence.name, first, max(first, last), cadence.horizon)
-    closes = bars.select(pl.col("ts").cast(steps.schema["ts"]), "close") if bars.height else None
-    note = None
-    if instrument.symbol in unreadable:
-        note = f"no bars for {instrument.symbol}: {unreadable[instrument.symbol]}"
-    elif closes is None:
-        note = f"no {cadence.name} bars of {instrument.symbol} closed by {max(first, last).isoformat()}"
-    if closes is None:
-        closes = pl.DataFrame(schema={"ts": steps.schema["ts"], "close": pl.Float64})
-    with_outcomes = steps.join(closes, on="ts", how="left")
-    ordered = with_outcomes.sort(pl.coalesce("as_of", "created_at"), "created_at", "id", "step")
+    last = max(first, min(steps["ts"].max(), last_bar_close(instrument.calendar, cadence.name, now)))
+    closes, note = _closes(source, instrument, cadence, first, last)
+    ordered = steps.join(closes, on="ts", how="left").sort(pl.coalesce("as_of", "created_at"), "created_at", "id", "step")
     forecasts = [_past_forecast(rows) for _, rows in ordered.group_by("id", maintain_order=True)]
-    return PastForecasts(forecasts, [{"ts": t.isoformat(), "close": _plain(c)} for t, c in closes.sort("ts").iter_rows()],
+    return PastForecasts(forecasts, [{"ts": t.isoformat(), "close": _plain(c)} for t, c in closes.iter_rows()],
                          note, unreadable_rows)
+
+
+def _closes(source: BarSource, instrument: Instrument, cadence: Cadence, first: datetime, last: datetime
+            ) -> tuple[pl.DataFrame, str | None]:
+    """``ts``, ``close`` from one horizon before ``first`` to ``last``, sorted; and why there are none, if so."""
+    bars, unreadable = source.history([instrument], cadence.name, first, last, cadence.horizon)
+    closes = bars.select(pl.col("ts").cast(UTC), pl.col("close").cast(pl.Float64)).sort("ts")
+    if instrument.symbol in unreadable:
+        return closes, f"no bars for {instrument.symbol}: {unreadable[instrument.symbol]}"
+    if closes.is_empty():
+        return closes, f"no {cadence.name} bars of {instrument.symbol} closed by {last.isoformat()}"
+    return closes, None
 
 
 def _readable_steps(conn: psycopg.Connection, ids: list[int]) -> tuple[pl.DataFrame, list[str]]:

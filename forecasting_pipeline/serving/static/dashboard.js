@@ -14,7 +14,8 @@ const REFRESH_S = Number.isFinite(Number(params.get("refresh") ?? 60)) ? Math.ma
 let universe = [];
 let catalog = { models: [], default_model: "kronos-base" };
 let generation = 0;
-let busy = false;
+let inFlight = 0;
+let modelsProblem = "";
 const charts = {};
 
 const $ = (id) => document.getElementById(id);
@@ -135,21 +136,29 @@ function showEmptyView() {
 // ---- refresh ----------------------------------------------------------------------------------
 
 async function tick() {
-  if (busy) return;
+  if (inFlight > 0) return; // a refresh is under way: this tick would repeat it
   try {
     catalog = await getJSON("/showcase/models");
     buildModelToggle(selection().choice);
     markInstruments();
     showEmptyView();
+    modelsProblem = "";
   } catch (error) {
-    $("error").textContent = `Could not refresh the models: ${error.message}`;
+    modelsProblem = `Could not refresh the models (showing the last list): ${error.message}`;
   }
   await refresh();
 }
 
 async function refresh() {
-  const mine = ++generation;
-  busy = true;
+  inFlight += 1;
+  try {
+    await load(++generation);
+  } finally {
+    inFlight -= 1;
+  }
+}
+
+async function load(mine) {
   document.body.dataset.state = "loading";
   const s = selection();
   history.replaceState(null, "", `?${new URLSearchParams({ symbol: s.symbol, timeframe: s.timeframe, model: s.choice,
@@ -165,7 +174,7 @@ async function refresh() {
   ]);
   if (mine !== generation) return; // a newer refresh started: its answers win
   const [bars, forecasts, scores, past, rolling, weights] = answers;
-  $("error").textContent = "";
+  $("error").textContent = modelsProblem;
   panel("chart-panel", () => drawLatest(s, bars, forecasts));
   panel("scores-panel", () => showScores(settled(scores), s.models));
   panel("outcomes-panel", () => drawOutcomes(s, settled(past)));
@@ -175,7 +184,6 @@ async function refresh() {
   document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes) + 1);
   document.body.dataset.state = "ready";
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}` + (REFRESH_S > 0 ? ` · every ${REFRESH_S} s` : "");
-  busy = false;
 }
 
 function settled(result) {
