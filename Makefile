@@ -74,3 +74,11 @@ test: install browser
 
 migrate: install
 	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline migrate
+
+# The dashboard's screenshots in docs/images/, taken by its browser test in real Chromium.
+.PHONY: screenshots
+screenshots: install browser
+	$(BIN)/forecasting-pipeline with-db -- $(BIN)/python -m pytest -q forecasting_pipeline_tests/test_dashboard.py
+	mkdir -p docs/images
+	cp test-artifacts/dashboard.png test-artifacts/dashboard-*-panel.png test-artifacts/dashboard-no-rows.png \
+		test-artifacts/dashboard-empty.png docs/images/
