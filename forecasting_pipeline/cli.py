@@ -96,8 +96,10 @@ def setup_instance() -> int:
 
 
 def cmd_setup_instance(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.settings import Settings
+
     limit = setup_instance()
-    print(f"Dagster instance at {os.environ.get('DAGSTER_HOME')}: pool 'gpu' limited to {limit}")
+    print(f"Dagster instance at {Settings.from_env().dagster_home}: pool 'gpu' limited to {limit}")
     return 0
 
 
@@ -365,6 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     # So is multi_observable_source_asset, which makes Kronos's rows an observed asset (README: The ensemble).
     warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*beta", category=Warning)
     args = build_parser().parse_args(argv)
+    from forecasting_pipeline.settings import Settings, SettingsError
+
+    # Every command reads the settings first, so a bad value stops it here, named, before any work.
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"forecasting-pipeline: {problem}", file=sys.stderr)
+        return 2
+    # Dagster finds its instance through DAGSTER_HOME: unset, in a source checkout, the repository's own.
+    if settings.dagster_home:
+        os.environ["DAGSTER_HOME"] = settings.dagster_home
     return args.func(args)
 
 

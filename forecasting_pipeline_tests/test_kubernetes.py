@@ -200,7 +200,9 @@ class Deployment:
 def deployment(tmp_path_factory):
     values = yaml.safe_load(VALUES.read_text())
     (code_location,) = values["dagster-user-deployments"]["deployments"]
-    env = {**plain_env(code_location), "KRONOS_BATCH_URL": "http://kronos.invalid/batch"}
+    # DATABASE_URL and KRONOS_BATCH_URL come from Secrets in the pod: set, with values that reach nothing.
+    env = {**plain_env(code_location), "DATABASE_URL": "postgresql://db.invalid/x",
+           "KRONOS_BATCH_URL": "http://kronos.invalid/batch"}
     api = KubernetesApi()
     kubeconfig = api.kubeconfig(tmp_path_factory.mktemp("kube") / "config")
     overrides = {
@@ -324,7 +326,7 @@ def test_when_no_kubernetes_setting_is_given_then_runs_stay_in_one_process_witho
 @pytest.mark.parametrize(("env", "message"), [
     ({"K8S_GPU_NODE_SELECTOR": "gpu=true"}, "K8S_GPU_NODE_SELECTOR take effect only with K8S_STEP_PODS=true"),
     ({"K8S_STEP_PODS": "yes please"}, "K8S_STEP_PODS must be true or false, got 'yes please'"),
-    ({"K8S_STEP_PODS": "true", "K8S_GPUS_PER_STEP": "0.5"}, "K8S_GPUS_PER_STEP must be a whole number of GPUs, got '0.5'"),
+    ({"K8S_STEP_PODS": "true", "K8S_GPUS_PER_STEP": "0.5"}, "K8S_GPUS_PER_STEP must be a positive whole number, got '0.5'"),
     ({"K8S_STEP_PODS": "true", "K8S_GPU_NODE_SELECTOR": "gpu"}, "K8S_GPU_NODE_SELECTOR entry 'gpu' is not key=value"),
     ({"K8S_STEP_PODS": "true", "K8S_GPU_TOLERATIONS": "nvidia.com/gpu:NoSchdule"}, "entry 'nvidia.com/gpu:NoSchdule'"),
 ])
