@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED := 1
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.xdg-runtime
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: install run dev test migrate browser serve
+.PHONY: install run dev test migrate browser serve docs config-reference
 
 $(STAMP): pyproject.toml setup.cfg
 	@test -n "$(PYTHON_VERSION)" || { echo "make: no supported Python: looked for python3.11, python3.12 and python3 (3.11 or 3.12); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml setup.cfg
 		echo "make: .venv was built with another Python; rebuilding it with $(PYTHON) ($(PYTHON_VERSION))"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,docs]'
 	rm -f $(BIN)/.installed*
 	touch $@
 
@@ -74,3 +74,11 @@ test: install browser
 
 migrate: install
 	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline migrate
+
+# The docs site, into build/site; --strict turns a broken link or anchor into a failure.
+docs: install
+	$(BIN)/mkdocs build --strict
+
+# docs/configuration.md, written from the settings' declarations (a test keeps the two equal).
+config-reference: install
+	$(BIN)/forecasting-pipeline config-reference > docs/configuration.md

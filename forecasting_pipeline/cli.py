@@ -296,6 +296,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, chronos2_runner(settings), source, universe, socket_path, database_url())
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.settings_reference import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecasting-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -354,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help=f"the runs' Unix socket (default CHRONOS2_SERVER, else ./{DEFAULT_SOCKET})")
     p.add_argument("--no-socket", action="store_true", help="serve HTTP only")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("config-reference", help="print the configuration reference (docs/configuration.md) from the settings")
+    p.set_defaults(func=cmd_config_reference)
     return parser
 
 
