@@ -207,3 +207,23 @@ def test_when_future_bars_reach_the_source_then_a_rerun_window_stores_identical_
     assert first["as_of"].max() <= WINDOW_END
     assert second.equals(first)  # same as_of, steps, p10, p50 and p90
     assert conn.execute("SELECT count(*) FROM ml_predictions").fetchone()[0] == 2  # replaced, not added
+
+
+def test_when_a_backfill_step_fails_then_the_summary_gives_the_step_and_its_error(
+    daemon_instance, location_defs, tmp_path, monkeypatch, capsys
+):
+    missing = tmp_path / "no-such-checkpoint"
+    monkeypatch.setenv("CHRONOS2_MODEL", str(missing))
+    backfill_id = submit_chain_backfill(
+        daemon_instance, location_defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-02",
+        run_config={"ops": {"ohlcv_1d": {"config": {"history_bars": 256}}}},
+    )
+    run_backfill_daemon(daemon_instance, backfill_id)
+
+    assert print_backfill_summary(daemon_instance, backfill_id, timeout_s=60) == 1
+    printed = capsys.readouterr().out
+    [run] = daemon_instance.get_runs()
+    assert (f"  2025-06-02: run {run.run_id} failed: step chronos2_forecasts_1d: "
+            f"forecasting_pipeline.forecasting.model.ModelUnavailableError: CHRONOS2_MODEL='{missing}' "
+            "looks like a path but is not a directory") in printed
+    assert "    re-run: forecasting-pipeline run --cadence 1d --partition 2025-06-02" in printed
