@@ -93,17 +93,20 @@ def _instance():
     """The DAGSTER_HOME instance; exits naming the variable when there is none."""
     import dagster as dg
 
-    if not os.environ.get("DAGSTER_HOME"):
+    from forecasting_pipeline.settings import Settings
+
+    if not Settings.from_env().dagster_home:
         sys.exit("forecasting-pipeline: DAGSTER_HOME is not set: set it to the folder holding the instance's dagster.yaml")
     return dg.DagsterInstance.get()
 
 
 def cmd_setup_instance(args: argparse.Namespace) -> int:
     from forecasting_pipeline.orchestration.pools import ensure_gpu_pool_limit
+    from forecasting_pipeline.settings import Settings
 
     with _instance() as instance:
         limit, source = ensure_gpu_pool_limit(instance)
-    print(f"Dagster instance at {os.environ['DAGSTER_HOME']}: pool 'gpu' limited to {limit} ({source})")
+    print(f"Dagster instance at {Settings.from_env().dagster_home}: pool 'gpu' limited to {limit} ({source})")
     return 0
 
 

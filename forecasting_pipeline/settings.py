@@ -426,6 +426,8 @@ OTHER_VARIABLES: tuple[OtherVariable, ...] = (
                   "(default `~/.cache`)."),
     OtherVariable("XDG_RUNTIME_DIR", "platformdirs", "A private runtime folder; the Makefile creates `.xdg-runtime` "
                   "so the embedded PostgreSQL starts without warnings."),
+    OtherVariable("MPLCONFIGDIR", "matplotlib", "Matplotlib's cache folder; on Kubernetes under /tmp, as the root "
+                  "filesystem is read-only."),
     OtherVariable("TQDM_DISABLE", "tqdm", "1: no progress bars in logs (the Makefile and the image set it)."),
     OtherVariable("PYTHONUNBUFFERED", "Python", "1: output reaches logs as it is written (the Makefile and the image "
                   "set it)."),

@@ -169,14 +169,14 @@ def test_when_the_code_reads_a_variable_then_only_the_settings_read_it_by_name()
 def test_when_the_project_reads_or_sets_a_variable_then_the_reference_declares_it():
     names = set().union(*_python_reads(REPO / "benchmarks").values())
     names |= set(re.findall(r"^export ([A-Z][A-Z0-9_]+)", (REPO / "Makefile").read_text(), re.MULTILINE))
-    for values in (REPO / "deploy").rglob("values.yaml"):
-        names |= set(re.findall(r"- name: ([A-Z][A-Z0-9_]+)\n", values.read_text()))
+    for chart_file in [*(REPO / "deploy").rglob("values.yaml"), *(REPO / "deploy").rglob("templates/*.yaml")]:
+        names |= set(re.findall(r"- name: ([A-Z][A-Z0-9_]+)\n", chart_file.read_text()))
 
     # The shell's own (a benchmark finds a program on the PATH) need no entry.
     undeclared = names - set(VARIABLES) - {v.name for v in OTHER_VARIABLES} - {"PATH", "PYTHONPATH"}
 
     assert undeclared == set()
-    assert {"DATABASE_URL", "CHRONOS2_MODEL", "HF_HOME", "DAGSTER_EVENT_BATCH_SIZE"} <= names
+    assert {"DATABASE_URL", "CHRONOS2_MODEL", "HF_HOME", "DAGSTER_EVENT_BATCH_SIZE", "PREDICT_API_TOKEN"} <= names
 
 
 def test_when_the_service_starts_with_a_bad_value_then_it_stops_at_once_naming_the_variable():
