@@ -27,7 +27,7 @@ forecasting-pipeline: ENSEMBLE_SCHEME must be one of grid, inverse, sqrt-inverse
 
 **Secrets** (type "a secret") are never copied into the settings, the logs or the Dagster UI.
 Dagster resolves them when a run starts (`dg.EnvVar`), and the command line reads them only where
-it uses them. On Kubernetes they come from Kubernetes Secrets.
+it uses them. On Kubernetes they come from Secrets ([Kubernetes](kubernetes.md)).
 """
 
 OTHERS = """\
