@@ -138,7 +138,11 @@ def test_when_run_dev_and_serve_start_then_each_takes_the_demo_checkpoint_rule()
     assert all("with-db --demo-model-if-unset -- " in line for line in commands)
 
 
-def test_when_the_defaults_are_fully_embedded_then_with_db_gives_its_command_the_demo_checkpoint_loudly(tmp_path):
+def test_when_the_defaults_are_fully_embedded_then_with_db_gives_its_command_the_demo_checkpoint_loudly(
+    tmp_path, tiny_checkpoint
+):
+    # The demo checkpoint as an earlier start left it (writing one is init-model's, tested with the model).
+    shutil.copytree(tiny_checkpoint, tmp_path / ".models" / "chronos2-random-tiny")
     env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "CHRONOS2_MODEL")}
     show = [sys.executable, "-c", "import os; print('model:', os.environ['CHRONOS2_MODEL'])"]
 
