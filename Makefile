@@ -67,7 +67,7 @@ backfill: install
 
 # Is it working: database, migrations, model, each cadence's newest window, the forecast service.
 status: install
-	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline status
+	$(WITH_DB) $(BIN)/forecasting-pipeline status
 
 # The forecast service: one process that keeps Chronos-2 loaded, answers on-demand forecasts at
 # http://127.0.0.1:8201 (docs at /docs) and is the model server of every run whose environment sets

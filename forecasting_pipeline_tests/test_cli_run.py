@@ -130,11 +130,12 @@ def test_when_asked_for_its_version_then_the_command_names_itself_and_what_it_ru
     assert done.stdout.startswith("forecasting-pipeline 0.1.0 (dagster 1.13.27, chronos-forecasting 2.3.2, Python 3.")
 
 
-def test_when_run_dev_and_serve_start_then_each_takes_the_demo_checkpoint_rule():
-    done = subprocess.run(["make", "-n", "run", "dev", "serve"], cwd=REPO, capture_output=True, text=True, timeout=60)
+def test_when_run_dev_serve_and_status_start_then_each_takes_the_demo_checkpoint_rule():
+    done = subprocess.run(["make", "-n", "run", "dev", "serve", "status"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
 
     commands = [line for line in done.stdout.splitlines() if " with-db " in line]
-    assert len(commands) == 3
+    assert len(commands) == 4
     assert all("with-db --demo-model-if-unset -- " in line for line in commands)
 
 
