@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forecasting_pipeline.ensemble.calibration import MAX_BAND_GAMMA
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY
 from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT
@@ -96,6 +97,10 @@ class Settings:
     ensemble_shrinkage: float = 60.0  # ENSEMBLE_SHRINKAGE: pseudo-count toward the pooled weights
     ensemble_scheme: str = "grid"  # ENSEMBLE_SCHEME: grid, inverse or sqrt-inverse
     ensemble_kronos_wait_minutes: float = 30.0  # ENSEMBLE_KRONOS_WAIT_MINUTES: after the chain, before going without Kronos
+    ensemble_band: str = "adaptive"  # ENSEMBLE_BAND: the band's calibration, adaptive or recent (the former rule)
+    ensemble_band_window: int = 30  # ENSEMBLE_BAND_WINDOW: scored forecasts setting the band's factors, and as many tracking them
+    ensemble_band_gamma: float = 1.0  # ENSEMBLE_BAND_GAMMA: how far one scored forecast moves a factor (log scale, 0 to 2)
+    ensemble_band_groups: int = 3  # ENSEMBLE_BAND_GROUPS: horizon groups with factors of their own
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +148,10 @@ class Settings:
             ensemble_shrinkage=_non_negative(env, "ENSEMBLE_SHRINKAGE", 60.0),
             ensemble_scheme=_choice(env, "ENSEMBLE_SCHEME", ("grid", "inverse", "sqrt-inverse")),
             ensemble_kronos_wait_minutes=_non_negative(env, "ENSEMBLE_KRONOS_WAIT_MINUTES", 30.0),
+            ensemble_band=_choice(env, "ENSEMBLE_BAND", ("adaptive", "recent")),
+            ensemble_band_window=_count(env, "ENSEMBLE_BAND_WINDOW") or 30,
+            ensemble_band_gamma=_non_negative(env, "ENSEMBLE_BAND_GAMMA", 1.0),
+            ensemble_band_groups=_count(env, "ENSEMBLE_BAND_GROUPS") or 3,
         )
 
     def with_model(self, model: str) -> Settings:
@@ -313,9 +322,17 @@ def ensemble_resource(settings: Settings) -> EnsembleResource:
         raise ValueError(
             f"ENSEMBLE_WARMUP ({settings.ensemble_warmup}) may not exceed ENSEMBLE_LOOKBACK ({settings.ensemble_lookback})"
         )
+    if settings.ensemble_warmup > settings.ensemble_band_window:
+        raise ValueError(
+            f"ENSEMBLE_WARMUP ({settings.ensemble_warmup}) may not exceed ENSEMBLE_BAND_WINDOW ({settings.ensemble_band_window})"
+        )
+    if settings.ensemble_band_gamma > MAX_BAND_GAMMA:
+        raise ValueError(f"ENSEMBLE_BAND_GAMMA must be at most {MAX_BAND_GAMMA:g}, got {settings.ensemble_band_gamma:g}")
     return EnsembleResource(
         lookback=settings.ensemble_lookback, warmup=settings.ensemble_warmup, shrinkage=settings.ensemble_shrinkage,
         scheme=settings.ensemble_scheme, kronos_wait_minutes=settings.ensemble_kronos_wait_minutes,
+        band=settings.ensemble_band, band_window=settings.ensemble_band_window,
+        band_gamma=settings.ensemble_band_gamma, band_groups=settings.ensemble_band_groups,
     )
 
 

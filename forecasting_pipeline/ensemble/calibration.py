@@ -44,6 +44,9 @@ MIN_FACTOR = 1e-3
 
 BAND_SCHEMES = ("adaptive", "recent")
 
+MAX_BAND_GAMMA = 2.0
+"""Beyond this, one occasion could move a factor more than sevenfold: a mistyped setting, not a tuning."""
+
 
 @dataclass(frozen=True)
 class Calibration:

@@ -27,6 +27,7 @@ import psycopg
 
 from forecasting_pipeline.ensemble.calibration import (
     BAND_SCHEMES,
+    MAX_BAND_GAMMA,
     Calibration,
     Scores,
     band_scores,
@@ -102,8 +103,8 @@ class EnsembleParams:
     scheme: str = "grid"
     vol_window: int = DEFAULT_VOL_WINDOW
     band: str = "adaptive"
-    band_window: int = 120
-    band_gamma: float = 0.1
+    band_window: int = 30
+    band_gamma: float = 1.0
     band_groups: int = 3
 
     def __post_init__(self) -> None:
@@ -117,8 +118,8 @@ class EnsembleParams:
             raise ValueError(f"unknown band calibration {self.band!r}: expected one of {BAND_SCHEMES}")
         if self.band_window < self.warmup:
             raise ValueError(f"need band_window >= warmup, got band_window {self.band_window}, warmup {self.warmup}")
-        if not 0 <= self.band_gamma <= 1 or self.band_groups < 1:
-            raise ValueError(f"need 0 <= band_gamma <= 1 and band_groups >= 1, got {self.band_gamma} and {self.band_groups}")
+        if not 0 <= self.band_gamma <= MAX_BAND_GAMMA or self.band_groups < 1:
+            raise ValueError(f"need 0 <= band_gamma <= {MAX_BAND_GAMMA:g} and band_groups >= 1, got {self.band_gamma} and {self.band_groups}")
         check_vol_window(self.vol_window)
 
     def weights_reach(self, horizon: int) -> int:
