@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from forecasting_pipeline.ensemble.calibration import calibrate_recent
+from forecasting_pipeline.ensemble.calibration import Scores, calibrate_adaptive, calibrate_recent, horizon_groups
 from forecasting_pipeline.ensemble.combine import Band, combine
 from forecasting_pipeline.ensemble.weights import LossSums, blend, choose, location_losses, simplex_grid
 from forecasting_pipeline.ensemble.window_ensembles import EnsembleParams, ensemble_windows, write_run
@@ -162,6 +162,37 @@ def test_when_every_outcome_lies_above_the_median_then_the_quantiles_stay_ordere
 
     assert (calibration.lower == 0.0).all() and (calibration.upper == 10.0).all()
     assert np.isfinite([out.p10, out.p50, out.p90]).all() and (out.p10 <= out.p50).all() and (out.p50 <= out.p90).all()
+
+
+@pytest.mark.parametrize(("horizon", "count", "groups"), [
+    (10, 3, ((1, 2), (3, 4), (5, 6, 7, 8, 9, 10))),
+    (24, 3, ((1, 2), tuple(range(3, 9)), tuple(range(9, 25)))),
+    (10, 1, (tuple(range(1, 11)),)),
+    (3, 5, ((1,), (2,), (3,))),
+])
+def test_when_steps_are_grouped_then_early_groups_are_short_and_every_step_is_in_one(horizon, count, groups):
+    assert horizon_groups(horizon, count) == groups
+
+
+def test_when_outcomes_turn_three_times_wider_then_the_tracked_factor_follows_and_a_zero_gamma_does_not():
+    rng = np.random.default_rng(5)
+    calm, storm = rng.normal(0.0, 1.0, (30, 10)), rng.normal(0.0, 3.0, (30, 10))
+    ratios = np.abs(np.vstack([calm, storm])) / 1.2816  # |z| over the 90% quantile of a unit normal
+    scores = Scores(ratios, ratios, np.ones(60, dtype=bool))
+    # One occasion a day, each realised ten days after its as_of.
+    as_of = np.arange(60) * 86_400_000_000
+    realised_at = as_of + 10 * 86_400_000_000
+    groups = horizon_groups(10, 3)
+
+    tracked = calibrate_adaptive(scores, realised_at, as_of, np.arange(60), 30, groups, gamma=1.0)
+    fixed = calibrate_adaptive(scores, realised_at, as_of, np.arange(60), 30, groups, gamma=0.0)
+
+    assert tracked.applied and tracked.occasions == 60 and tracked.tracked == 30
+    assert np.allclose(fixed.lower, fixed.lower[0], rtol=0.3) and (fixed.lower < 1.6).all()
+    # A band three times too narrow misses often: the factors grow at least to the new scale. The ten
+    # occasions realised after the change were judged by the stale factor, so the gain overshoots.
+    assert (tracked.lower > 2 * fixed.lower).all() and (tracked.upper > 2 * fixed.upper).all()
+    assert np.mean(ratios[30:] <= tracked.lower) >= 0.8
 
 
 # ---------------------------------------------------------------------------
