@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, get_args,
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 from pydantic_core import core_schema
 
+from forecasting_pipeline.ensemble.calibration import MAX_BAND_GAMMA
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY, Cadence
 from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT
@@ -241,6 +242,17 @@ class Settings(BaseModel):
     ensemble_kronos_wait_minutes: NonNegativeNumber = var(
         "ENSEMBLE_KRONOS_WAIT_MINUTES", 30.0, "After the chain's rows of a window, how long the ensemble waits for "
         "Kronos's before combining without them.", ENSEMBLE)
+    ensemble_band: Literal["adaptive", "recent"] = var(
+        "ENSEMBLE_BAND", "adaptive", "The band's calibration: `adaptive` (disjoint forecasts, per horizon group, "
+        "tracked online) or `recent` (one factor pair from the span that fitted the weights).", ENSEMBLE)
+    ensemble_band_window: PositiveInt = var(
+        "ENSEMBLE_BAND_WINDOW", 30, "Scored forecasts that set the band's starting factors, and as many that then move "
+        "them; at least `ENSEMBLE_WARMUP`.", ENSEMBLE)
+    ensemble_band_gamma: Annotated[float, Field(ge=0, le=MAX_BAND_GAMMA, allow_inf_nan=False)] = var(
+        "ENSEMBLE_BAND_GAMMA", 1.0, "How far one scored forecast moves a band factor, on the log scale (0 to 2).",
+        ENSEMBLE)
+    ensemble_band_groups: PositiveInt = var(
+        "ENSEMBLE_BAND_GROUPS", 3, "Horizon groups with band factors of their own.", ENSEMBLE)
 
     # --- The forecast service
     serve_host: str = var("SERVE_HOST", DEFAULT_HOST, "Address `forecasting-pipeline serve` binds.", SERVICE)
@@ -338,6 +350,9 @@ class Settings(BaseModel):
         if self.ensemble_warmup > self.ensemble_lookback:
             raise ValueError(f"ENSEMBLE_WARMUP ({self.ensemble_warmup}) may not exceed "
                              f"ENSEMBLE_LOOKBACK ({self.ensemble_lookback})")
+        if self.ensemble_warmup > self.ensemble_band_window:
+            raise ValueError(f"ENSEMBLE_WARMUP ({self.ensemble_warmup}) may not exceed "
+                             f"ENSEMBLE_BAND_WINDOW ({self.ensemble_band_window})")
         if self.market_data_source == "files" and not self.market_data_path:
             raise ValueError("MARKET_DATA_SOURCE=files needs MARKET_DATA_PATH, the folder of the bar files")
         if self.market_data_source == "postgres" and not (self.market_data_database_url or self.database_url):
@@ -575,6 +590,8 @@ def ensemble_resource(settings: Settings) -> EnsembleResource:
     return EnsembleResource(
         lookback=settings.ensemble_lookback, warmup=settings.ensemble_warmup, shrinkage=settings.ensemble_shrinkage,
         scheme=settings.ensemble_scheme, kronos_wait_minutes=settings.ensemble_kronos_wait_minutes,
+        band=settings.ensemble_band, band_window=settings.ensemble_band_window,
+        band_gamma=settings.ensemble_band_gamma, band_groups=settings.ensemble_band_groups,
     )
 
 

@@ -56,6 +56,10 @@ def test_when_the_first_windows_move_back_then_every_default_window_key_stays_va
     ({"ENSEMBLE_SCHEME": "median"}, "ENSEMBLE_SCHEME must be one of grid, inverse, sqrt-inverse, got 'median'"),
     ({"ENSEMBLE_KRONOS_WAIT_MINUTES": "soon"}, "ENSEMBLE_KRONOS_WAIT_MINUTES must be a non-negative number, got 'soon'"),
     ({"ENSEMBLE_LOOKBACK": "-5"}, "ENSEMBLE_LOOKBACK must be a positive whole number, got '-5'"),
+    ({"ENSEMBLE_BAND": "static"}, "ENSEMBLE_BAND must be one of adaptive, recent, got 'static'"),
+    ({"ENSEMBLE_BAND_GAMMA": "-0.1"}, "ENSEMBLE_BAND_GAMMA must be a number from 0 to 2.0, got '-0.1'"),
+    ({"ENSEMBLE_BAND_GROUPS": "0"}, "ENSEMBLE_BAND_GROUPS must be a positive whole number, got '0'"),
+    ({"ENSEMBLE_BAND_WINDOW": "ten"}, "ENSEMBLE_BAND_WINDOW must be a positive whole number, got 'ten'"),
 ])
 def test_when_a_setting_is_malformed_then_the_error_names_the_variable_and_value(env, said):
     with pytest.raises(ValueError) as error:
@@ -78,14 +82,23 @@ def test_when_resources_are_built_then_every_secret_is_an_env_var_and_no_value_i
 
 def test_when_ensemble_settings_are_given_then_the_ensemble_resource_carries_them():
     built = resources(Settings.from_env({"ENSEMBLE_LOOKBACK": "60", "ENSEMBLE_WARMUP": "15", "ENSEMBLE_SHRINKAGE": "0",
-                                         "ENSEMBLE_SCHEME": "inverse", "ENSEMBLE_KRONOS_WAIT_MINUTES": "5"}))
+                                         "ENSEMBLE_SCHEME": "inverse", "ENSEMBLE_KRONOS_WAIT_MINUTES": "5",
+                                         "ENSEMBLE_BAND_WINDOW": "40", "ENSEMBLE_BAND_GAMMA": "0.05",
+                                         "ENSEMBLE_BAND_GROUPS": "4"}))
 
     ensemble = built["ensemble"]
     assert (ensemble.lookback, ensemble.warmup, ensemble.shrinkage, ensemble.scheme, ensemble.kronos_wait_minutes) == (
         60, 15, 0.0, "inverse", 5.0)
-    assert "lookback=60 warmup=15 shrinkage=0" in ensemble.params().model_version()
+    assert (ensemble.band, ensemble.band_window, ensemble.band_gamma, ensemble.band_groups) == ("adaptive", 40, 0.05, 4)
+    assert "lookback=60 warmup=15 shrinkage=0, band=adaptive conformal p10-p90 window=40 gamma=0.05 groups=4" in (
+        ensemble.params().model_version())
+    assert "band=recent" in resources(Settings.from_env({"ENSEMBLE_BAND": "recent"}))["ensemble"].params().model_version()
     with pytest.raises(ValueError, match=r"ENSEMBLE_WARMUP \(30\) may not exceed ENSEMBLE_LOOKBACK \(20\)"):
         resources(Settings.from_env({"ENSEMBLE_LOOKBACK": "20", "ENSEMBLE_WARMUP": "30"}))
+    with pytest.raises(ValueError, match=r"ENSEMBLE_WARMUP \(30\) may not exceed ENSEMBLE_BAND_WINDOW \(25\)"):
+        resources(Settings.from_env({"ENSEMBLE_WARMUP": "30", "ENSEMBLE_BAND_WINDOW": "25"}))
+    with pytest.raises(ValueError, match="ENSEMBLE_BAND_GAMMA must be a number from 0 to 2.0, got .3."):
+        resources(Settings.from_env({"ENSEMBLE_BAND_GAMMA": "3"}))
 
 
 def test_when_a_variable_is_declared_then_it_has_a_name_a_meaning_and_a_section():
