@@ -42,14 +42,14 @@ def test_when_migrated_then_ml_predictions_has_the_row_contract(database_url):
     assert default == "'kronos-base'::text"
 
 
-def test_the_planned_model_name_migration_is_exactly_the_planned_change():
+def test_the_planned_model_name_migration_is_exactly_the_planned_change_with_its_index_built_concurrently():
     text = (Path(__file__).resolve().parents[1] / "migrations" / "20260423_ml_predictions_model_name.sql").read_text()
     statements = [line for line in text.splitlines() if line and not line.startswith("--")]
 
     assert statements == [
         "ALTER TABLE ml_predictions ADD COLUMN IF NOT EXISTS model_name TEXT NOT NULL DEFAULT 'kronos-base';",
         "ALTER TABLE ml_predictions ADD COLUMN IF NOT EXISTS model_version TEXT NULL;",
-        "CREATE INDEX IF NOT EXISTS idx_ml_pred_symbol_model_ts ON ml_predictions(symbol, model_name, created_at DESC);",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ml_pred_symbol_model_ts ON ml_predictions(symbol, model_name, created_at DESC);",
     ]
 
 
