@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -212,6 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     conn = connect(url)
     try:
         migrate(conn)
+        # The database's clock, which stamps created_at: this machine's may be set apart from it.
+        started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
     finally:
         conn.close()
     setup_instance()
@@ -220,7 +222,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _demo_model_if_unset(settings)
     windows = _windows(args.cadence, settings)
     partition = args.partition or windows.partitions_def.get_last_partition_key()
-    started = datetime.now(timezone.utc)
     result = build_definitions(settings).resolve_job_def(f"{chain_group(windows)}_job").execute_in_process(
         instance=dg.DagsterInstance.get(), partition_key=partition, raise_on_error=False,
         # The full DEBUG event stream stays in the instance (the UI shows it); the terminal gets INFO.
@@ -231,16 +232,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     conn = connect(url)
     try:
+        # The window's set (its claims), as this run wrote it.
         rows = conn.execute(
             """
-            SELECT symbol, as_of, jsonb_array_length(predictions),
-                   (predictions->0->>'p10')::float8, (predictions->0->>'p50')::float8, (predictions->0->>'p90')::float8,
-                   model_version
-            FROM ml_predictions
-            WHERE model_name = %s AND timeframe = %s AND created_at >= %s
-            ORDER BY symbol
+            SELECT p.symbol, p.as_of, jsonb_array_length(p.predictions),
+                   (p.predictions->0->>'p10')::float8, (p.predictions->0->>'p50')::float8,
+                   (p.predictions->0->>'p90')::float8, p.model_version
+            FROM ml_prediction_windows w
+            JOIN ml_predictions p ON p.model_name = w.model_name AND p.timeframe = w.timeframe
+                                 AND p.symbol = w.symbol AND p.as_of = w.as_of
+            WHERE w.model_name = %s AND w.timeframe = %s AND w.window_key = %s AND p.created_at >= %s
+            ORDER BY p.symbol
             """,
-            (MODEL_NAME, args.cadence, started),
+            (MODEL_NAME, args.cadence, partition, started),
         ).fetchall()
     finally:
         conn.close()
