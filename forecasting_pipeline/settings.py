@@ -71,6 +71,8 @@ class Settings:
     model_server_socket: str | None = None  # CHRONOS2_SERVER
     # FRAMES_DIR, else DAGSTER_HOME/storage/frames; on Kubernetes a volume every pod mounts.
     frames_dir: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "storage" / "frames"))
+    # FRAMES_RETENTION_DAYS: days a frame no write step released (a failed run's) is kept; released ones go at once.
+    frames_retention_days: int = 7
     k8s_step_pods: bool = False  # K8S_STEP_PODS: one pod per step (dagster-k8s's k8s_job_executor)
     # K8S_GPUS_PER_STEP, K8S_GPU_NODE_SELECTOR, K8S_GPU_TOLERATIONS: the model step's pod; only with step pods.
     gpu_placement: GpuPlacement | None = None
@@ -121,6 +123,7 @@ class Settings:
             gpu_lock_scope=get("CHRONOS2_GPU_LOCK", "shared"),
             model_server_socket=get("CHRONOS2_SERVER"),
             frames_dir=get("FRAMES_DIR") or str(Path(home) / "storage" / "frames"),
+            frames_retention_days=_count(env, "FRAMES_RETENTION_DAYS") or 7,
             k8s_step_pods=_flag(env, "K8S_STEP_PODS"),
             gpu_placement=_gpu_placement(env),
             first_window={name: get(f"FIRST_WINDOW_{name.upper()}") for name in CADENCES},
@@ -302,7 +305,9 @@ def resources(settings: Settings) -> dict[str, object]:
         ),
         "chronos2": chronos2_resource(settings),
         "ensemble": ensemble_resource(settings),
-        FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=settings.frames_dir),
+        FRAMES_IO_MANAGER: PartitionedFramesIOManager(
+            base_dir=settings.frames_dir, retention_days=settings.frames_retention_days,
+        ),
     }
 
 
