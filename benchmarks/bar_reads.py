@@ -4,7 +4,8 @@ Two bar tables in a scratch database hold the same instruments' hourly bars, one
 year and one over the last ten years, each with the index a bar table should have, (symbol,
 timeframe, ts). The source (``TableSource``: index-ordered reads per symbol, pooled connections)
 reads one hourly window, the chain's context of bars per instrument, from each table, REPEATS
-times; the median counts. Beside it, the query the source used before (a window function over
+times, alternating between the tables so that the machine's load falls on both alike; the median
+counts. Beside it, the query the source used before (a window function over
 each symbol's whole history, on a new connection per read) reads the same window, for reference.
 
     python benchmarks/bar_reads.py [--smoke] [--symbols 23] [--context 2048] [--repeats 15] [--json FILE]
@@ -44,13 +45,14 @@ CREATE TABLE {table} (
     open double precision, high double precision, low double precision, close double precision, volume double precision
 )
 """
-# A random walk per symbol, one bar an hour back from END.
+# Every symbol's bar of each hour up to END, oldest hour first: the order a live table is appended in.
 _FILL = """
 INSERT INTO {table}
 SELECT s.symbol, '1h', %(end)s - make_interval(hours => h.n),
        100 + 10 * sin(h.n / 50.0 + s.k), 101 + 10 * sin(h.n / 50.0 + s.k), 99 + 10 * sin(h.n / 50.0 + s.k),
        100 + 10 * sin(h.n / 50.0 + s.k), 1000 + h.n %% 97
 FROM unnest(%(symbols)s::text[]) WITH ORDINALITY AS s(symbol, k), generate_series(0, %(hours)s - 1) AS h(n)
+ORDER BY h.n DESC, s.k
 """
 
 # The query the source ran before: numbers every bar of each symbol's history, then keeps the newest.
@@ -73,42 +75,45 @@ def fill(url: str, table: str, symbols: list[str], years: int) -> int:
         return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
 
 
-def timed(read, repeats: int) -> tuple[float, int]:
-    """Median milliseconds of ``read()`` over ``repeats`` (after one warm-up), and the rows it returned."""
-    rows = read()
-    times = []
+def timed_pair(one, ten, repeats: int) -> tuple[float, float, int, int]:
+    """Median milliseconds of ``one()`` and of ``ten()``, read alternately ``repeats`` times each after a
+    warm-up (so that the machine's load falls on both alike), and the rows each returned."""
+    rows = one(), ten()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        started = time.perf_counter()
-        read()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), rows
+        for read, out in ((one, times[0]), (ten, times[1])):
+            started = time.perf_counter()
+            read()
+            out.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times[0]), statistics.median(times[1]), *rows
 
 
 def measure(url: str, symbols: list[str], context: int, repeats: int) -> dict:
     instruments = [Instrument(s, "crypto", "24/7") for s in symbols]
     out: dict = {"symbols": len(symbols), "context": context, "repeats": repeats, "tables": {}}
-    for years in (1, 10):
-        table = f"bars_{years}y"
-        out["tables"][table] = {"rows": fill(url, table, symbols, years)}
-    for years in (1, 10):
-        table = f"bars_{years}y"
+    tables = {years: f"bars_{years}y" for years in (1, 10)}
+    for years, table in tables.items():
+        out["tables"][table] = {"bars_per_symbol": years * HOURS_PER_YEAR, "rows": fill(url, table, symbols, years)}
+
+    def source_read(table: str):
         source = TableSource(url, BarTable(table=table))
-        source_ms, source_rows = timed(lambda: source.bars(instruments, "1h", END, context)[0].height, repeats)
+        return lambda: source.bars(instruments, "1h", END, context)[0].height
 
-        def whole_history() -> int:
+    def whole_history_read(table: str):
+        query = sql.SQL(_WHOLE_HISTORY).format(table=sql.Identifier(table))
+
+        def read() -> int:
             with connect(url) as conn:
-                query = sql.SQL(_WHOLE_HISTORY).format(table=sql.Identifier(table))
                 return len(conn.execute(query, {"end": END, "symbols": symbols, "n": context}).fetchall())
+        return read
 
-        old_ms, old_rows = timed(whole_history, repeats)
-        if source_rows != old_rows or source_rows != len(symbols) * context:
-            raise SystemExit(f"{table}: the reads disagree: {source_rows} and {old_rows} rows, "
-                             f"expected {len(symbols) * context}")
-        out["tables"][table] |= {"bars_per_symbol": years * HOURS_PER_YEAR, "source_ms": round(source_ms, 2),
-                                 "whole_history_ms": round(old_ms, 2)}
-    one, ten = out["tables"]["bars_1y"], out["tables"]["bars_10y"]
-    out["source_ratio_10y_1y"] = round(ten["source_ms"] / one["source_ms"], 2)
-    out["whole_history_ratio_10y_1y"] = round(ten["whole_history_ms"] / one["whole_history_ms"], 2)
+    for name, reader in (("source", source_read), ("whole_history", whole_history_read)):
+        one_ms, ten_ms, one_rows, ten_rows = timed_pair(reader(tables[1]), reader(tables[10]), repeats)
+        if {one_rows, ten_rows} != {len(symbols) * context}:
+            raise SystemExit(f"{name}: read {one_rows} and {ten_rows} rows, expected {len(symbols) * context}")
+        out["tables"][tables[1]][f"{name}_ms"] = round(one_ms, 2)
+        out["tables"][tables[10]][f"{name}_ms"] = round(ten_ms, 2)
+        out[f"{name}_ratio_10y_1y"] = round(ten_ms / one_ms, 2)
     return out
 
 
