@@ -81,10 +81,12 @@ def test_when_a_bar_table_holds_instants_without_an_offset_then_they_are_read_as
     with psycopg.connect(new_york_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE naive_bars (symbol text, timeframe text, ts timestamp, open float8, high float8, "
                      "low float8, close float8, volume float8)")
-        conn.execute("INSERT INTO naive_bars SELECT 'GOOG', '1d', timestamp '2012-05-14 20:00' + make_interval(days => d), "
-                     "1, 2, 0.5, 1.5, 10 FROM generate_series(0, 2) AS d")
+        # Three daily closes at 20:00 UTC, the last one after the end read below.
+        conn.execute("INSERT INTO naive_bars SELECT 'GOOG', '1d', timestamp '2012-05-14 20:00' "
+                     "+ make_interval(days => d), 1, 2, 0.5, 1.5, 10 FROM generate_series(0, 2) AS d")
+    end = datetime(2012, 5, 15, 21, tzinfo=timezone.utc)
 
-    bars, _ = TableSource(new_york_url, BarTable(table="naive_bars")).bars(GOOG, "1d", datetime(2012, 5, 15, 21, tzinfo=timezone.utc), 5)
+    bars, _ = TableSource(new_york_url, BarTable(table="naive_bars")).bars(GOOG, "1d", end, 5)
 
     assert bars["ts"].to_list() == [datetime(2012, 5, 14, 20, tzinfo=timezone.utc),
                                     datetime(2012, 5, 15, 20, tzinfo=timezone.utc)]
