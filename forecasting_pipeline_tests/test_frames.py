@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from forecasting_pipeline.cli import main
 from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER, build_chain
 from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
 from forecasting_pipeline.orchestration.resources import InstrumentsResource
@@ -98,3 +99,23 @@ def test_when_frames_were_written_in_the_layout_before_then_they_are_still_read(
     assert frames.release([ASSET], [WINDOW], ["any-run"]) == 1
     with pytest.raises(FileNotFoundError, match="its frames were deleted once the window's rows were committed"):
         frames.load_window(ASSET, WINDOW, ["any-run"])
+
+
+def test_when_frames_are_pruned_then_those_older_than_the_retention_setting_go_and_the_rest_stay(
+    tmp_path, monkeypatch, capsys
+):
+    frames = PartitionedFramesIOManager(base_dir=str(tmp_path))
+    old = frames.write_window(ASSET, "2025-05-01", "failed-run", pl.DataFrame({"x": [1]}))
+    young = frames.write_window(ASSET, "2025-06-01", "failed-run", pl.DataFrame({"x": [1]}))
+    abandoned = old.with_name(".failed-run.arrow.0123.tmp")
+    abandoned.write_bytes(b"half a frame")
+    four_days_ago = time.time() - 4 * 86400
+    for path in (old, abandoned):
+        os.utime(path, (four_days_ago, four_days_ago))
+    monkeypatch.setenv("FRAMES_DIR", str(tmp_path))
+    monkeypatch.setenv("FRAMES_RETENTION_DAYS", "3")
+
+    assert main(["frames", "prune"]) == 0
+
+    assert frames_under(tmp_path) == ["ohlcv_1d/2025-06-01/failed-run.arrow"] and young.exists()
+    assert f"deleted 2 frame files older than 3 days under {tmp_path}" in capsys.readouterr().out
