@@ -16,6 +16,7 @@ from psycopg import sql
 
 from forecasting_pipeline.ensemble.window_ensembles import ensemble_windows, write_run
 from forecasting_pipeline.market.cadences import DAILY
+from forecasting_pipeline.market.instruments import Instrument
 from forecasting_pipeline.market.sources import BarTable, FileSource, TableSource
 from forecasting_pipeline.orchestration.instance_storage import PooledPostgresRunStorage
 from forecasting_pipeline.orchestration.resources import PostgresResource
@@ -90,6 +91,20 @@ def test_when_a_bar_table_holds_instants_without_an_offset_then_they_are_read_as
 
     assert bars["ts"].to_list() == [datetime(2012, 5, 14, 20, tzinfo=timezone.utc),
                                     datetime(2012, 5, 15, 20, tzinfo=timezone.utc)]
+
+
+def test_when_bar_files_hold_instants_without_an_offset_then_they_are_read_as_utc(bar_files):
+    closes = [datetime(2012, 5, 14, 20), datetime(2012, 5, 15, 20), datetime(2012, 5, 16, 20)]
+    naive = pl.DataFrame({"ts": closes, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0})
+    bar_files.write("GOOG", naive)  # a timestamp column without a zone
+    text = bar_files.root / "1d" / "MSFT.csv"
+    naive.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S")).write_csv(text)  # ISO text without an offset
+    end = datetime(2012, 5, 15, 21, tzinfo=timezone.utc)
+
+    bars, _ = FileSource(str(bar_files.root)).bars([*GOOG, Instrument("MSFT", "equity", "XNAS")], "1d", end, 5)
+
+    utc = [datetime(2012, 5, 14, 20, tzinfo=timezone.utc), datetime(2012, 5, 15, 20, tzinfo=timezone.utc)]
+    assert bars.select("symbol", "ts").sort("symbol", "ts").rows() == [("GOOG", t) for t in utc] + [("MSFT", t) for t in utc]
 
 
 def write_kronos_naively(url: str, bars: pl.DataFrame, origins: list[datetime]) -> None:
