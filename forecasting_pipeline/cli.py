@@ -14,6 +14,8 @@
     forecasting-pipeline status              is it working: database, migrations, model, each cadence's newest window
                                              against its schedule, the forecast service (exit 1 when something is wrong)
     forecasting-pipeline config-reference    print the configuration reference (docs/configuration.md)
+    forecasting-pipeline frames prune        delete frames older than FRAMES_RETENTION_DAYS under FRAMES_DIR
+                                             (a run's own frames go once its rows are committed)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -214,6 +216,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     conn = connect(url)
     try:
         migrate(conn)
+        # The database's clock, which stamps created_at: this machine's may be set apart from it.
+        started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
     finally:
         conn.close()
     from forecasting_pipeline.orchestration.pools import ensure_gpu_pool_limit
@@ -225,7 +229,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _demo_model_if_unset(settings)
     windows = settings.cadence_windows(args.cadence)
     partition = args.partition or windows.partitions_def.get_last_partition_key()
-    started = datetime.now(timezone.utc)
     result = build_definitions(settings).resolve_job_def(f"{chain_group(windows)}_job").execute_in_process(
         instance=_instance(), partition_key=partition, raise_on_error=False,
         # The full DEBUG event stream stays in the instance (the UI shows it); the terminal gets INFO.
@@ -236,16 +239,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     conn = connect(url)
     try:
+        # The window's set (its claims), as this run wrote it.
         rows = conn.execute(
             """
-            SELECT symbol, as_of, jsonb_array_length(predictions),
-                   (predictions->0->>'p10')::float8, (predictions->0->>'p50')::float8, (predictions->0->>'p90')::float8,
-                   model_version
-            FROM ml_predictions
-            WHERE model_name = %s AND timeframe = %s AND created_at >= %s
-            ORDER BY symbol
+            SELECT p.symbol, p.as_of, jsonb_array_length(p.predictions),
+                   (p.predictions->0->>'p10')::float8, (p.predictions->0->>'p50')::float8,
+                   (p.predictions->0->>'p90')::float8, p.model_version
+            FROM ml_prediction_windows w
+            JOIN ml_predictions p ON p.model_name = w.model_name AND p.timeframe = w.timeframe
+                                 AND p.symbol = w.symbol AND p.as_of = w.as_of
+            WHERE w.model_name = %s AND w.timeframe = %s AND w.window_key = %s AND p.created_at >= %s
+            ORDER BY p.symbol
             """,
-            (MODEL_NAME, args.cadence, started),
+            (MODEL_NAME, args.cadence, partition, started),
         ).fetchall()
     finally:
         conn.close()
@@ -311,6 +317,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status.ok else 1
 
 
+def cmd_frames_prune(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
+    from forecasting_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    days = settings.frames_retention_days if args.days is None else args.days
+    deleted = PartitionedFramesIOManager(base_dir=settings.frames_dir, retention_days=days).sweep()
+    print(f"deleted {deleted} frame files older than {days} days under {settings.frames_dir}")
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -323,6 +340,12 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
     sys.stdout.write(reference_markdown())
     return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.add_argument("--no-model", dest="model", action="store_false", help="do not load the model (it takes seconds)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("frames", help="the frames the chain's steps leave for each other (FRAMES_DIR)")
+    frames = p.add_subparsers(dest="frames_cmd", required=True)
+    p = frames.add_parser("prune", help="delete frames no run released that are older than FRAMES_RETENTION_DAYS")
+    p.add_argument("--days", type=_positive_int, default=None, help="keep this many days instead (default FRAMES_RETENTION_DAYS)")
+    p.set_defaults(func=cmd_frames_prune)
 
     p = sub.add_parser("config-reference", help="print the configuration reference (docs/configuration.md) from the settings")
     p.set_defaults(func=cmd_config_reference)

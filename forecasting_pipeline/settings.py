@@ -202,6 +202,10 @@ class Settings(BaseModel):
     frames_dir: str = var(
         "FRAMES_DIR", None, "Where the chain's steps leave per-window frames (Arrow IPC) for the next step; on "
         "Kubernetes a volume every pod mounts.", WINDOWS, shown="`$DAGSTER_HOME/storage/frames`")
+    frames_retention_days: PositiveInt = var(
+        "FRAMES_RETENTION_DAYS", 7, "Days a window's frames are kept when no run released them (a failed or "
+        "cut-off run's); a run's own frames are deleted once its rows are committed. `forecasting-pipeline frames "
+        "prune` deletes the older ones.", WINDOWS)
 
     # --- Kubernetes
     k8s_step_pods: bool = var(
@@ -580,7 +584,9 @@ def resources(settings: Settings) -> dict[str, object]:
         ),
         "chronos2": chronos2_resource(settings),
         "ensemble": ensemble_resource(settings),
-        FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=settings.frames_dir),
+        FRAMES_IO_MANAGER: PartitionedFramesIOManager(
+            base_dir=settings.frames_dir, retention_days=settings.frames_retention_days,
+        ),
     }
 
 

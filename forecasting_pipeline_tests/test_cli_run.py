@@ -16,7 +16,20 @@ from forecasting_pipeline.storage.embedded_postgres import dagster_storage_url
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_when_the_main_job_runs_then_23_rows_are_written_and_summarised(empty_database_url, tiny_checkpoint, tmp_path):
+def clock_ahead(hours: int) -> dict[str, str]:
+    """The environment that sets a process's wall clock ``hours`` ahead of this machine's (libfaketime).
+
+    The monotonic clock is left alone, so timeouts and durations inside the process stay true.
+    """
+    import libfaketime
+
+    _, additions = libfaketime.get_reload_information()
+    return {**additions, "FAKETIME": f"+{hours}h"}
+
+
+def test_when_the_main_job_runs_then_23_rows_are_written_and_summarised_whatever_the_clients_clock(
+    empty_database_url, tiny_checkpoint, tmp_path
+):
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
     env = {
         **os.environ,
@@ -24,6 +37,8 @@ def test_when_the_main_job_runs_then_23_rows_are_written_and_summarised(empty_da
         "DAGSTER_PG_URL": dagster_storage_url(empty_database_url),
         "DAGSTER_HOME": str(tmp_path),
         "CHRONOS2_MODEL": str(tiny_checkpoint),
+        # The command's machine three hours ahead of the database's: the summary must still find the rows.
+        **clock_ahead(3),
     }
 
     sessions_before = _sessions(empty_database_url)

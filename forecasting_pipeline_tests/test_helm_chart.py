@@ -95,6 +95,10 @@ def test_when_frames_age_then_a_cronjob_prunes_them_one_run_at_a_time(manifests)
     assert container["command"] == ["forecasting-pipeline", "frames", "prune"]
     assert (cronjob["spec"]["schedule"], cronjob["spec"]["concurrencyPolicy"]) == ("30 4 * * *", "Forbid")
     assert env_of(container)["FRAMES_DIR"]["value"] == "/shared/frames"
+    assert env_of(container)["FRAMES_RETENTION_DAYS"]["value"] == "7"
+    (retention,) = (c for c in pod_spec(render({"framesRetention": {"days": 3}})[
+        "CronJob", "forecasting-frames-retention"])["containers"])
+    assert env_of(retention)["FRAMES_RETENTION_DAYS"]["value"] == "3"
     assert {"name": "shared", "mountPath": "/shared", "readOnly": False} in container["volumeMounts"]
 
 
@@ -148,3 +152,5 @@ def test_when_dagster_s_values_are_read_then_they_share_this_chart_s_image_secre
     assert env["HF_HUB_OFFLINE"]["value"] == "1" and env["HF_HOME"]["value"] == ours["model"]["hfHome"]
     for key in ("CHRONOS2_MODEL", "CHRONOS2_REVISION"):
         assert env[key]["valueFrom"]["configMapKeyRef"] == {"name": "forecasting-model", "key": key}
+    # The runs' own sweep and the CronJob keep frames equally long.
+    assert env["FRAMES_RETENTION_DAYS"]["value"] == str(ours["framesRetention"]["days"])

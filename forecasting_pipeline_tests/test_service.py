@@ -107,6 +107,18 @@ def test_when_an_ad_hoc_series_is_sent_then_its_steps_fall_on_its_calendar_at_th
         assert step["p5"] <= step["p50"] <= step["p95"] and step["close"] == step["p50"]
 
 
+def test_when_bar_times_come_without_an_offset_then_they_are_read_as_utc(service):
+    aware = _bars("EURUSD", "1h", 100)
+    naive = [{**bar, "ts": bar["ts"].removesuffix("+00:00")} for bar in aware]
+    body = {"timeframe": "1h", "horizon": 5, "calendar": "24/5"}
+
+    answers = [service.post(PREDICT, {**body, "bars": bars}) for bars in (aware, naive)]
+
+    assert naive[-1]["ts"] == "2026-03-02T15:00:00" and [status for status, _, _ in answers] == [200, 200]
+    assert answers[1][1]["as_of"] == answers[0][1]["as_of"] == "2026-03-02T15:00:00Z"
+    assert answers[1][1]["predictions"] == answers[0][1]["predictions"]
+
+
 def test_when_eight_requests_arrive_together_then_they_share_model_calls(service):
     calls, series = _http_calls(service), _http_series(service)
     symbols = ["AAPL", "MSFT", "BTC-USD", "ETH-USD", "EURUSD", "GBPUSD", "SPX", "NDX"]

@@ -33,6 +33,13 @@ def test_when_nothing_is_set_then_the_defaults_hold():
         "1d", "2024-01-01", 120)
     assert settings.market_data_source == "sample" and settings.chronos2_model == "amazon/chronos-2"
     assert not settings.model_configured and not settings.embedded_database
+    assert settings.frames_retention_days == 7
+
+
+def test_when_a_frame_retention_is_set_then_the_frames_io_manager_keeps_leftovers_that_long():
+    built = resources(Settings.from_env({"FRAMES_RETENTION_DAYS": "2", "FRAMES_DIR": "/shared/frames"}))
+
+    assert (built["frames_io_manager"].base_dir, built["frames_io_manager"].retention_days) == ("/shared/frames", 2)
 
 
 def test_when_the_first_windows_move_back_then_every_default_window_key_stays_valid():
@@ -56,6 +63,7 @@ def test_when_the_first_windows_move_back_then_every_default_window_key_stays_va
     ({"ENSEMBLE_SCHEME": "median"}, "ENSEMBLE_SCHEME must be one of grid, inverse, sqrt-inverse, got 'median'"),
     ({"ENSEMBLE_KRONOS_WAIT_MINUTES": "soon"}, "ENSEMBLE_KRONOS_WAIT_MINUTES must be a non-negative number, got 'soon'"),
     ({"ENSEMBLE_LOOKBACK": "-5"}, "ENSEMBLE_LOOKBACK must be a positive whole number, got '-5'"),
+    ({"FRAMES_RETENTION_DAYS": "0"}, "FRAMES_RETENTION_DAYS must be a positive whole number, got '0'"),
     ({"ENSEMBLE_BAND": "static"}, "ENSEMBLE_BAND must be one of adaptive, recent, got 'static'"),
     ({"ENSEMBLE_BAND_GAMMA": "-0.1"}, "ENSEMBLE_BAND_GAMMA must be a number from 0 to 2.0, got '-0.1'"),
     ({"ENSEMBLE_BAND_GROUPS": "0"}, "ENSEMBLE_BAND_GROUPS must be a positive whole number, got '0'"),

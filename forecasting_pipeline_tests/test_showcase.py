@@ -102,9 +102,7 @@ def test_when_a_model_symbol_and_timeframe_are_given_then_that_models_latest_row
 BAD_QUERIES = {
     "unknown model": ({"model": "chronos-3"}, "model", "unknown model 'chronos-3'; known models: chronos-2, kronos-base"),
     "unknown timeframe": ({"timeframe": "1w"}, "timeframe", "unknown timeframe '1w'; known timeframes: 1h, 1d"),
-    "unknown symbol": ({"symbol": "TSLA"}, "symbol", "unknown symbol 'TSLA' for model 'kronos-base'; known symbols: AAPL, MSFT"),
-    "symbol without rows at the timeframe": ({"symbol": "MSFT", "model": "chronos-2", "timeframe": "1h"}, "symbol",
-                                             "known symbols: AAPL"),
+    "unknown symbol": ({"symbol": "ZZZZ"}, "symbol", "unknown symbol 'ZZZZ' for model 'kronos-base'; known symbols: AAPL, MSFT"),
     "malformed symbol": ({"symbol": "aapl'; drop table"}, "symbol", "malformed symbol"),
     "malformed model": ({"model": "../etc"}, "model", "malformed model"),
     "unknown parameter": ({"modle": "chronos-2"}, "modle", "unknown parameter 'modle'; this endpoint takes symbol, timeframe, model"),
@@ -118,6 +116,23 @@ def test_when_a_parameter_is_bad_then_400_names_it_and_lists_what_is_known(reade
     assert status == 400, answer
     assert answer["errors"][0]["field"] == field
     assert reason in answer["errors"][0]["reason"]
+
+
+KNOWN_WITHOUT_ROWS = {
+    "an instrument of the universe no model has forecast": (
+        {"symbol": "TSLA"}, "no 'kronos-base' rows for 'TSLA' yet"),
+    "an instrument without rows at the timeframe": (
+        {"symbol": "MSFT", "model": "chronos-2", "timeframe": "1h"}, "no 'chronos-2' rows for 'MSFT' at '1h' yet"),
+}
+
+
+@pytest.mark.parametrize("params, reason", KNOWN_WITHOUT_ROWS.values(), ids=KNOWN_WITHOUT_ROWS.keys())
+def test_when_a_known_instrument_has_no_rows_yet_then_404_says_so(reader, params, reason):
+    status, answer, _ = _get(reader, SHOWCASE, **params)
+
+    assert status == 404, answer
+    assert answer["errors"][0]["field"] == "symbol"
+    assert answer["errors"][0]["reason"].startswith(reason)
 
 
 def test_when_a_parameter_is_repeated_then_400_says_to_give_it_once(reader):

@@ -421,7 +421,9 @@ def _explain(symbol: str, as_of: datetime, history: MemberHistory, span: slice, 
 def write_run(conn: psycopg.Connection, run: EnsembleRun) -> dict[str, int]:
     """Store the run's forecasts as ``ensemble`` rows of ``ml_predictions`` with their weights, in one transaction.
 
-    Returns the rows written per window.
+    Each window with forecasts then holds exactly this run's set: an ensemble row an earlier run
+    of the window made for an instrument this run left out is deleted, with its weights. A window
+    without any forecast in this run is left as it was. Returns the rows written per window.
     """
     rows_of = {
         window: prediction_rows(frame, run.timeframe, run.model_version, ENSEMBLE_MODEL_NAME)

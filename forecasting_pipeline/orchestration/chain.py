@@ -233,9 +233,25 @@ def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
                     metadata |= _fan(context, conn, cadence, window, frame, frames_io_manager)
                 context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=window, metadata=metadata))
         context.log.info(f"wrote {len(to_write)} of {len(forecasts)} windows")
+        _release_frames(context, cadence, list(forecasts), frames_io_manager)
         yield windows_written_check(forecasts, to_write, nothing_to_forecast_reasons(context, cadence))
 
     return ml_predictions
+
+
+def _lineage(context: dg.AssetExecutionContext) -> list[str]:
+    """This run, and the runs it re-executes: whose frames this run reads and may delete."""
+    run = context.run
+    return list(dict.fromkeys(r for r in (run.run_id, run.parent_run_id, run.root_run_id) if r))
+
+
+def _release_frames(context, cadence: str, windows: list[str], frames: PartitionedFramesIOManager) -> None:
+    """The frames of the run's windows are spent once their rows are committed; older leftovers go too."""
+    keys = [dg.AssetKey(f"{name}_{cadence}") for name in ("ohlcv", "covariates", "chronos2_forecasts")]
+    released = frames.release(keys, windows, _lineage(context))
+    swept = frames.sweep()
+    context.log.info(f"deleted {released} frame files of this run's windows"
+                     + (f" and {swept} older than {frames.retention_days} days" if swept else ""))
 
 
 def _fan(context, conn, cadence: str, window: str, frame: pl.DataFrame, frames: PartitionedFramesIOManager) -> dict:
@@ -244,7 +260,7 @@ def _fan(context, conn, cadence: str, window: str, frame: pl.DataFrame, frames: 
     A backfill run draws none: one window's fan among hundreds says little, and drawing it costs
     more than writing the windows.
     """
-    history = {window: frames.load_window(dg.AssetKey(f"covariates_{cadence}"), window)}
+    history = {window: frames.load_window(dg.AssetKey(f"covariates_{cadence}"), window, _lineage(context))}
     fan = fan_chart_metadata(conn, cadence, {window: frame}, history)
     if "forecast_fan_window" not in fan:
         context.log.warning(f"forecast fan not drawn ({fan['forecast_fan'].removeprefix('Not drawn: ')}); the rows are stored")

@@ -16,7 +16,7 @@ import psycopg
 from forecasting_pipeline.storage.ml_predictions import (
     ENSEMBLE_MODEL_NAME,
     PredictionRow,
-    upsert_windows,
+    replace_windows,
 )
 
 _UPSERT = """
@@ -26,6 +26,13 @@ FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[]) A
 ON CONFLICT (timeframe, symbol, as_of)
 DO UPDATE SET model_version = EXCLUDED.model_version, weights = EXCLUDED.weights, missing = EXCLUDED.missing,
               details = EXCLUDED.details, created_at = EXCLUDED.created_at
+"""
+
+# The explanations of ensemble rows that a window's re-run removed (``replace_windows``) go with them.
+_DELETE = """
+DELETE FROM ensemble_weights e
+USING unnest(%s::text[], %s::text[], %s::timestamptz[]) AS r(symbol, timeframe, as_of)
+WHERE e.symbol = r.symbol AND e.timeframe = r.timeframe AND e.as_of = r.as_of
 """
 
 _READ = """
@@ -64,11 +71,17 @@ def write_ensemble(
 ) -> dict[str, int]:
     """Write the ensemble's rows of several windows and their weights in one transaction; rows per window.
 
-    The forecasts go through ``ml_predictions.upsert_windows``, which writes ``ensemble`` rows and
-    nothing else; a forecast and its weights are committed together or not at all.
+    The forecasts go through ``ml_predictions.replace_windows``, which writes ``ensemble`` rows and
+    nothing else, and leaves each window with exactly this run's set: an ensemble row that a
+    window's re-run no longer makes is deleted, and its weights with it. A forecast and its weights
+    are committed together or not at all.
     """
     with conn.transaction():
-        written = upsert_windows(conn, rows_of, ENSEMBLE_MODEL_NAME)
+        done = replace_windows(conn, rows_of, ENSEMBLE_MODEL_NAME)
+        written = done.written
+        if done.removed:
+            symbols, timeframes, as_ofs = (list(column) for column in zip(*done.removed))
+            conn.execute(_DELETE, (symbols, timeframes, as_ofs))
         if explanations:
             latest = {(row.symbol, row.as_of): row for row in explanations}
             conn.execute(_UPSERT, (

@@ -19,7 +19,7 @@ from forecasting_pipeline.serving.api.errors import Refusal
 from forecasting_pipeline.serving.api.forecaster import OnDemandForecaster
 from forecasting_pipeline.serving.api.metrics import ServiceMetrics
 from forecasting_pipeline.serving.gateway import ReadPathMissingError
-from forecasting_pipeline.storage.database import describe_database
+from forecasting_pipeline.storage.database import describe_database, utc_conninfo
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Service:
     def open_pool(self) -> None:
         """A few connections for the read endpoints, opened in the background (the service starts without waiting)."""
         if self.database_url is not None:
-            self.pool = ConnectionPool(self.database_url, min_size=1, max_size=4, timeout=10, open=False,
+            self.pool = ConnectionPool(utc_conninfo(self.database_url), min_size=1, max_size=4, timeout=10, open=False,
                                        kwargs={"autocommit": True}, name="reads")
             self.pool.open(wait=False)
 

@@ -2,7 +2,8 @@
 
 Everything here only reads: latest forecasts through ``latest_ml_predictions``, an instrument's
 last bars from the configured source, and the stored scores. A parameter that names nothing known
-gets a 400 listing the known values; any other malformed parameter a 400 with the reason.
+gets a 400 listing the known values; any other malformed parameter a 400 with the reason. A known
+instrument (of the universe, or with rows of the model) that has no row to answer yet gets a 404.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class LatestRow(BaseModel):
     predictions: object
 
 
-@router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}})
+@router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}, 404: {"model": ErrorAnswer}})
 def ml_prediction(request: Request, found: Service = Depends(service)) -> JSONResponse:
     """The latest forecast per symbol and timeframe of one model (default `kronos-base`), as the gateway's rows.
 
@@ -61,10 +62,18 @@ def ml_prediction(request: Request, found: Service = Depends(service)) -> JSONRe
                 raise Refusal(400, "model", f"unknown model {model!r}; known models: {_listing(models)}")
         rows = latest_rows(conn, model or DEFAULT_MODEL, timeframe, symbol)
         if not rows and symbol is not None:
-            have = sorted({r["symbol"] for r in latest_rows(conn, model or DEFAULT_MODEL, timeframe, None)})
-            raise Refusal(400, "symbol", f"unknown symbol {symbol!r} for model {model or DEFAULT_MODEL!r}"
-                          + (f" at {timeframe!r}" if timeframe else "") + f"; known symbols: {_listing(have)}")
+            _no_rows(found, conn, model or DEFAULT_MODEL, timeframe, symbol)
     return JSONResponse(rows)
+
+
+def _no_rows(found: Service, conn, model: str, timeframe: str | None, symbol: str) -> None:
+    """404 for a known instrument without a row (yet); 400 listing the known symbols for any other."""
+    at = f" at {timeframe!r}" if timeframe else ""
+    if symbol in found.forecaster.instruments or latest_rows(conn, model, None, symbol):
+        raise Refusal(404, "symbol", f"no {model!r} rows for {symbol!r}{at} yet: a known instrument whose "
+                      "forecasts have not been written (or whose latest run left it out)")
+    have = sorted({r["symbol"] for r in latest_rows(conn, model, timeframe, None)})
+    raise Refusal(400, "symbol", f"unknown symbol {symbol!r} for model {model!r}{at}; known symbols: {_listing(have)}")
 
 
 @router.get("/showcase/instruments")
