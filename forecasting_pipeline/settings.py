@@ -8,6 +8,7 @@ server reads the lock database's URL from the environment when it starts.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
     from forecasting_pipeline.orchestration.partitions import Windows
     from forecasting_pipeline.orchestration.placement import GpuPlacement
-    from forecasting_pipeline.orchestration.resources import Chronos2Resource
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource, ModelRegistryResource
     from forecasting_pipeline.serving.api.config import ServiceConfig
 
 DATABASE_URL = "DATABASE_URL"
@@ -96,6 +97,10 @@ class Settings:
     ensemble_shrinkage: float = 60.0  # ENSEMBLE_SHRINKAGE: pseudo-count toward the pooled weights
     ensemble_scheme: str = "grid"  # ENSEMBLE_SCHEME: grid, inverse or sqrt-inverse
     ensemble_kronos_wait_minutes: float = 30.0  # ENSEMBLE_KRONOS_WAIT_MINUTES: after the chain, before going without Kronos
+    # MODEL_REGISTRY_DIR, else DAGSTER_HOME/storage/models: fine-tuned checkpoints; on Kubernetes a shared volume.
+    model_registry_dir: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "storage" / "models"))
+    promotion_min_forecasts: int = 250  # PROMOTION_MIN_FORECASTS: paired out-of-sample forecasts a promotion needs
+    serve_cadence: str = "1d"  # SERVE_CADENCE: the cadence whose champion `forecasting-pipeline serve` loads
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +148,9 @@ class Settings:
             ensemble_shrinkage=_non_negative(env, "ENSEMBLE_SHRINKAGE", 60.0),
             ensemble_scheme=_choice(env, "ENSEMBLE_SCHEME", ("grid", "inverse", "sqrt-inverse")),
             ensemble_kronos_wait_minutes=_non_negative(env, "ENSEMBLE_KRONOS_WAIT_MINUTES", 30.0),
+            model_registry_dir=get("MODEL_REGISTRY_DIR") or str(Path(home) / "storage" / "models"),
+            promotion_min_forecasts=_count(env, "PROMOTION_MIN_FORECASTS") or 250,
+            serve_cadence=_choice(env, "SERVE_CADENCE", ("1d", "1h")),
         )
 
     def with_model(self, model: str) -> Settings:
@@ -238,15 +246,34 @@ def chronos2_resource(settings: Settings) -> Chronos2Resource:
         **_chronos2_fields(settings),
         lock_database_url=dg.EnvVar(DATABASE_URL),
         server_socket=settings.model_server_socket,
+        registry_database_url=dg.EnvVar(DATABASE_URL),
     )
 
 
+def model_registry_resource(settings: Settings) -> ModelRegistryResource:
+    from forecasting_pipeline.orchestration.resources import ModelRegistryResource
+
+    return ModelRegistryResource(directory=settings.model_registry_dir, min_forecasts=settings.promotion_min_forecasts)
+
+
 def chronos2_runner(settings: Settings, env: Mapping[str, str] | None = None) -> Chronos2Runner:
-    """The runner of a process outside Dagster (the model server): the runs' settings, the lock's URL from ``env``."""
+    """The runner of a process outside Dagster (the model server): the runs' settings, the lock's URL from ``env``.
+
+    The checkpoint is ``SERVE_CADENCE``'s champion when the registry (in ``env``'s DATABASE_URL) names
+    one, resolved now: the service serves a promotion or rollback from its next start.
+    """
+    from forecasting_pipeline.forecasting.champion import champion_runner
     from forecasting_pipeline.forecasting.runner import Chronos2Runner
+    from forecasting_pipeline.storage.database import DatabaseUnavailableError
 
     env = os.environ if env is None else env
-    return Chronos2Runner(**_chronos2_fields(settings), lock_database_url=env.get(DATABASE_URL))
+    configured = Chronos2Runner(**_chronos2_fields(settings), lock_database_url=env.get(DATABASE_URL))
+    try:
+        return champion_runner(configured, env.get(DATABASE_URL), settings.serve_cadence)
+    except DatabaseUnavailableError as exc:
+        # The service starts without its database (its read endpoints answer 503 until it is back).
+        logging.getLogger(__name__).warning("%s; serving the configured model, not a registered champion", exc)
+        return configured
 
 
 def service_config(
@@ -302,6 +329,7 @@ def resources(settings: Settings) -> dict[str, object]:
         ),
         "chronos2": chronos2_resource(settings),
         "ensemble": ensemble_resource(settings),
+        "model_registry": model_registry_resource(settings),
         FRAMES_IO_MANAGER: PartitionedFramesIOManager(base_dir=settings.frames_dir),
     }
 
