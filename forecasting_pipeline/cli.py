@@ -318,6 +318,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     actor = f"cli {getpass.getuser()}"
     conn = connect(_database_url())
+    # Each registry change commits on its own; reads before it must not hold it in an open transaction.
+    conn.autocommit = True
     try:
         if args.action == "list":
             for cadence in [args.cadence] if args.cadence else ["1h", "1d"]:

@@ -20,6 +20,8 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -181,17 +183,38 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``count`` for the block (unchanged when None), then set back."""
+    import torch
+
+    if not count:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fine_tune(runner: Chronos2Runner, split: TrainingSplit, params: TrainingParams, out_dir: Path) -> FineTuned:
     """Fine-tune ``runner``'s checkpoint on ``split`` and save the result to ``out_dir`` (created; must not exist).
 
-    The base model loads in float32 whatever the runner's precision. The same split, params and
-    seed on the same device give the same weights.
+    The base model loads in float32 whatever the runner's precision; ``runner.num_threads`` sets
+    torch's CPU threads for the training only. The same split, params and seed on the same device
+    give the same weights.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; a fine-tuned checkpoint is written to a new folder")
 
     def work(device: str) -> tuple[dict, object, float]:
+        with _threads(runner.num_threads):
+            return train(device)
+
+    def train(device: str) -> tuple[dict, object, float]:
         started = time.perf_counter()
         _seed(params.seed)
         base = load_chronos2(runner.model, runner.revision, device, "float32")

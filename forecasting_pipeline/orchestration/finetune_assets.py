@@ -247,6 +247,7 @@ def registry_asset(windows: Windows) -> dg.AssetsDefinition:
     ):
         """The fine-tuned checkpoints of this cadence (champion, challenger, retired), the event log, and the promotion test."""
         with database.connection() as conn:
+            conn.autocommit = True  # a promotion commits on its own, not inside this asset's reads
             challenger = registry.challenger(conn, cadence.name)
             test = None if challenger is None else evaluate_challenger(
                 conn, cadence.name, cadence.bar, challenger.model_version, challenger.training_to,

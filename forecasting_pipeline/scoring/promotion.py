@@ -3,8 +3,9 @@
 Both write forecasts of the same windows: the champion as ``chronos-2``, the challenger as
 ``chronos-2-challenger`` (its shadow), and the scoring run stores every one's losses in
 ``forecast_losses``. The test pairs the two at each (symbol, as_of) from the challenger's training
-cutoff on, using only the challenger's own rows (its ``model_version``) and the champion rows of
-the champion that serves now (the ``model_version`` of the newest paired ``chronos-2`` row).
+cutoff on, using only the challenger's own rows (its ``model_version``) and the rows of the
+champion that serves now (``champion_version``): after a promotion, the chain's windows must be
+forecast again by the new champion before a challenger can be compared with it.
 
 The challenger passes when, over at least ``min_forecasts`` paired forecasts:
 
@@ -29,6 +30,7 @@ import polars as pl
 import psycopg
 
 from forecasting_pipeline.scoring.diebold_mariano import DieboldMariano, diebold_mariano
+from forecasting_pipeline.storage import model_registry
 from forecasting_pipeline.storage.ml_predictions import CHALLENGER_MODEL_NAME, MODEL_NAME
 
 ALPHA = 0.05
@@ -125,22 +127,36 @@ class PromotionTest:
         return out + (["PASSED"] if self.passed else [f"NOT PASSED: {reason}" for reason in self.reasons])
 
 
-def paired_losses(conn: psycopg.Connection, timeframe: str, challenger_version: str, since: datetime) -> pl.DataFrame:
-    """The stored losses of the challenger (its version only) and of the champion, at the origins both forecast.
+def champion_version(conn: psycopg.Connection, timeframe: str) -> str | None:
+    """The ``model_version`` of the cadence's champion: the registered one's, or else that of the newest
+    ``chronos-2`` row written by no registered checkpoint (the configured model's)."""
+    current = model_registry.champion(conn, timeframe)
+    if current is not None:
+        return current.model_version
+    registered = [c.model_version for c in model_registry.checkpoints(conn, timeframe)]
+    row = conn.execute(
+        "SELECT model_version FROM ml_predictions WHERE model_name = %s AND timeframe = %s "
+        "AND model_version <> ALL(%s::text[]) ORDER BY created_at DESC, id DESC LIMIT 1",
+        (MODEL_NAME, timeframe, registered),
+    ).fetchone()
+    return row[0] if row else None
 
-    Returns one row per (symbol, as_of) with ``n_steps`` and, per side (``_champion``,
-    ``_challenger``), ``scaled_abs_error``, ``mean_pinball``, ``n_below_p10``, ``n_above_p90``,
-    plus ``champion_version``.
+
+def paired_losses(
+    conn: psycopg.Connection, timeframe: str, challenger_version: str, champion: str | None, since: datetime
+) -> pl.DataFrame:
+    """The stored losses of the challenger and of the champion (each its ``model_version`` only) where both forecast.
+
+    Returns one row per (symbol, as_of) with ``n_steps``, ``champion_version`` and, per side
+    (``_champion``, ``_challenger``), ``scaled_abs_error``, ``mean_pinball``, ``n_below_p10``,
+    ``n_above_p90``.
     """
     rows = conn.execute(_PAIRED_LOSSES, {"timeframe": timeframe, "models": [MODEL_NAME, CHALLENGER_MODEL_NAME],
                                          "since": since}).fetchall()
     losses = pl.DataFrame(rows, schema=_LOSS_SCHEMA, orient="row")
     mine = losses.filter((pl.col("model_name") == CHALLENGER_MODEL_NAME) & (pl.col("model_version") == challenger_version))
-    theirs = losses.filter(pl.col("model_name") == MODEL_NAME).join(mine.select("symbol", "as_of"), on=["symbol", "as_of"])
-    if theirs.is_empty():
-        return _pairs(mine.head(0), theirs, None)
-    newest = theirs.sort("created_at").tail(1)["model_version"].item()
-    return _pairs(mine, theirs.filter(pl.col("model_version") == newest), newest)
+    theirs = losses.filter((pl.col("model_name") == MODEL_NAME) & (pl.col("model_version") == champion))
+    return _pairs(mine, theirs, champion)
 
 
 def _pairs(mine: pl.DataFrame, theirs: pl.DataFrame, champion_version: str | None) -> pl.DataFrame:
@@ -167,10 +183,9 @@ def _side(pairs: pl.DataFrame, side: str, version: str | None) -> Side:
 
 def promotion_test(
     pairs: pl.DataFrame, timeframe: str, since: datetime, challenger_version: str, bar: timedelta,
-    min_forecasts: int = DEFAULT_MIN_FORECASTS,
+    min_forecasts: int = DEFAULT_MIN_FORECASTS, champion_version: str | None = None,
 ) -> PromotionTest:
     """Run the test on ``paired_losses``; ``bar`` is the cadence's bar, the period origins are grouped by."""
-    champion_version = pairs["champion_version"][0] if pairs.height else None
     champion, mine = _side(pairs, "champion", champion_version), _side(pairs, "challenger", challenger_version)
     reasons: list[str] = []
     if pairs.height < min_forecasts:
@@ -210,5 +225,6 @@ def evaluate_challenger(
     min_forecasts: int = DEFAULT_MIN_FORECASTS,
 ) -> PromotionTest:
     """The promotion test of one challenger from the stored losses: its forecasts from ``since`` (its cutoff) on."""
-    pairs = paired_losses(conn, timeframe, challenger_version, since)
-    return promotion_test(pairs, timeframe, since, challenger_version, bar, min_forecasts)
+    champion = champion_version(conn, timeframe)
+    pairs = paired_losses(conn, timeframe, challenger_version, champion, since)
+    return promotion_test(pairs, timeframe, since, challenger_version, bar, min_forecasts, champion)

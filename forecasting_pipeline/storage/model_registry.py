@@ -4,6 +4,7 @@ Migration ``20260901_chronos2_registry.sql`` creates both. Per cadence, at most 
 the ``champion`` (it serves; with none, the configured model does) and at most one the
 ``challenger`` (it shadows the champion). Every change of status is one transaction that also
 writes its event, under a lock per cadence, so two promotions of one cadence never interleave.
+Inside a caller's open transaction each is a savepoint of it: the caller commits.
 """
 
 from __future__ import annotations
