@@ -8,7 +8,10 @@ them against the realised closes, and the promotion test reads what it stored.
 
 import contextlib
 import io
+import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -64,6 +67,7 @@ TRAINING = {"mode": "full", "steps": 60, "learning_rate": 1e-2, "batch_size": 32
 CHAIN_CONFIG = {"ops": {"ohlcv_1d": {"config": {"history_bars": CONTEXT}},
                         "chronos2_forecasts_1d": {"config": {"context_length": CONTEXT}}}}
 SHADOW_CONFIG = {"ops": {**CHAIN_CONFIG["ops"], "chronos2_challenger_forecasts_1d": {"config": {"context_length": CONTEXT}}}}
+REPO = Path(__file__).resolve().parents[1]
 UNIVERSE = "instruments:\n  - {symbol: GOOG, asset_class: equity, calendar: XNAS}\n"
 
 
@@ -347,3 +351,33 @@ def test_when_promotions_are_rolled_back_then_the_next_runs_rows_carry_the_previ
     ]
     status, listing = story.listing
     assert status == 0 and "1d: champion the configured model" in listing and "(FORCED)" in listing
+
+
+def test_when_no_challenger_is_registered_then_the_registry_check_warns_and_says_what_to_run(
+    database_url, tiny_checkpoint, tmp_path, instance
+):
+    check = _registry_check(goog_resources(tmp_path, database_url, tiny_checkpoint), instance)
+
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["why"].value == "no 1d challenger: materialise chronos2_finetuned_1d"
+
+
+# ---------------------------------------------------------------------------
+# The benchmark, in its smoke form
+# ---------------------------------------------------------------------------
+
+
+def test_when_the_benchmark_runs_in_smoke_mode_then_it_reports_cost_and_gain_and_what_the_gain_is_of(tmp_path):
+    out = tmp_path / "finetune.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "finetune.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=280, cwd=REPO)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    [cost] = result["cost"]
+    assert (cost["geometry"], cost["mode"], cost["steps"], cost["device"]) == ("tiny", "lora", 5, "cpu")
+    assert cost["seconds_per_100_steps"] > 0 and cost["peak_rss_mb"] > 0
+    [gain] = result["gain"]
+    assert (gain["symbol"], gain["origins"]) == ("GOOG", 40)
+    assert 0 <= gain["scaled_mae_p_value"] <= 1 and 0 <= gain["quantile_loss_p_value"] <= 1
+    assert "gain is that of the fine-tuning machinery, not of the published model" in done.stdout

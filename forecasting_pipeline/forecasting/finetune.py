@@ -152,17 +152,19 @@ class FineTuned:
     validation_loss: float | None
     train_losses: list[float]
     train_seconds: float
+    seconds_per_step: float | None
     device_run: DeviceRun
 
 
 def _loss_recorder():
-    """A ``transformers.TrainerCallback`` that keeps the trainer's evaluation and training losses."""
+    """A ``transformers.TrainerCallback`` that keeps the trainer's losses and when each step ended."""
     from transformers import TrainerCallback
 
     class LossRecorder(TrainerCallback):
         def __init__(self) -> None:
             self.eval_losses: list[float] = []
             self.train_losses: list[float] = []
+            self.step_ends: list[float] = []
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics and "eval_loss" in metrics:
@@ -172,7 +174,16 @@ def _loss_recorder():
             if logs and "loss" in logs:
                 self.train_losses.append(float(logs["loss"]))
 
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_ends.append(time.perf_counter())
+
     return LossRecorder()
+
+
+def _seconds_per_step(step_ends: list[float]) -> float | None:
+    """The median time between consecutive steps: evaluations and the first step's warm-up do not skew it."""
+    gaps = np.diff(step_ends)
+    return float(np.median(gaps)) if len(gaps) else None
 
 
 def _seed(seed: int) -> None:
@@ -244,7 +255,8 @@ def fine_tune(runner: Chronos2Runner, split: TrainingSplit, params: TrainingPara
     logger.info("fine-tuned %s for %d steps on %s in %.1fs; best validation loss %s",
                 base_info["version"], params.steps, device_run.device, seconds, best)
     return FineTuned(out_dir, checkpoint_digest(out_dir), base_info["model"], base_info["revision"],
-                     base_info["version"], best, recorder.train_losses, seconds, device_run)
+                     base_info["version"], best, recorder.train_losses, seconds,
+                     _seconds_per_step(recorder.step_ends), device_run)
 
 
 def store_checkpoint(staged: Path, registry_dir: Path, timeframe: str) -> Path:

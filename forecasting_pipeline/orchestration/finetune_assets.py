@@ -15,6 +15,7 @@
 
 # No `from __future__ import annotations` here: Dagster reads these annotations (config, resources) at decoration time.
 import json
+import shutil
 from datetime import timedelta
 from typing import Literal
 
@@ -135,8 +136,11 @@ def finetuned_asset(windows: Windows) -> dg.AssetsDefinition:
             context.log.warning(f"left out of training: {symbol}: {why}")
         runner = chronos2.runner(cadence.name) if config.start_from == "champion" else chronos2.configured_runner()
         staged = staging_dir(model_registry.directory)
-        done = fine_tune(runner, split, params, staged)
-        path = store_checkpoint(done.path, model_registry.directory, cadence.name)
+        try:
+            done = fine_tune(runner, split, params, staged)
+            path = store_checkpoint(done.path, model_registry.directory, cadence.name)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)  # what a failed run left half-written
         version = load_chronos2(str(path)).version  # loads as every run will, and names its rows
         with database.connection() as conn:
             checkpoint, added = registry.register(conn, NewCheckpoint(
@@ -155,7 +159,9 @@ def finetuned_asset(windows: Windows) -> dg.AssetsDefinition:
             "mode": params.mode, "steps": params.steps, "learning_rate": params.learning_rate, "seed": params.seed,
             "validation_bars_per_instrument": params.validation_bars,
             "validation_loss": done.validation_loss if done.validation_loss is not None else "none",
-            "train_seconds": round(done.train_seconds, 2), **done.device_run.metadata(),
+            "train_seconds": round(done.train_seconds, 2),
+            "seconds_per_100_steps": round(100 * done.seconds_per_step, 2) if done.seconds_per_step else "n/a",
+            **done.device_run.metadata(),
         })
 
     return chronos2_finetuned
