@@ -1,7 +1,7 @@
 """Fine-tuning Chronos-2: its cost per 100 steps for the tiny and the published geometry, and the
 out-of-sample gain of a fine-tuned challenger over its base on real bars.
 
-    python benchmarks/finetune.py [--smoke] [--device cpu|auto|cuda] [--steps N] [--json FILE]
+    python benchmarks/finetune.py [--smoke] [--only cost|gain] [--device cpu|auto|cuda] [--steps N] [--json FILE]
 
 Cost: for each geometry (``tiny``; ``full``, the published 119.5M-parameter one with random
 weights) and each mode (LoRA, full), one ``forecasting.finetune.fine_tune`` run of ``--steps``
@@ -14,7 +14,7 @@ Gain: the random-weight tiny checkpoint (the base) and a challenger fine-tuned f
 before the cutoff forecast every origin after the cutoff (daily GOOG; hourly EUR/USD unless
 --smoke); the forecasts are scored against the realised closes (``scoring.losses``) and compared
 by the promotion test (``scoring.promotion``): scaled MAE of p50, scaled quantile loss, one-sided
-Diebold-Mariano p-values, p10-p90 coverage.
+Diebold-Mariano p-values, p10-p90 coverage, and the random walk's scaled MAE on the same origins.
 
 The published Chronos-2 weights cannot be loaded where this runs (no model hub), so the base is a
 random-weight model and the gain measured is that of the fine-tuning machinery, not of the
@@ -48,7 +48,7 @@ from forecasting_pipeline.forecasting.predict import predict_quantiles  # noqa: 
 from forecasting_pipeline.forecasting.runner import Chronos2Runner  # noqa: E402
 from forecasting_pipeline.market.features import engineer_covariates  # noqa: E402
 from forecasting_pipeline.scoring.losses import per_forecast_losses  # noqa: E402
-from forecasting_pipeline.scoring.promotion import _pairs, promotion_test  # noqa: E402
+from forecasting_pipeline.scoring.promotion import pair_losses, promotion_test  # noqa: E402
 from forecasting_pipeline_tests.conftest import _real_bars  # noqa: E402
 
 # Real history shipped by `backtesting`: each series' cutoff leaves the months after it out of sample.
@@ -123,16 +123,20 @@ def measure_gain(symbol: str, steps: int, context: int, max_origins: int | None)
         done = fine_tune(Chronos2Runner(model=str(base), device="cpu"), split, params, Path(folder) / "tuned")
         frames = [_forecasts(load_chronos2(str(path)).pipeline, covariates, origins, spec["horizon"], context, name)
                   for name, path in (("base", base), ("challenger", done.path))]
-    losses = per_forecast_losses(pl.concat(frames), bars.select("symbol", "ts", "close"), include_baselines=False)
+    losses = per_forecast_losses(pl.concat(frames), bars.select("symbol", "ts", "close"))
+    # The random walk (last close) on the same origins: what a useful model has to beat.
+    random_walk = float(losses.filter(pl.col("model_name") == "baseline-random-walk")["scaled_abs_error"].mean())
     mine = losses.filter(pl.col("model_name") == "challenger").with_columns(pl.lit("challenger").alias("model_version"))
     theirs = losses.filter(pl.col("model_name") == "base")
-    test = promotion_test(_pairs(mine, theirs, "base"), "bench", spec["cutoff"], "challenger", spec["bar"], 1, "base")
+    test = promotion_test(pair_losses(mine, theirs, "base"), "bench", spec["cutoff"], "challenger", spec["bar"], 1, "base")
     print(f"  {symbol}: fine-tuned {steps} steps on {split.bars} bars before {spec['cutoff']:%Y-%m-%d}")
     for line in test.lines():
         print(f"    {line}")
+    print(f"    (the random walk's scaled MAE on the same origins: {random_walk:.4f})")
     evidence = test.evidence()
     return {"symbol": symbol, "steps": steps, "training_bars": split.bars, "origins": len(origins),
-            "scaled_mae": {"base": evidence["champion"]["scaled_mae"], "challenger": evidence["challenger"]["scaled_mae"]},
+            "scaled_mae": {"base": evidence["champion"]["scaled_mae"], "challenger": evidence["challenger"]["scaled_mae"],
+                           "random_walk": random_walk},
             "quantile_loss": {"base": evidence["champion"]["mean_pinball"],
                               "challenger": evidence["challenger"]["mean_pinball"]},
             "coverage": {"base": evidence["champion"]["coverage"], "challenger": evidence["challenger"]["coverage"]},
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny geometry, a few steps, GOOG only: seconds")
     parser.add_argument("--device", default="cpu", choices=["cpu", "auto", "cuda"], help="where the cost runs train")
     parser.add_argument("--steps", type=int, default=None, help="steps per cost run (default 20; smoke 5)")
+    parser.add_argument("--only", choices=["cost", "gain"], help="measure only the cost or only the gain")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -154,6 +159,22 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)  # seconds, not minutes, when the other core is busy
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {HONESTY}", flush=True)
+    cost, gain = [], []
+    if args.only != "gain":
+        cost = _cost(args, steps)
+    if args.only != "cost":
+        print("gain of a challenger fine-tuned from the random start, out of sample:", flush=True)
+        gain = [measure_gain("GOOG", 60 if args.smoke else 200, 64 if args.smoke else 256, 40 if args.smoke else None)]
+        if not args.smoke:
+            gain.append(measure_gain("EURUSD", 200, 256, 1500))
+    print(f"done in {time.perf_counter() - started:.0f}s; {HONESTY}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cost": cost, "gain": gain, "note": HONESTY,
+                                               "load_average": os.getloadavg()[0]}, indent=2, default=str))
+    return 0
+
+
+def _cost(args: argparse.Namespace, steps: int) -> list[dict]:
     print(f"cost: {steps} steps per run, batch 32 series, GOOG daily covariates", flush=True)
     cost = measure_cost(["tiny"] if args.smoke else ["tiny", "full"], ["lora"] if args.smoke else ["lora", "full"],
                         steps, 64 if args.smoke else 512, args.device)
@@ -162,15 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if ("full", mode) in by:
             ratio = by[("full", mode)]["seconds_per_100_steps"] / by[("tiny", mode)]["seconds_per_100_steps"]
             print(f"  {mode}: published geometry / tiny = {ratio:.1f}x per step", flush=True)
-    print("gain of a challenger fine-tuned from the random start, out of sample:", flush=True)
-    gain = [measure_gain("GOOG", 60 if args.smoke else 200, 64 if args.smoke else 256, 40 if args.smoke else None)]
-    if not args.smoke:
-        gain.append(measure_gain("EURUSD", 200, 256, 1500))
-    print(f"done in {time.perf_counter() - started:.0f}s; {HONESTY}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"cost": cost, "gain": gain, "note": HONESTY,
-                                               "load_average": os.getloadavg()[0]}, indent=2, default=str))
-    return 0
+    return cost
 
 
 if __name__ == "__main__":

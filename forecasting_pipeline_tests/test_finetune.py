@@ -28,7 +28,7 @@ from forecasting_pipeline.forecasting.finetune import TrainingParams, store_chec
 from forecasting_pipeline.forecasting.model import ModelUnavailableError, checkpoint_digest, load_chronos2
 from forecasting_pipeline.forecasting.predict import predict_quantiles
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
-from forecasting_pipeline.market.cadences import DAILY
+from forecasting_pipeline.market.cadences import DAILY, HOURLY
 from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.market.instruments import load_instruments
 from forecasting_pipeline.market.sources import FileSource
@@ -57,7 +57,7 @@ from forecasting_pipeline.storage.ml_predictions import read_predictions
 WINDOWS = cadence_windows(DAILY, "2004-01-01", 400)
 CUTOFF_PARTITION = "2012-05-01"  # trains on bars closed before 2012-06-01 00:00 UTC
 CUTOFF = datetime(2012, 6, 1, tzinfo=timezone.utc)
-SHADOW_RANGE = ("2012-06-01", "2013-01-31")
+SHADOW_RANGE = ("2012-06-01", "2012-11-30")
 SCORED_UNTIL = datetime(2013, 3, 2, tzinfo=timezone.utc)
 NEXT_WINDOWS = ["2013-02-04", "2013-02-05", "2013-02-06"]
 MIN_FORECASTS = 100
@@ -192,6 +192,28 @@ def test_when_future_bars_reach_the_source_then_a_rerun_cutoff_trains_the_identi
     quantiles = predict_quantiles(loaded.pipeline, [{"target": window["close"].to_numpy(), "past_covariates": {
         name: window[name].to_numpy() for name in ("volume", "high_low_spread")}}], 10, 128)
     assert quantiles.shape == (1, 10, 3) and np.isfinite(quantiles).all()
+
+
+def test_when_hourly_fx_bars_train_a_challenger_then_it_is_registered_for_the_hourly_cadence_with_its_horizon(
+    real_bars, tiny_checkpoint, database_url, conn, tmp_path, instance
+):
+    eurusd = real_bars("EURUSD")
+    (tmp_path / "bars" / "1h").mkdir(parents=True)
+    eurusd.drop("symbol").write_parquet(tmp_path / "bars" / "1h" / "EURUSD.parquet")
+    resources = goog_resources(tmp_path, database_url, tiny_checkpoint)
+    (tmp_path / "instruments.yaml").write_text("instruments:\n  - {symbol: EURUSD, asset_class: fx, calendar: 24/5}\n")
+    hourly = cadence_windows(HOURLY, "2017-01-01-00:00")
+
+    result = dg.materialize([finetuned_asset(hourly)], partition_key="2017-11-01", resources=resources, instance=instance,
+                            run_config={"ops": {"chronos2_finetuned_1h": {"config": {
+                                "steps": 5, "batch_size": 16, "context_length": 128, "history_bars": 1024}}}})
+
+    assert result.success
+    [stored] = registry.checkpoints(conn, "1h")
+    cutoff = datetime(2017, 12, 1, tzinfo=timezone.utc)
+    assert (stored.timeframe, stored.horizon, stored.validation_bars, stored.training_to) == ("1h", 24, 96, cutoff)
+    assert stored.training_from == eurusd.filter(pl.col("ts") < cutoff)["ts"][-1024]
+    assert registry.checkpoints(conn, "1d") == [] and registry.challenger(conn, "1h") == stored
 
 
 def test_when_a_registered_checkpoints_weights_change_on_disk_then_it_is_refused(conn, database_url, tiny_checkpoint, tmp_path):

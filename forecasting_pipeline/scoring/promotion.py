@@ -156,10 +156,12 @@ def paired_losses(
     losses = pl.DataFrame(rows, schema=_LOSS_SCHEMA, orient="row")
     mine = losses.filter((pl.col("model_name") == CHALLENGER_MODEL_NAME) & (pl.col("model_version") == challenger_version))
     theirs = losses.filter((pl.col("model_name") == MODEL_NAME) & (pl.col("model_version") == champion))
-    return _pairs(mine, theirs, champion)
+    return pair_losses(mine, theirs, champion)
 
 
-def _pairs(mine: pl.DataFrame, theirs: pl.DataFrame, champion_version: str | None) -> pl.DataFrame:
+def pair_losses(mine: pl.DataFrame, theirs: pl.DataFrame, champion_version: str | None) -> pl.DataFrame:
+    """Per-forecast losses (``frames.PER_FORECAST_SCHEMA`` columns) of the challenger and the champion, paired
+    on (symbol, as_of): the frame ``promotion_test`` reads."""
     values = ["scaled_abs_error", "mean_pinball", "n_below_p10", "n_above_p90"]
     joined = theirs.select("symbol", "as_of", "n_steps", *values).join(
         mine.select("symbol", "as_of", *values), on=["symbol", "as_of"], suffix="_challenger",
