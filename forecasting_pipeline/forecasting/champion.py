@@ -41,13 +41,18 @@ def _verified(found: Checkpoint) -> Checkpoint:
 
 
 def runner_for(runner: Chronos2Runner, found: Checkpoint) -> Chronos2Runner:
-    """``runner`` running the registered checkpoint ``found`` (verified), with the same device and GPU settings.
+    """``runner`` running the registered checkpoint ``found`` (verified), with the same device and GPU settings."""
+    return replace(runner, model=str(Path(_verified(found).path)), revision=None)
 
-    A model server that runs another checkpoint (a service started before a promotion, or serving
-    the other cadence's champion) would refuse this run's batch, so the run then loads the
-    checkpoint itself, with a warning that says how to let the server serve it.
+
+def _with_server(chosen: Chronos2Runner, registered: set[str], timeframe: str) -> Chronos2Runner:
+    """``chosen``, without its model server when that server runs another checkpoint because of the registry.
+
+    A server started before a promotion or rollback, or serving the other cadence's champion, would
+    refuse this run's batch; the run then loads its model itself, with a warning that says how to
+    let the server serve it. Any other mismatch (two configured models, another precision) keeps
+    the socket, so the run fails naming both, as it does without a registry.
     """
-    chosen = replace(runner, model=str(Path(_verified(found).path)), revision=None)
     if chosen.server_socket is None:
         return chosen
     try:
@@ -57,21 +62,26 @@ def runner_for(runner: Chronos2Runner, found: Checkpoint) -> Chronos2Runner:
     wanted = model_key(chosen.model, chosen.revision, chosen.dtype)
     if all(serving.get(name) == value for name, value in wanted.items()):
         return chosen
+    if not ({serving.get("model"), wanted["model"]} & registered):
+        return chosen
     logger.warning(
-        "the model server at %s runs %s, not the %s champion #%d (%s): this run loads the champion itself; restart "
-        "`forecasting-pipeline serve` (SERVE_CADENCE=%s) to serve it",
-        chosen.server_socket, serving.get("model"), found.timeframe, found.id, found.path, found.timeframe,
+        "the model server at %s runs %s, not this %s run's %s: the run loads it itself; restart "
+        "`forecasting-pipeline serve` with SERVE_CADENCE=%s to serve it",
+        chosen.server_socket, serving.get("model"), timeframe, chosen.model, timeframe,
     )
     return replace(chosen, server_socket=None)
 
 
-def _registry(database_url: str, timeframe: str, status: str) -> Checkpoint | None:
+def _registry(database_url: str, timeframe: str, status: str) -> tuple[Checkpoint | None, set[str]]:
+    """The cadence's checkpoint of ``status`` (or None), and the resolved paths of every registered checkpoint."""
     conn = connect(database_url)
     try:
-        return (model_registry.champion if status == model_registry.CHAMPION else model_registry.challenger)(conn, timeframe)
+        found = (model_registry.champion if status == model_registry.CHAMPION else model_registry.challenger)(
+            conn, timeframe)
+        return found, {str(Path(c.path).resolve()) for c in model_registry.checkpoints(conn)}
     except psycopg.errors.UndefinedTable:
         # A database whose migrations predate the registry has no champion.
-        return None
+        return None, set()
     finally:
         conn.close()
 
@@ -83,15 +93,15 @@ def champion_runner(runner: Chronos2Runner, database_url: str | None, timeframe:
     """
     if database_url is None:
         return runner
-    found = _registry(database_url, timeframe, model_registry.CHAMPION)
-    return runner if found is None else runner_for(runner, found)
+    found, registered = _registry(database_url, timeframe, model_registry.CHAMPION)
+    return _with_server(runner if found is None else runner_for(runner, found), registered, timeframe)
 
 
 def challenger_runner(
     runner: Chronos2Runner, database_url: str, timeframe: str
 ) -> tuple[Checkpoint, Chronos2Runner] | None:
     """``timeframe``'s challenger and a runner for it (in this process: the model server runs the champion)."""
-    found = _registry(database_url, timeframe, model_registry.CHALLENGER)
+    found, _ = _registry(database_url, timeframe, model_registry.CHALLENGER)
     if found is None:
         return None
     return found, replace(runner_for(runner, found), server_socket=None)
