@@ -241,3 +241,12 @@ def test_when_no_token_is_configured_then_predictions_need_none(server_url, tiny
 
     assert status == 200, answer
     assert answer["as_of"] >= (datetime.now().astimezone() - timedelta(hours=2)).isoformat()[:13]
+
+
+def test_when_the_forecast_service_is_ready_then_the_status_check_passes_with_its_model_version(service):
+    from forecasting_pipeline.orchestration.status import check_service
+
+    check = check_service(service.url, required=True)
+
+    assert check.state == "ok"
+    assert check.details["status"] == "ready" and "RANDOM-WEIGHTS" in check.details["model_version"]
