@@ -50,6 +50,8 @@ from forecasting_pipeline.orchestration.resources import (
 )
 from forecasting_pipeline.scoring.evaluation import score_new_forecasts
 from forecasting_pipeline.serving.gateway import latest_forecast
+from forecasting_pipeline.serving.model_catalog import Catalog, model_catalog
+from forecasting_pipeline.serving.track_record import PastForecasts, past_forecasts
 from forecasting_pipeline.settings import Settings, chronos2_runner
 from forecasting_pipeline.storage import model_registry as registry
 from forecasting_pipeline.storage.ml_predictions import read_predictions
@@ -246,6 +248,8 @@ class Story:
     shadow_rows: pl.DataFrame
     served_rows_before_promotion: set[str]
     gateway_challenger_version: str
+    catalog: Catalog
+    challenger_track: PastForecasts
     registry_check_first: dg.AssetCheckEvaluation
     promote_first: tuple[int, str]
     champion_after_first: registry.Checkpoint
@@ -296,6 +300,10 @@ def story(module_database_url, tiny_checkpoint, real_bars, tmp_path_factory) -> 
     shadow_rows = read_predictions(conn, "1d", "chronos-2-challenger")
     served = set(read_predictions(conn, "1d", "chronos-2")["model_version"].to_list())
     gateway = latest_forecast(conn, "GOOG", "1d", "chronos-2-challenger").model_version
+    # What the dashboard reads to offer the challenger and overlay its past forecasts on the closes.
+    catalog = model_catalog(conn, ["GOOG"], "chronos-2")
+    track = past_forecasts(conn, FileSource(str(root / "bars")), universe[0], DAILY, "chronos-2-challenger", 5,
+                           SCORED_UNTIL)
     check_first = _registry_check(resources, instance)
     promote_first = models_cli(module_database_url, "promote", "--cadence", "1d")
     champion = registry.champion(conn, "1d")
@@ -319,7 +327,7 @@ def story(module_database_url, tiny_checkpoint, real_bars, tmp_path_factory) -> 
     rollback_second = models_cli(module_database_url, "rollback", "--cadence", "1d")
     rows_second = next_run(NEXT_WINDOWS[2])
     story = Story(
-        load_chronos2(str(tiny_checkpoint)).version, challenger, shadow_rows, served, gateway, check_first, promote_first, champion,
+        load_chronos2(str(tiny_checkpoint)).version, challenger, shadow_rows, served, gateway, catalog, track, check_first, promote_first, champion,
         service_model, rows_first, perturbed, check_second, promote_second, no_reason, forced, rollback_first,
         rows_rollback, rollback_second, rows_second, models_cli(module_database_url, "list", "--cadence", "1d"),
         registry.events(conn, "1d"),
@@ -335,6 +343,18 @@ def test_when_a_challenger_shadows_then_its_rows_are_apart_from_the_served_ones_
     assert story.served_rows_before_promotion == {story.random_start}
     # Readable by model name through the gateway's read path, never as chronos-2.
     assert story.gateway_challenger_version == story.challenger.model_version
+
+
+def test_when_a_challenger_has_rows_then_the_dashboard_offers_it_and_overlays_its_past_forecasts_on_the_closes(story):
+    offered = {m.model_name: (m.label, m.kind, m.symbols("1d")) for m in story.catalog.models}
+    assert offered["chronos-2-challenger"] == ("Chronos-2 fine-tuned", "challenger", ["GOOG"])
+    assert offered["chronos-2"] == ("Chronos-2", "zero-shot", ["GOOG"])
+    track = story.challenger_track
+    assert track.empty_reason is None and len(track.forecasts) == 5
+    assert {f.model_version for f in track.forecasts} == {story.challenger.model_version}
+    # Each forecast's steps met the realised closes of the real bars.
+    assert all(f.realised_steps == 10 and f.inside_band is not None for f in track.forecasts)
+    assert all(step["close"] is not None for f in track.forecasts for step in f.steps)
 
 
 def test_when_a_challenger_fine_tuned_from_the_random_start_beats_it_out_of_sample_then_it_is_promoted(story):
