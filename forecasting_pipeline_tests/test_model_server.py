@@ -137,13 +137,18 @@ def test_when_the_server_is_stopped_then_it_removes_its_socket(server_url, tiny_
     socket_path = str(tmp_path / "s.sock")
     env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint), "CHRONOS2_DEVICE": "cpu"}
     server = subprocess.Popen(_serve(socket_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    describe(socket_path, wait_s=120)
-    assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o600)
+    try:
+        describe(socket_path, wait_s=120)
+        assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o600)
 
-    server.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
 
-    assert server.wait(timeout=30) == 0
-    assert not os.path.exists(socket_path)
+        assert server.wait(timeout=30) == 0
+        assert not os.path.exists(socket_path)
+    finally:
+        if server.poll() is None:  # a failed step above must not leave the server running
+            server.kill()
+            server.wait()
 
 
 def test_when_the_socket_path_is_a_file_then_the_server_refuses_to_start_and_leaves_it(
