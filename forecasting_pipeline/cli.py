@@ -9,6 +9,9 @@
                                              and with --with-ensemble the ensemble; wait for its runs and print what they did
     forecasting-pipeline backfill-summary ID what a backfill's runs did (any backfill of a chain, UI ones too)
     forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
+    forecasting-pipeline models list|promote|rollback
+                                             the fine-tuned checkpoints' registry: promote a challenger that passes the
+                                             promotion test, roll a promotion back
     forecasting-pipeline serve               the forecast service: on-demand forecasts over HTTP, and the model server
                                              of every run that sets CHRONOS2_SERVER, in one process that keeps Chronos-2 loaded
     forecasting-pipeline status              is it working: database, migrations, model, each cadence's newest window
@@ -285,6 +288,98 @@ def cmd_latest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_registry(conn, cadence: str, min_forecasts: int, n_events: int) -> None:
+    from forecasting_pipeline.market.cadences import cadence_named
+    from forecasting_pipeline.scoring.promotion import evaluate_challenger
+    from forecasting_pipeline.storage import model_registry as registry
+
+    found = registry.checkpoints(conn, cadence)
+    champion = next((c for c in found if c.status == registry.CHAMPION), None)
+    print(f"{cadence}: champion " + (f"{champion.label} {champion.model_version}" if champion
+                                     else "the configured model (CHRONOS2_MODEL)"))
+    print(f"  {'id':>4}  {'status':<10}  {'sha256':<12}  {'cutoff':<10}  {'mode':<4}  {'steps':>6}  {'lr':>8}  "
+          f"{'seed':>4}  {'val loss':>9}  registered")
+    for c in reversed(found):
+        loss = "-" if c.validation_loss is None else f"{c.validation_loss:.4f}"
+        print(f"  {c.id:>4}  {c.status:<10}  {c.content_hash[:12]:<12}  {c.training_to:%Y-%m-%d}  {c.finetune_mode:<4}  "
+              f"{c.steps:>6}  {c.learning_rate:>8.2g}  {c.seed:>4}  {loss:>9}  {c.created_at:%Y-%m-%d %H:%M}")
+    challenger = next((c for c in found if c.status == registry.CHALLENGER), None)
+    if challenger is not None:
+        test = evaluate_challenger(conn, cadence, cadence_named(cadence).bar, challenger.model_version,
+                                   challenger.training_to, min_forecasts)
+        print(f"  promotion test of challenger #{challenger.id}:")
+        for line in test.lines():
+            print(f"    {line}")
+    for event in registry.events(conn, cadence, limit=n_events):
+        print(f"  event {event.id} {event.created_at:%Y-%m-%d %H:%M} {event.action:<8} checkpoint "
+              f"#{event.checkpoint_id} champion {event.champion_before or 'configured'} -> "
+              f"{event.champion_after or 'configured'}{' (FORCED)' if event.forced else ''} by {event.actor}: {event.reason}")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``models list|promote|rollback``: the fine-tuned checkpoints' registry (docs/fine-tuning.md)."""
+    import getpass
+
+    from forecasting_pipeline.market.cadences import cadence_named
+    from forecasting_pipeline.scoring.promotion import evaluate_challenger
+    from forecasting_pipeline.settings import Settings
+    from forecasting_pipeline.storage import model_registry as registry
+    from forecasting_pipeline.storage.database import connect
+
+    settings = Settings.from_env()
+    actor = f"cli {getpass.getuser()}"
+    conn = connect(_database_url())
+    # Each registry change commits on its own; reads before it must not hold it in an open transaction.
+    conn.autocommit = True
+    try:
+        if args.action == "list":
+            for cadence in [args.cadence] if args.cadence else ["1h", "1d"]:
+                _print_registry(conn, cadence, settings.promotion_min_forecasts, args.events)
+            return 0
+        if args.action == "rollback":
+            event = registry.rollback(conn, args.cadence, args.reason or "rolled back", actor)
+            print(f"{args.cadence}: rolled back checkpoint #{event.checkpoint_id}; the champion is now "
+                  + (f"#{event.champion_after}" if event.champion_after else "the configured model (CHRONOS2_MODEL)"))
+            print(_takes_effect(args.cadence, settings.serve_cadence))
+            return 0
+        target = (registry.checkpoint(conn, args.checkpoint) if args.checkpoint is not None
+                  else registry.challenger(conn, args.cadence))
+        if target is None or target.timeframe != args.cadence:
+            print(f"forecasting-pipeline models promote: no {args.cadence} "
+                  + (f"checkpoint #{args.checkpoint}" if args.checkpoint is not None else "challenger")
+                  + " in the registry", file=sys.stderr)
+            return 2
+        test = evaluate_challenger(conn, args.cadence, cadence_named(args.cadence).bar, target.model_version,
+                                   target.training_to, settings.promotion_min_forecasts)
+        print(f"promotion test of {args.cadence} checkpoint {target.label}:")
+        for line in test.lines():
+            print(f"  {line}")
+        if not test.passed and not args.force:
+            print("refused: the challenger has not shown it is better out of sample (see above); --force --reason "
+                  "TEXT promotes anyway, recorded as forced", file=sys.stderr)
+            return 1
+        if args.force and not args.reason:
+            print("forecasting-pipeline models promote: --force needs --reason", file=sys.stderr)
+            return 2
+        event = registry.promote(conn, args.cadence, target.id, args.reason or "promotion test passed",
+                                 test.evidence(), forced=not test.passed, actor=actor)
+        print(f"{args.cadence}: checkpoint #{event.champion_after} is the champion"
+              + (" (FORCED: the test did not pass)" if event.forced else "") + f"; {target.model_version}")
+        print(_takes_effect(args.cadence, settings.serve_cadence))
+        return 0
+    except registry.RegistryError as exc:
+        print(f"forecasting-pipeline models {args.action}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        conn.close()
+
+
+def _takes_effect(cadence: str, serve_cadence: str) -> str:
+    service = ("restart `forecasting-pipeline serve` to serve it on demand" if cadence == serve_cadence
+               else f"the service serves the {serve_cadence} champion (SERVE_CADENCE)")
+    return (f"From the next {cadence} run on, the chain (and so the ensemble) uses it; {service}.")
+
+
 DEFAULT_SOCKET = ".chronos2.sock"
 
 
@@ -404,6 +499,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeframe", choices=cadences, default=DAILY.name)
     p.add_argument("--model", default="kronos-base", help="model_name to read (default: kronos-base, as the gateway)")
     p.set_defaults(func=cmd_latest)
+
+    p = sub.add_parser("models", help="the fine-tuned checkpoints' registry: list, promote a challenger, roll back")
+    models = p.add_subparsers(dest="action", required=True)
+    q = models.add_parser("list", help="each cadence's checkpoints, the challenger's promotion test, the latest events")
+    q.add_argument("--cadence", choices=["1h", "1d"], help="one cadence (default: both)")
+    q.add_argument("--events", type=int, default=10, help="events to show per cadence (default 10)")
+    q = models.add_parser("promote", help="make the challenger the champion if it passes the promotion test")
+    q.add_argument("--cadence", choices=["1h", "1d"], required=True)
+    q.add_argument("--checkpoint", type=int, help="a checkpoint id (default: the cadence's challenger)")
+    q.add_argument("--force", action="store_true", help="promote even though the test does not pass (needs --reason)")
+    q.add_argument("--reason", help="why, recorded in the event log")
+    q = models.add_parser("rollback", help="undo the promotion of the current champion: the one before serves again")
+    q.add_argument("--cadence", choices=["1h", "1d"], required=True)
+    q.add_argument("--reason", help="why, recorded in the event log")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("serve", help="keep Chronos-2 loaded; answer HTTP forecasts and the runs that set CHRONOS2_SERVER")
     p.add_argument("--host", help="address to bind (default SERVE_HOST, else 127.0.0.1)")

@@ -18,6 +18,7 @@ relies on are listed in ``OTHER_VARIABLES``, for the reference.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from forecasting_pipeline.orchestration.kronos_assets import KronosBatchResource
     from forecasting_pipeline.orchestration.partitions import Windows
     from forecasting_pipeline.orchestration.placement import GpuPlacement
-    from forecasting_pipeline.orchestration.resources import Chronos2Resource
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource, ModelRegistryResource
     from forecasting_pipeline.serving.api.config import ServiceConfig
 
 DATABASE_URL = "DATABASE_URL"
@@ -64,9 +65,10 @@ WINDOWS = "Windows and backfills"
 KUBERNETES = "Kubernetes"
 KRONOS = "Kronos"
 ENSEMBLE = "The ensemble"
+FINETUNE = "Fine-tuning and promotion"
 SERVICE = "The forecast service"
 LOCAL = "Local development and the command line"
-GROUPS = (DATABASE, MARKET_DATA, MODEL, WINDOWS, KUBERNETES, KRONOS, ENSEMBLE, SERVICE, LOCAL)
+GROUPS = (DATABASE, MARKET_DATA, MODEL, WINDOWS, KUBERNETES, KRONOS, ENSEMBLE, FINETUNE, SERVICE, LOCAL)
 
 
 class SettingsError(ValueError):
@@ -258,6 +260,18 @@ class Settings(BaseModel):
     ensemble_band_groups: PositiveInt = var(
         "ENSEMBLE_BAND_GROUPS", 3, "Horizon groups with band factors of their own.", ENSEMBLE)
 
+    # --- Fine-tuning and promotion
+    model_registry_dir: str = var(
+        "MODEL_REGISTRY_DIR", None, "Where fine-tuned checkpoints are written (safetensors, one folder each); the "
+        "registry in PostgreSQL records their paths. On Kubernetes a volume every pod mounts.", FINETUNE,
+        shown="`$DAGSTER_HOME/storage/models`")
+    promotion_min_forecasts: PositiveInt = var(
+        "PROMOTION_MIN_FORECASTS", 250, "Paired out-of-sample forecasts (challenger and champion, same origins, "
+        "scored) the promotion test needs before it may promote.", FINETUNE)
+    serve_cadence: Literal["1d", "1h"] = var(
+        "SERVE_CADENCE", "1d", "The cadence whose champion `forecasting-pipeline serve` loads when it starts.",
+        FINETUNE)
+
     # --- The forecast service
     serve_host: str = var("SERVE_HOST", DEFAULT_HOST, "Address `forecasting-pipeline serve` binds.", SERVICE)
     serve_port: Port = var("SERVE_PORT", DEFAULT_PORT, "Port of `forecasting-pipeline serve`.", SERVICE)
@@ -338,10 +352,13 @@ class Settings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _frames_under_dagster_home(cls, values: Any) -> Any:
-        if isinstance(values, dict) and not values.get("FRAMES_DIR"):
-            home = values.get("DAGSTER_HOME") or PROJECT_DAGSTER_HOME or tempfile.gettempdir()
-            values = {**values, "FRAMES_DIR": str(Path(home) / "storage" / "frames")}
+    def _folders_under_dagster_home(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        home = values.get("DAGSTER_HOME") or PROJECT_DAGSTER_HOME or tempfile.gettempdir()
+        for name, folder in (("FRAMES_DIR", "frames"), ("MODEL_REGISTRY_DIR", "models")):
+            if not values.get(name):
+                values = {**values, name: str(Path(home) / "storage" / folder)}
         return values
 
     @model_validator(mode="after")
@@ -523,14 +540,34 @@ def chronos2_resource(settings: Settings) -> Chronos2Resource:
         **_chronos2_fields(settings),
         lock_database_url=settings.database_url.env_var(),
         server_socket=settings.model_server_socket,
+        registry_database_url=settings.database_url.env_var(),
     )
 
 
-def chronos2_runner(settings: Settings, env: Mapping[str, str] | None = None) -> Chronos2Runner:
-    """The runner of a process outside Dagster (the model server): the runs' settings, the lock's URL from ``env``."""
-    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+def model_registry_resource(settings: Settings) -> ModelRegistryResource:
+    from forecasting_pipeline.orchestration.resources import ModelRegistryResource
 
-    return Chronos2Runner(**_chronos2_fields(settings), lock_database_url=settings.database_url.value(env))
+    return ModelRegistryResource(directory=settings.model_registry_dir, min_forecasts=settings.promotion_min_forecasts)
+
+
+def chronos2_runner(settings: Settings, env: Mapping[str, str] | None = None) -> Chronos2Runner:
+    """The runner of a process outside Dagster (the model server): the runs' settings, the lock's URL from ``env``.
+
+    The checkpoint is ``SERVE_CADENCE``'s champion when the registry (in ``env``'s DATABASE_URL) names
+    one, resolved now: the service serves a promotion or rollback from its next start.
+    """
+    from forecasting_pipeline.forecasting.champion import champion_runner
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+    from forecasting_pipeline.storage.database import DatabaseUnavailableError
+
+    url = settings.database_url.value(env)
+    configured = Chronos2Runner(**_chronos2_fields(settings), lock_database_url=url)
+    try:
+        return champion_runner(configured, url, settings.serve_cadence)
+    except DatabaseUnavailableError as exc:
+        # The service starts without its database (its read endpoints answer 503 until it is back).
+        logging.getLogger(__name__).warning("%s; serving the configured model, not a registered champion", exc)
+        return configured
 
 
 def service_config(
@@ -584,6 +621,7 @@ def resources(settings: Settings) -> dict[str, object]:
         ),
         "chronos2": chronos2_resource(settings),
         "ensemble": ensemble_resource(settings),
+        "model_registry": model_registry_resource(settings),
         FRAMES_IO_MANAGER: PartitionedFramesIOManager(
             base_dir=settings.frames_dir, retention_days=settings.frames_retention_days,
         ),

@@ -87,6 +87,7 @@ def test_when_a_series_has_several_rows_then_its_newest_origin_is_the_latest_as_
 @pytest.mark.parametrize("name, described", [
     ("kronos-base", ("Kronos base", "incumbent")), ("chronos-2", ("Chronos-2", "zero-shot")),
     ("ensemble", ("Ensemble", "ensemble")), ("baseline-rw-vol", ("baseline-rw-vol", "baseline")),
+    ("chronos-2-challenger", ("Chronos-2 fine-tuned", "challenger")),
     ("chronos-2-ft-2026-12", ("chronos-2-ft-2026-12", "challenger")),
 ])
 def test_when_a_model_name_is_described_then_known_names_keep_their_kind_and_any_other_is_a_challenger(name, described):

@@ -313,7 +313,10 @@ def test_when_definitions_load_then_every_asset_that_runs_the_model_is_in_the_gp
         if "chronos2" in a.required_resource_keys and any(k.path[-1].endswith(f"_{cadence.name}") for k in a.keys)
     ]
 
-    assert [k.path[-1] for a in model_assets for k in a.keys] == [f"chronos2_forecasts_{cadence.name}"]
+    # The chain's forecasts, and fine-tuning and the challenger's shadow forecasts beside them.
+    assert sorted(k.path[-1] for a in model_assets for k in a.keys) == [
+        f"chronos2_challenger_forecasts_{cadence.name}", f"chronos2_finetuned_{cadence.name}",
+        f"chronos2_forecasts_{cadence.name}"]
     assert {a.op.pool for a in model_assets} == {GPU_POOL}
 
 

@@ -141,7 +141,7 @@ def test_when_no_revision_is_given_then_the_chart_refuses_to_render():
         helm_python.Chart.load(CHART).render({}, name="forecasting", namespace=NAMESPACE, is_install=True)
 
 
-def test_when_dagster_s_values_are_read_then_they_share_this_chart_s_image_secret_and_pinned_checkpoint():
+def test_when_dagster_s_values_are_read_then_they_share_this_chart_s_image_secret_and_pinned_checkpoint(manifests):
     ours = yaml.safe_load((CHART / "values.yaml").read_text())
     dagster = yaml.safe_load(VALUES.read_text())
     (location,) = dagster["dagster-user-deployments"]["deployments"]
@@ -154,3 +154,6 @@ def test_when_dagster_s_values_are_read_then_they_share_this_chart_s_image_secre
         assert env[key]["valueFrom"]["configMapKeyRef"] == {"name": "forecasting-model", "key": key}
     # The runs' own sweep and the CronJob keep frames equally long.
     assert env["FRAMES_RETENTION_DAYS"]["value"] == str(ours["framesRetention"]["days"])
+    # The champion the service loads is a checkpoint Dagster's training pod wrote: one folder on the shared volume.
+    (service,) = pod_spec(manifests["Deployment", "forecasting-service"])["containers"]
+    assert env["MODEL_REGISTRY_DIR"]["value"] == env_of(service)["MODEL_REGISTRY_DIR"]["value"] == "/shared/models"

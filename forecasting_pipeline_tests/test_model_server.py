@@ -5,20 +5,24 @@ socket, beside its HTTP side; runs are real Dagster materialisations against the
 """
 
 import os
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import dagster as dg
 import numpy as np
 import pytest
 
+from forecasting_pipeline.forecasting.model import checkpoint_digest, load_chronos2
 from forecasting_pipeline.forecasting.model_server import ModelServerError, describe
 from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.resources import Chronos2Resource
 from forecasting_pipeline.storage.ml_predictions import read_predictions
+from forecasting_pipeline.storage.model_registry import NewCheckpoint, promote, register
 from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS, free_port
 
 HORIZON = 10
@@ -133,13 +137,18 @@ def test_when_the_server_is_stopped_then_it_removes_its_socket(server_url, tiny_
     socket_path = str(tmp_path / "s.sock")
     env = {**os.environ, "DATABASE_URL": server_url, "CHRONOS2_MODEL": str(tiny_checkpoint), "CHRONOS2_DEVICE": "cpu"}
     server = subprocess.Popen(_serve(socket_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    describe(socket_path, wait_s=120)
-    assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o600)
+    try:
+        describe(socket_path, wait_s=120)
+        assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o600)
 
-    server.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
 
-    assert server.wait(timeout=30) == 0
-    assert not os.path.exists(socket_path)
+        assert server.wait(timeout=30) == 0
+        assert not os.path.exists(socket_path)
+    finally:
+        if server.poll() is None:  # a failed step above must not leave the server running
+            server.kill()
+            server.wait()
 
 
 def test_when_the_socket_path_is_a_file_then_the_server_refuses_to_start_and_leaves_it(
@@ -156,3 +165,27 @@ def test_when_the_socket_path_is_a_file_then_the_server_refuses_to_start_and_lea
     assert refused.returncode != 0
     assert f"{precious} exists and is not a socket" in refused.stderr
     assert precious.read_text() == "keep me"
+
+
+def test_when_the_runs_champion_is_not_what_the_server_runs_then_the_run_loads_it_itself_and_says_so(
+    model_server, tiny_checkpoint, daily_inputs, conn, database_url, tmp_path, caplog
+):
+    copy = tmp_path / "champion"
+    shutil.copytree(tiny_checkpoint, copy)
+    loaded = load_chronos2(str(copy))
+    found, _ = register(conn, NewCheckpoint(
+        "1d", checkpoint_digest(copy), loaded.version, str(copy), "base", "r", "base@r", "full",
+        datetime(2025, 1, 1, tzinfo=timezone.utc), datetime(2025, 6, 1, tzinfo=timezone.utc), 10, ["AAPL"], 1, 1e-3,
+        8, 64, 10, 0, None, "cpu", 0.1))
+    served = Chronos2Resource(model=str(tiny_checkpoint), device="cpu", server_socket=model_server.socket,
+                              registry_database_url=database_url)
+    # No champion yet: the configured model is the server's, so the run keeps the server.
+    assert served.runner("1d").server_socket == model_server.socket
+
+    promote(conn, "1d", found.id, "a test", {}, forced=True)
+    runner = served.runner("1d")
+    done = runner.predict(daily_inputs, HORIZON, CONTEXT)
+
+    assert (runner.model, runner.server_socket) == (str(copy), None)
+    assert done.model.version == loaded.version and done.device_run.model_process == "this run"
+    assert "restart `forecasting-pipeline serve` with SERVE_CADENCE=1d" in caplog.text

@@ -24,17 +24,22 @@ from forecasting_pipeline.storage.database import DatabaseUnavailableError
 from forecasting_pipeline.storage.ensemble_weights import WeightsRow, write_ensemble
 from forecasting_pipeline.storage.migrations import MigrationError, migrate
 from forecasting_pipeline.storage.ml_predictions import (
+    CHALLENGER_MODEL_NAME,
     KRONOS_MODEL_NAME,
     PredictionRow,
     upsert_window,
     window_lock_name,
 )
+from forecasting_pipeline.storage.model_registry import NewCheckpoint, register
 from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 
 WINDOW = "2025-06-02"
 WINDOW_END = datetime(2025, 6, 3, tzinfo=timezone.utc)
 OPTIONAL_MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations" / "optional"
-OPTIONAL_FILES = ["20260615_chronos_writer_rls.sql", "20260801_ensemble_writer_rls.sql", "20261205_rerun_writer_rls.sql"]
+OPTIONAL_FILES = [
+    "20260615_chronos_writer_rls.sql", "20260801_ensemble_writer_rls.sql", "20260901_challenger_writer_rls.sql",
+    "20261205_rerun_writer_rls.sql",
+]
 SECRET = "pw-Zq8-never-printed"
 
 
@@ -500,6 +505,25 @@ def test_when_writing_as_the_chronos_writer_role_then_ensemble_rows_and_their_we
     assert kronos_rows(rls_conn) == kronos_before
     assert rls_conn.execute("SELECT symbol FROM ml_predictions WHERE model_name = 'ensemble'").fetchall() == [("AAPL",)]
     assert rls_conn.execute("SELECT symbol FROM ensemble_weights").fetchall() == [("AAPL",)]
+
+
+def test_when_writing_as_the_chronos_writer_role_then_challenger_rows_and_the_registry_go_in(rls_conn):
+    challenger = [PredictionRow(r.symbol, r.timeframe, CHALLENGER_MODEL_NAME, "ch", r.as_of, r.predictions)
+                  for r in window_rows(["AAPL"])]
+    new = NewCheckpoint("1d", "ab" * 32, "ch", "/models/ch", "base", "r", "base@r", "lora", WINDOW_END, WINDOW_END,
+                        10, ["AAPL"], 1, 1e-5, 8, 64, 10, 0, None, "cpu", 1.0)
+    rls_conn.execute("SET ROLE chronos_writer")
+    try:
+        assert upsert_window(rls_conn, challenger, window=WINDOW, model_name=CHALLENGER_MODEL_NAME) == 1
+        found, added = register(rls_conn, new, actor="test")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            rls_conn.execute("DELETE FROM chronos2_checkpoints")
+    finally:
+        rls_conn.execute("RESET ROLE")
+
+    assert added and found.status == "challenger"
+    assert rls_conn.execute("SELECT count(*) FROM ml_predictions WHERE model_name = %s",
+                            (CHALLENGER_MODEL_NAME,)).fetchone()[0] == 1
 
 
 def test_when_another_non_owner_role_writes_then_row_level_security_changes_nothing_for_it(rls_conn):

@@ -126,6 +126,12 @@ def _file_sha256(weights: Path, cache: dict[str, str]) -> str:
 
 
 def _local_revision(path: Path) -> str:
+    return "sha256:" + checkpoint_digest(path)[:12]
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """The sha256 (hex) over a checkpoint folder's safetensors files, in name order: what names its weights."""
+    path = Path(path)
     cache_file = _digest_cache_file()
     try:
         cache = json.loads(cache_file.read_text())
@@ -145,7 +151,7 @@ def _local_revision(path: Path) -> str:
             tmp.replace(cache_file)
         except OSError:
             pass
-    return "sha256:" + digest.hexdigest()[:12]
+    return digest.hexdigest()
 
 
 def _check_local_checkpoint(path: Path) -> bool:

@@ -209,6 +209,8 @@ def describe(socket_path: str, wait_s: float = 0.0) -> dict:
         try:
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(socket_path)
+            # A server that accepts is up but answers only once its model has loaded: wait out the rest of wait_s.
+            sock.settimeout(max(CONNECT_TIMEOUT_S, deadline - time.monotonic()))
             send_message(sock, {"op": "describe"})
             header, _ = receive_message(sock)
             return header

@@ -172,7 +172,7 @@ def forecasts_asset(windows: Windows, op_tags: Mapping[str, object] | None = Non
         result = forecast_windows(
             covariates,
             lambda symbol, as_of, n: upcoming(calendar_of[symbol], as_of, n),
-            chronos2.runner(),
+            chronos2.runner(cadence.name),
             config.horizon or cadence.horizon,
             config.context_length or cadence.context_length,
         )

@@ -1,9 +1,9 @@
 """The models a reader can pick: every ``model_name`` with rows in ``ml_predictions``, and the view to open on.
 
 The names come from the table, never from a list kept here: a challenger written under a new
-``model_name`` (a fine-tuned Chronos-2, say) is offered as soon as it has a row. Only the label
-and kind of the names this project itself knows are fixed (``describe_model``); any other name is
-a challenger. A model's series are the (timeframe, symbol) pairs it has rows for, each with the
+``model_name`` is offered as soon as it has a row, as the fine-tuned Chronos-2's shadow rows
+(``chronos-2-challenger``) are. Only the label and kind of the names this project itself knows
+are fixed (``describe_model``); any other name is a challenger. A model's series are the (timeframe, symbol) pairs it has rows for, each with the
 origin of its newest row, so a reader can open on an instrument that has something to show.
 """
 
@@ -16,7 +16,13 @@ from datetime import datetime
 import psycopg
 
 from forecasting_pipeline.scoring.baselines import BASELINE_MODELS
-from forecasting_pipeline.storage.ml_predictions import ENSEMBLE_MODEL_NAME, KRONOS_MODEL_NAME, MODEL_NAME, TIMEFRAMES
+from forecasting_pipeline.storage.ml_predictions import (
+    CHALLENGER_MODEL_NAME,
+    ENSEMBLE_MODEL_NAME,
+    KRONOS_MODEL_NAME,
+    MODEL_NAME,
+    TIMEFRAMES,
+)
 
 #: Kinds in the order models are listed.
 KINDS = ("incumbent", "zero-shot", "challenger", "ensemble", "baseline")
@@ -24,6 +30,7 @@ KINDS = ("incumbent", "zero-shot", "challenger", "ensemble", "baseline")
 _KNOWN = {
     KRONOS_MODEL_NAME: ("Kronos base", "incumbent"),
     MODEL_NAME: ("Chronos-2", "zero-shot"),
+    CHALLENGER_MODEL_NAME: ("Chronos-2 fine-tuned", "challenger"),
     ENSEMBLE_MODEL_NAME: ("Ensemble", "ensemble"),
 }
 

@@ -22,8 +22,10 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "chronos-2"
 KRONOS_MODEL_NAME = "kronos-base"
 ENSEMBLE_MODEL_NAME = "ensemble"
+#: A fine-tuned challenger's shadow forecasts: scored beside the champion's, never served as ``chronos-2``.
+CHALLENGER_MODEL_NAME = "chronos-2-challenger"
 #: The models this pipeline writes. Kronos's rows are another system's and are never written here.
-WRITABLE_MODELS = (MODEL_NAME, ENSEMBLE_MODEL_NAME)
+WRITABLE_MODELS = (MODEL_NAME, ENSEMBLE_MODEL_NAME, CHALLENGER_MODEL_NAME)
 TIMEFRAMES = ("1h", "1d")
 
 # A run's rows are copied into a temporary table, then upserted by one statement: COPY carries
@@ -84,7 +86,8 @@ def upsert_window(
     model_name, as_of), and a row an earlier run of ``window`` wrote that this set lacks (an
     instrument left out this time) is deleted in the same transaction, unless another window's
     latest run wrote it too (``ml_prediction_windows``). ``model_name`` must be one this pipeline
-    writes (``WRITABLE_MODELS``: ``chronos-2``, or the ensemble's writer's ``ensemble``), and rows of
+    writes (``WRITABLE_MODELS``: ``chronos-2``, the ensemble's writer's ``ensemble``, or the shadow writer's
+    ``chronos-2-challenger``), and rows of
     any other model are refused, so this never writes or deletes Kronos's rows. An empty ``rows``
     changes nothing: a run with nothing to write for a window leaves the window as it was.
 
@@ -212,17 +215,20 @@ def _replace_claims(cur: psycopg.Cursor, model_name: str, claims: list[tuple]) -
     return sorted(cur.fetchall())
 
 
-def write_windows(conn: psycopg.Connection, forecasts: Mapping[str, pl.DataFrame], timeframe: str) -> dict[str, int]:
+def write_windows(
+    conn: psycopg.Connection, forecasts: Mapping[str, pl.DataFrame], timeframe: str, model_name: str = MODEL_NAME
+) -> dict[str, int]:
     """Upsert every window's long forecast rows as rows of ``ml_predictions``, in one transaction; rows per window."""
-    return upsert_windows(conn, {window: window_rows(window, frame, timeframe) for window, frame in forecasts.items()})
+    rows_of = {window: window_rows(window, frame, timeframe, model_name) for window, frame in forecasts.items()}
+    return upsert_windows(conn, rows_of, model_name)
 
 
-def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str) -> list[PredictionRow]:
+def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str, model_name: str = MODEL_NAME) -> list[PredictionRow]:
     """One window's long forecast rows (one ``model_version``) as rows of ``ml_predictions``."""
     versions = forecasts["model_version"].unique().to_list()
     if len(versions) != 1:
         raise ValueError(f"window {window}: forecasts of {len(versions)} model versions ({versions}); expected one")
-    return prediction_rows(forecasts, timeframe, versions[0])
+    return prediction_rows(forecasts, timeframe, versions[0], model_name)
 
 
 def window_lock_name(timeframe: str, window: str | None, model_name: str = MODEL_NAME) -> str:

@@ -37,6 +37,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   value: "1"
 - name: FRAMES_DIR
   value: {{ printf "%s/frames" .Values.sharedVolume.mountPath | quote }}
+# Fine-tuned checkpoints: written by Dagster's training pod, read where the champion serves.
+- name: MODEL_REGISTRY_DIR
+  value: {{ printf "%s/models" .Values.sharedVolume.mountPath | quote }}
 - name: XDG_CACHE_HOME
   value: /tmp/cache
 - name: MPLCONFIGDIR
