@@ -9,7 +9,7 @@
                                              and with --with-ensemble the ensemble; wait for its runs and print what they did
     forecasting-pipeline backfill-summary ID what a backfill's runs did (any backfill of a chain, UI ones too)
     forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
-    forecasting-pipeline serve               the forecast service: on-demand forecasts over HTTP, and the model server
+    forecasting-pipeline serve               the forecast service: on-demand forecasts over HTTP, and the forecasts
                                              of every run that sets CHRONOS2_SERVER, in one process that keeps Chronos-2 loaded
 """
 

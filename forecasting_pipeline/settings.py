@@ -69,6 +69,7 @@ class Settings:
     gpu_lock_timeout_s: float = 60.0  # CHRONOS2_GPU_LOCK_TIMEOUT_S
     gpu_lock_scope: str = "shared"  # CHRONOS2_GPU_LOCK: shared (Kronos's key) or per-gpu
     model_server_socket: str | None = None  # CHRONOS2_SERVER
+    model_server_timeout_s: float = 30.0  # CHRONOS2_SERVER_TIMEOUT_S: a run's connect/read limit against the service
     # FRAMES_DIR, else DAGSTER_HOME/storage/frames; on Kubernetes a volume every pod mounts.
     frames_dir: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "storage" / "frames"))
     k8s_step_pods: bool = False  # K8S_STEP_PODS: one pod per step (dagster-k8s's k8s_job_executor)
@@ -91,6 +92,12 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024  # PREDICT_MAX_BODY_BYTES
     max_bars: int = 8192  # PREDICT_MAX_BARS
     max_batch_items: int = 64  # PREDICT_MAX_BATCH_ITEMS
+    max_queued: int = 128  # PREDICT_MAX_QUEUED: on-demand series waiting before 503
+    deadline_s: float = 5.0  # PREDICT_DEADLINE_S: longest an on-demand request waits for the model before 503
+    max_cost: int = 4_194_304  # PREDICT_MAX_COST: series x context x horizon per request
+    chunk_cost_gpu: int = 131_072  # SERVE_CHUNK_COST_GPU: series x context per chunk of a run's batch on the GPU
+    chunk_cost_cpu: int = 4_096  # SERVE_CHUNK_COST_CPU: the same on the CPU
+    public_dashboard: bool = False  # SERVE_PUBLIC_DASHBOARD: dashboard and /showcase open despite the token
     ensemble_lookback: int = 120  # ENSEMBLE_LOOKBACK: scored forecasts behind an instrument's weights and band
     ensemble_warmup: int = 20  # ENSEMBLE_WARMUP: scored forecasts before weights leave equal
     ensemble_shrinkage: float = 60.0  # ENSEMBLE_SHRINKAGE: pseudo-count toward the pooled weights
@@ -120,6 +127,7 @@ class Settings:
             gpu_lock_timeout_s=float(get("CHRONOS2_GPU_LOCK_TIMEOUT_S", 60)),
             gpu_lock_scope=get("CHRONOS2_GPU_LOCK", "shared"),
             model_server_socket=get("CHRONOS2_SERVER"),
+            model_server_timeout_s=_positive(env, "CHRONOS2_SERVER_TIMEOUT_S", 30.0),
             frames_dir=get("FRAMES_DIR") or str(Path(home) / "storage" / "frames"),
             k8s_step_pods=_flag(env, "K8S_STEP_PODS"),
             gpu_placement=_gpu_placement(env),
@@ -138,6 +146,12 @@ class Settings:
             max_body_bytes=int(get("PREDICT_MAX_BODY_BYTES", 8 * 1024 * 1024)),
             max_bars=int(get("PREDICT_MAX_BARS", 8192)),
             max_batch_items=int(get("PREDICT_MAX_BATCH_ITEMS", 64)),
+            max_queued=_count(env, "PREDICT_MAX_QUEUED") or 128,
+            deadline_s=_positive(env, "PREDICT_DEADLINE_S", 5.0),
+            max_cost=_count(env, "PREDICT_MAX_COST") or 4_194_304,
+            chunk_cost_gpu=_count(env, "SERVE_CHUNK_COST_GPU") or 131_072,
+            chunk_cost_cpu=_count(env, "SERVE_CHUNK_COST_CPU") or 4_096,
+            public_dashboard=_flag(env, "SERVE_PUBLIC_DASHBOARD"),
             ensemble_lookback=_count(env, "ENSEMBLE_LOOKBACK") or 120,
             ensemble_warmup=_count(env, "ENSEMBLE_WARMUP") or 20,
             ensemble_shrinkage=_non_negative(env, "ENSEMBLE_SHRINKAGE", 60.0),
@@ -183,6 +197,13 @@ def _non_negative(env: Mapping[str, str], name: str, default: float) -> float:
         number = -1.0
     if not number >= 0 or number == float("inf"):
         raise ValueError(f"{name} must be a non-negative number, got {env.get(name)!r}")
+    return number
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    number = _non_negative(env, name, default)
+    if number == 0:
+        raise ValueError(f"{name} must be a positive number, got {env.get(name)!r}")
     return number
 
 
@@ -238,6 +259,7 @@ def chronos2_resource(settings: Settings) -> Chronos2Resource:
         **_chronos2_fields(settings),
         lock_database_url=dg.EnvVar(DATABASE_URL),
         server_socket=settings.model_server_socket,
+        server_timeout_s=settings.model_server_timeout_s,
     )
 
 
@@ -264,7 +286,13 @@ def service_config(
         max_body_bytes=settings.max_body_bytes,
         max_bars=settings.max_bars,
         max_batch_items=settings.max_batch_items,
+        max_queued=settings.max_queued,
+        deadline_s=settings.deadline_s,
+        max_cost=settings.max_cost,
+        chunk_cost_gpu=settings.chunk_cost_gpu,
+        chunk_cost_cpu=settings.chunk_cost_cpu,
         token=env.get(PREDICT_API_TOKEN) or None,
+        public_dashboard=settings.public_dashboard,
     )
 
 

@@ -18,7 +18,7 @@ from forecasting_pipeline.market.cadences import cadence_named
 from forecasting_pipeline.market.instruments import SYMBOL_PATTERN
 from forecasting_pipeline.serving.api.dependencies import Service, service
 from forecasting_pipeline.serving.api.errors import Refusal
-from forecasting_pipeline.serving.api.schemas import ErrorAnswer
+from forecasting_pipeline.serving.api.schemas import refusals
 from forecasting_pipeline.serving.gateway import DEFAULT_MODEL, known_models
 from forecasting_pipeline.serving.showcase import instrument_listing, latest_rows, model_scores, recent_bars
 from forecasting_pipeline.storage.ml_predictions import TIMEFRAMES
@@ -27,7 +27,17 @@ MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_BARS = 1000
 DEFAULT_BARS = 120
 
-router = APIRouter(tags=["showcase"], responses={400: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
+router = APIRouter(tags=["showcase"], responses=refusals(400, 401, 503))
+
+
+def _parameters(*specs: tuple[str, bool, dict, str]) -> dict:
+    """The query parameters as OpenAPI declares them (parsed by ``query``, which answers 400 in this API's shape)."""
+    return {"parameters": [{"name": name, "in": "query", "required": required, "schema": schema, "description": text}
+                           for name, required, schema, text in specs]}
+
+
+_TIMEFRAME = {"type": "string", "enum": list(TIMEFRAMES)}
+_SYMBOL = {"type": "string", "pattern": SYMBOL_PATTERN.pattern}
 
 
 class LatestRow(BaseModel):
@@ -42,7 +52,11 @@ class LatestRow(BaseModel):
     predictions: object
 
 
-@router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}})
+@router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}}, openapi_extra=_parameters(
+    ("symbol", False, _SYMBOL, "One instrument; all when absent."),
+    ("timeframe", False, _TIMEFRAME, "One timeframe; both when absent."),
+    ("model", False, {"type": "string", "pattern": MODEL_PATTERN.pattern}, "A model with stored forecasts; `kronos-base` when absent."),
+))
 def ml_prediction(request: Request, found: Service = Depends(service)) -> JSONResponse:
     """The latest forecast per symbol and timeframe of one model (default `kronos-base`), as the gateway's rows.
 
@@ -76,7 +90,11 @@ def instruments(found: Service = Depends(service)) -> dict:
             "models": models, "default_model": DEFAULT_MODEL}
 
 
-@router.get("/showcase/bars")
+@router.get("/showcase/bars", openapi_extra=_parameters(
+    ("symbol", True, _SYMBOL, "An instrument of the universe."),
+    ("timeframe", True, _TIMEFRAME, "The bars' timeframe."),
+    ("limit", False, {"type": "integer", "minimum": 1, "maximum": MAX_BARS, "default": DEFAULT_BARS}, "How many bars."),
+))
 def bars(request: Request, found: Service = Depends(service)) -> dict:
     """The last bars of an instrument up to its newest closed bar, from the configured market-data source."""
     params = query(request, ("symbol", "timeframe", "limit"))
@@ -89,7 +107,10 @@ def bars(request: Request, found: Service = Depends(service)) -> dict:
     return {"symbol": instrument.symbol, "timeframe": cadence.name, "calendar": instrument.calendar, "bars": found_bars}
 
 
-@router.get("/showcase/scores")
+@router.get("/showcase/scores", openapi_extra=_parameters(
+    ("symbol", True, _SYMBOL, "An instrument of the universe."),
+    ("timeframe", True, _TIMEFRAME, "The forecasts' timeframe."),
+))
 def scores(request: Request, found: Service = Depends(service)) -> dict:
     """Each model's latest scores for one instrument (``forecast_scores``), pooled over the horizon's steps."""
     params = query(request, ("symbol", "timeframe"))
