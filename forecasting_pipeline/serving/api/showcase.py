@@ -38,6 +38,9 @@ def _parameters(*specs: tuple[str, bool, dict, str]) -> dict:
 
 _TIMEFRAME = {"type": "string", "enum": list(TIMEFRAMES)}
 _SYMBOL = {"type": "string", "pattern": SYMBOL_PATTERN.pattern}
+# An optional parameter given empty counts as absent.
+_OPTIONAL_TIMEFRAME = {"type": "string", "enum": ["", *TIMEFRAMES]}
+_OPTIONAL_SYMBOL = {"type": "string", "pattern": f"^$|{SYMBOL_PATTERN.pattern}"}
 
 
 class LatestRow(BaseModel):
@@ -53,9 +56,10 @@ class LatestRow(BaseModel):
 
 
 @router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}}, openapi_extra=_parameters(
-    ("symbol", False, _SYMBOL, "One instrument; all when absent."),
-    ("timeframe", False, _TIMEFRAME, "One timeframe; both when absent."),
-    ("model", False, {"type": "string", "pattern": MODEL_PATTERN.pattern}, "A model with stored forecasts; `kronos-base` when absent."),
+    ("symbol", False, _OPTIONAL_SYMBOL, "One instrument; all when absent or empty."),
+    ("timeframe", False, _OPTIONAL_TIMEFRAME, "One timeframe; both when absent or empty."),
+    ("model", False, {"type": "string", "pattern": f"^$|{MODEL_PATTERN.pattern}"},
+     "A model with stored forecasts; `kronos-base` when absent or empty."),
 ))
 def ml_prediction(request: Request, found: Service = Depends(service)) -> JSONResponse:
     """The latest forecast per symbol and timeframe of one model (default `kronos-base`), as the gateway's rows.
@@ -130,7 +134,7 @@ def query(request: Request, allowed: tuple[str, ...]) -> Mapping[str, str | None
         values = request.query_params.getlist(name)
         if len(values) > 1:
             raise Refusal(400, name, f"{name} is given {len(values)} times; give it once")
-        out[name] = values[0].strip() or None if values else None
+        out[name] = values[0] or None if values else None
     return out
 
 
