@@ -38,6 +38,11 @@ def test_when_the_first_windows_move_back_then_every_default_window_key_stays_va
     ({"ENSEMBLE_SCHEME": "median"}, "ENSEMBLE_SCHEME must be one of grid, inverse, sqrt-inverse, got 'median'"),
     ({"ENSEMBLE_KRONOS_WAIT_MINUTES": "soon"}, "ENSEMBLE_KRONOS_WAIT_MINUTES must be a non-negative number, got 'soon'"),
     ({"ENSEMBLE_LOOKBACK": "-5"}, "ENSEMBLE_LOOKBACK must be a positive whole number, got '-5'"),
+    ({"PREDICT_DEADLINE_S": "0"}, "PREDICT_DEADLINE_S must be a positive number, got '0'"),
+    ({"PREDICT_MAX_QUEUED": "lots"}, "PREDICT_MAX_QUEUED must be a positive whole number, got 'lots'"),
+    ({"SERVE_CHUNK_COST_CPU": "0"}, "SERVE_CHUNK_COST_CPU must be a positive whole number, got '0'"),
+    ({"SERVE_PUBLIC_DASHBOARD": "maybe"}, "SERVE_PUBLIC_DASHBOARD must be true or false, got 'maybe'"),
+    ({"CHRONOS2_SERVER_TIMEOUT_S": "-1"}, "CHRONOS2_SERVER_TIMEOUT_S must be a non-negative number, got '-1'"),
 ])
 def test_when_a_setting_is_malformed_then_the_error_names_the_variable_and_value(env, said):
     with pytest.raises(ValueError) as error:
