@@ -141,13 +141,24 @@ def wait_ready(process: subprocess.Popen, url: str, log_file: Path) -> None:
     raise TimeoutError(f"the service at {url} was not ready within 300 s")
 
 
+REFUSED = -1.0
+
+
 def predict(url: str, symbol: str, context: int, devices: list | None = None) -> float:
-    """One request; its latency in seconds (raises on anything but 200). ``devices`` collects where it ran, and why."""
+    """One request's latency in seconds, or REFUSED for a 503 (over the queue bound or the deadline).
+
+    Raises on any other status. ``devices`` collects where each answer ran, and why.
+    """
     body = json.dumps({"symbol": symbol, "timeframe": "1d", "horizon": HORIZON, "context_length": context}).encode()
     request = urllib.request.Request(f"{url}/predict-chronos2", data=body, headers={"Content-Type": "application/json"})
     started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=600) as answer:
-        payload = answer.read()
+    try:
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            payload = answer.read()
+    except urllib.error.HTTPError as error:
+        if error.code != 503:
+            raise
+        return REFUSED
     if devices is not None:
         found = json.loads(payload)
         devices.append(f"{found['device']}: {found['device_reason']}")
@@ -163,17 +174,20 @@ def drive(url: str, clients: int, per_client: int, context: int) -> dict:
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        latencies = sorted(t for one in pool.map(client, range(clients)) for t in one)
+        sent = [t for one in pool.map(client, range(clients)) for t in one]
     wall = time.perf_counter() - started
+    latencies = sorted(t for t in sent if t != REFUSED)
     return {
-        "clients": clients, "requests": len(latencies), "wall_s": wall,
+        "clients": clients, "requests": len(sent), "refused": len(sent) - len(latencies), "wall_s": wall,
         "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95), "p99_s": percentile(latencies, 99),
-        "series_per_s": len(latencies) / wall, "latencies": latencies,
+        "series_per_s": len(latencies) / wall, "latencies": sent,
     }
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (with few samples the tail is the largest of them, not an interpolation)."""
+    """Nearest-rank percentile (with few samples the tail is the largest of them, not an interpolation); NaN of none."""
+    if not sorted_values:
+        return float("nan")
     rank = max(1, -(-len(sorted_values) * q // 100))
     return sorted_values[int(rank) - 1]
 
@@ -295,9 +309,11 @@ def beside(traffic, socket_path: str, inputs: list[dict], context: int, device: 
 
 
 def latencies_summary(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {"requests": len(ordered), "p50_s": percentile(ordered, 50), "p95_s": percentile(ordered, 95),
-            "max_s": ordered[-1], "over_5_s": sum(v > 5.0 for v in ordered)}
+    """Percentiles of the answered requests; 503 refusals counted apart (each was answered within the deadline)."""
+    ordered = sorted(v for v in values if v != REFUSED)
+    return {"requests": len(values), "refused": len(values) - len(ordered), "p50_s": percentile(ordered, 50),
+            "p95_s": percentile(ordered, 95), "max_s": ordered[-1] if ordered else float("nan"),
+            "over_5_s": sum(v > 5.0 for v in ordered)}
 
 
 @contextmanager
@@ -470,10 +486,10 @@ def report(r: dict) -> str:
              f"load {r['load_average_at_start'][0]:.1f} -> {r['load_average_at_end'][0]:.1f})"]
     if "batched" in r:
         lines += [f"{r['requests_per_client']} requests per client",
-                  "| clients | requests | p50 s | p95 s | p99 s | series/s |", "|---|---|---|---|---|---|"]
+                  "| clients | requests | refused (503) | p50 s | p95 s | p99 s | series/s |", "|---|---|---|---|---|---|---|"]
         for clients, m in r["batched"].items():
-            lines.append(f"| {clients} | {m['requests']} | {m['p50_s']:.2f} | {m['p95_s']:.2f} | {m['p99_s']:.2f} | "
-                         f"{m['series_per_s']:.2f} |")
+            lines.append(f"| {clients} | {m['requests']} | {m['refused']} | {m['p50_s']:.2f} | {m['p95_s']:.2f} | "
+                         f"{m['p99_s']:.2f} | {m['series_per_s']:.2f} |")
         lines.append(f"bare model, one call of 8 series around the 8-client run: {r['bare_call_8_s']:.2f} s")
         lines.append("| round | load | bare series/s (16 in one call) | served, batching on | batching off | served/bare | on/off |")
         lines.append("|---|---|---|---|---|---|---|")
@@ -484,13 +500,13 @@ def report(r: dict) -> str:
     if "backfill" in r:
         b = r["backfill"]
         lines += [f"backfill: {b['windows']} daily windows, {b['series']} series through the service's socket",
-                  "| phase | load | requests | p50 s | p95 s | max s | over 5 s | backfill series/s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        row = "| {} | {} | {requests} | {p50_s:.2f} | {p95_s:.2f} | {max_s:.2f} | {over_5_s} | {} |"
+                  "| phase | load | requests | refused (503) | p50 s | p95 s | max s | over 5 s | backfill series/s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        row = "| {} | {} | {requests} | {refused} | {p50_s:.2f} | {p95_s:.2f} | {max_s:.2f} | {over_5_s} | {} |"
         lines.append(row.format("idle, 1 client every 2 s", "", "", **b["idle_c1"]))
         lines.append(row.format("idle, 8 clients back to back", "", "", **b["idle_c8"]))
         for p in b["pairs"]:
-            lines.append(f"| backfill alone ({p['order']}) | {p['load_average']:.1f} | | | | | | {p['alone']['series_per_s']:.2f} |")
+            lines.append(f"| backfill alone ({p['order']}) | {p['load_average']:.1f} | | | | | | | {p['alone']['series_per_s']:.2f} |")
             lines.append(row.format(f"during the backfill, 1 client every 2 s ({p['order']})", f"{p['load_average']:.1f}",
                                     f"{p['beside']['series_per_s']:.2f}", **p["during_c1"]))
         lines.append(row.format("during the backfill, 8 clients back to back", "",
