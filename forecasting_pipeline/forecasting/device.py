@@ -194,7 +194,7 @@ class DeviceRun:
     peak_gpu_memory_bytes: int | None = None
     free_gpu_memory_bytes: int | None = None
     other_gpu_processes: list[GpuProcess] | None = field(default=None)
-    # "this run", or the model server that ran it (model_server.py).
+    # "this run", or the forecast service that ran it (service_client.py).
     model_process: str = "this run"
     lock_key: int | None = None
 
