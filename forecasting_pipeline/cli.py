@@ -2,7 +2,7 @@
 
     forecasting-pipeline with-db -- CMD...   run CMD with DATABASE_URL set (embedded PostgreSQL when unset)
     forecasting-pipeline migrate             apply pending migrations to DATABASE_URL
-    forecasting-pipeline setup-instance      give the Dagster instance's `gpu` pool a limit of 1
+    forecasting-pipeline setup-instance      give the Dagster instance's `gpu` pool a limit of 1 unless it has one
     forecasting-pipeline run                 materialise the latest window of a cadence and print a summary
     forecasting-pipeline init-model          write a RANDOM-WEIGHT Chronos-2 checkpoint (tests, benchmarks, offline demos)
     forecasting-pipeline backfill            submit an asset backfill of a cadence's chain (the daemon of `make dev` runs it),
@@ -11,6 +11,9 @@
     forecasting-pipeline latest SYMBOL       print the latest forecast of a model (default kronos-base), as the gateway reads it
     forecasting-pipeline serve               the forecast service: on-demand forecasts over HTTP, and the forecasts
                                              of every run that sets CHRONOS2_SERVER, in one process that keeps Chronos-2 loaded
+    forecasting-pipeline status              is it working: database, migrations, model, each cadence's newest window
+                                             against its schedule, the forecast service (exit 1 when something is wrong)
+    forecasting-pipeline config-reference    print the configuration reference (docs/configuration.md)
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forecasting_pipeline.market.cadences import CADENCES, DAILY
+
 if TYPE_CHECKING:
-    from forecasting_pipeline.orchestration.partitions import Windows
     from forecasting_pipeline.settings import Settings
 
 logger = logging.getLogger("forecasting_pipeline")
@@ -54,7 +58,13 @@ def cmd_with_db(args: argparse.Namespace) -> int:
 
     pgdata = args.pgdata or Settings.from_env().pgdata
     with database_environment(database_url(), dagster_database_url(), pgdata) as env:
-        child = subprocess.Popen(command, env={**os.environ, **env})
+        child_env = {**os.environ, **env}
+        if args.demo_model_if_unset:
+            settings = Settings.from_env(child_env)
+            demo = _demo_model_if_unset(settings)
+            if demo is not settings:
+                child_env["CHRONOS2_MODEL"] = demo.chronos2_model
+        child = subprocess.Popen(command, env=child_env)
         # Ctrl-C reaches the child through the terminal; the server must outlive the child's own
         # shutdown, so this process waits instead of unwinding (and stopping PostgreSQL) first.
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -79,42 +89,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def setup_instance() -> int:
-    """Give the `gpu` pool its limit on the DAGSTER_HOME instance (idempotent); return the limit read back.
-
-    An explicit limit, rather than relying on dagster.yaml's `pools: default_limit`, keeps the pool
-    at 1 even if that default is changed for other pools. Every asset that runs the model is in
-    this pool, so hourly runs, daily runs and backfills (UI ones included) never share the GPU.
-    """
+def _instance():
+    """The DAGSTER_HOME instance; exits naming the variable when there is none."""
     import dagster as dg
 
-    from forecasting_pipeline.orchestration.pools import GPU_POOL, GPU_POOL_LIMIT
+    from forecasting_pipeline.settings import Settings
 
-    with dg.DagsterInstance.get() as instance:
-        instance.event_log_storage.set_concurrency_slots(GPU_POOL, GPU_POOL_LIMIT)
-        return instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count
+    if not Settings.from_env().dagster_home:
+        sys.exit("forecasting-pipeline: DAGSTER_HOME is not set: set it to the folder holding the instance's dagster.yaml")
+    return dg.DagsterInstance.get()
 
 
 def cmd_setup_instance(args: argparse.Namespace) -> int:
-    limit = setup_instance()
-    print(f"Dagster instance at {os.environ.get('DAGSTER_HOME')}: pool 'gpu' limited to {limit}")
+    from forecasting_pipeline.orchestration.pools import ensure_gpu_pool_limit
+    from forecasting_pipeline.settings import Settings
+
+    with _instance() as instance:
+        limit, source = ensure_gpu_pool_limit(instance)
+    print(f"Dagster instance at {Settings.from_env().dagster_home}: pool 'gpu' limited to {limit} ({source})")
     return 0
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    import dagster as dg
-
     from forecasting_pipeline.definitions import defs
     from forecasting_pipeline.orchestration.backfills import partition_range, runs_for, submit_chain_backfill
 
-    windows = _windows(args.cadence)
+    from forecasting_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    windows = settings.cadence_windows(args.cadence)
     try:
         n_windows = len(partition_range(windows, args.start, args.end))
     except ValueError as exc:
         # A mistyped or reversed range: say so and submit nothing.
         print(f"forecasting-pipeline backfill: {exc}", file=sys.stderr)
         return 2
-    instance = dg.DagsterInstance.get()
+    instance = _instance()
     backfill_id = submit_chain_backfill(
         instance, defs.resolve_asset_graph(), windows, args.start, args.end, with_ensemble=args.with_ensemble
     )
@@ -122,7 +132,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         f"backfill {backfill_id}: {n_windows} {args.cadence} windows {args.start}...{args.end}"
         + (" (chain, then the ensemble)" if args.with_ensemble else "") + " as "
         f"{runs_for(windows, n_windows)} run(s); the Dagster daemon (`make dev`) launches them. "
-        "Progress: http://127.0.0.1:3000/runs/b/" + backfill_id, flush=True,
+        f"Progress: {settings.dagster_ui_url.rstrip('/')}/runs/b/{backfill_id}", flush=True,
     )
     if args.no_wait:
         return 0
@@ -130,9 +140,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill_summary(args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    return print_backfill_summary(dg.DagsterInstance.get(), args.backfill_id, timeout_s=None, wait=not args.no_wait)
+    return print_backfill_summary(_instance(), args.backfill_id, timeout_s=None, wait=not args.no_wait)
 
 
 def print_backfill_summary(instance, backfill_id: str, timeout_s: float | None, wait: bool = True) -> int:
@@ -192,12 +200,6 @@ def _demo_model_if_unset(settings: Settings) -> Settings:
     return settings.with_model(str(DEMO_CHECKPOINT.resolve()))
 
 
-def _windows(cadence: str, settings: Settings | None = None) -> Windows:
-    from forecasting_pipeline.settings import Settings
-
-    return next(w for w in (settings or Settings.from_env()).windows() if w.cadence.name == cadence)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -214,15 +216,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         migrate(conn)
     finally:
         conn.close()
-    setup_instance()
+    from forecasting_pipeline.orchestration.pools import ensure_gpu_pool_limit
+
+    with _instance() as instance:
+        ensure_gpu_pool_limit(instance)
     settings = Settings.from_env()
     if args.demo_model_if_unset:
         settings = _demo_model_if_unset(settings)
-    windows = _windows(args.cadence, settings)
+    windows = settings.cadence_windows(args.cadence)
     partition = args.partition or windows.partitions_def.get_last_partition_key()
     started = datetime.now(timezone.utc)
     result = build_definitions(settings).resolve_job_def(f"{chain_group(windows)}_job").execute_in_process(
-        instance=dg.DagsterInstance.get(), partition_key=partition, raise_on_error=False,
+        instance=_instance(), partition_key=partition, raise_on_error=False,
         # The full DEBUG event stream stays in the instance (the UI shows it); the terminal gets INFO.
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )
@@ -294,14 +299,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, chronos2_runner(settings), source, universe, socket_path, database_url())
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from forecasting_pipeline.orchestration.status import gather_status
+    from forecasting_pipeline.settings import Settings
+
+    with _instance() as instance:
+        status = gather_status(Settings.from_env(), instance, load_model=args.model)
+    print(json.dumps(status.as_json(), indent=2) if args.json else status.text())
+    return 0 if status.ok else 1
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return (f"forecasting-pipeline {version('forecasting_pipeline')} (dagster {version('dagster')}, "
+            f"chronos-forecasting {version('chronos-forecasting')}, Python {sys.version.split()[0]})")
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from forecasting_pipeline.settings_reference import reference_markdown
+
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecasting-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="cmd", required=True)
+    cadences = list(CADENCES)
 
     p = sub.add_parser("with-db", help="run a command with DATABASE_URL/DAGSTER_PG_URL set")
     p.add_argument("--pgdata", default=None,
                    help="embedded server data folder, used only when DATABASE_URL is unset (FORECASTING_PGDATA, else .pgdata)")
+    p.add_argument("--demo-model-if-unset", action="store_true",
+                   help="on fully embedded defaults (embedded database, CHRONOS2_MODEL unset), give the command a "
+                        "random-weight tiny checkpoint, loudly, as `make run` does")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_with_db)
 
@@ -309,18 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="migrations folder (default: the repository's migrations/)")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("setup-instance", help="limit the Dagster instance's gpu pool to 1")
+    p = sub.add_parser("setup-instance", help="limit the Dagster instance's gpu pool to 1, unless the instance sets a limit")
     p.set_defaults(func=cmd_setup_instance)
 
     p = sub.add_parser("run", help="migrate, then materialise one window of a cadence and print a summary")
-    p.add_argument("--cadence", choices=["1h", "1d"], default="1d")
+    p.add_argument("--cadence", choices=cadences, default=DAILY.name)
     p.add_argument("--partition", help="window to run (default: the latest complete one)")
     p.add_argument("--no-demo-model", dest="demo_model_if_unset", action="store_false",
                    help="never fall back to a random demo checkpoint")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("backfill", help="submit an asset backfill of a cadence's chain, run by the daemon")
-    p.add_argument("--cadence", choices=["1h", "1d"], default="1d")
+    p.add_argument("--cadence", choices=cadences, default=DAILY.name)
     p.add_argument("--from", dest="start", required=True, help="first window, e.g. 2025-03-01 or 2026-03-02-15:00")
     p.add_argument("--to", dest="end", required=True, help="last window, inclusive")
     p.add_argument("--no-wait", action="store_true", help="submit and return; do not wait for the runs and their summary")
@@ -342,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("latest", help="print the latest forecast of one symbol, read as the gateway reads it")
     p.add_argument("symbol")
-    p.add_argument("--timeframe", choices=["1h", "1d"], default="1d")
+    p.add_argument("--timeframe", choices=cadences, default=DAILY.name)
     p.add_argument("--model", default="kronos-base", help="model_name to read (default: kronos-base, as the gateway)")
     p.set_defaults(func=cmd_latest)
 
@@ -352,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help=f"the runs' Unix socket (default CHRONOS2_SERVER, else ./{DEFAULT_SOCKET})")
     p.add_argument("--no-socket", action="store_true", help="serve HTTP only")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="is it working: database, migrations, model, newest windows, the service")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.add_argument("--no-model", dest="model", action="store_false", help="do not load the model (it takes seconds)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("config-reference", help="print the configuration reference (docs/configuration.md) from the settings")
+    p.set_defaults(func=cmd_config_reference)
     return parser
 
 
@@ -365,6 +409,18 @@ def main(argv: list[str] | None = None) -> int:
     # So is multi_observable_source_asset, which makes Kronos's rows an observed asset (README: The ensemble).
     warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*beta", category=Warning)
     args = build_parser().parse_args(argv)
+    from forecasting_pipeline.settings import Settings, SettingsError
+
+    # Every command reads the settings first, so a bad value stops it here, named, before any work.
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"forecasting-pipeline: {problem}", file=sys.stderr)
+        return 2
+    # Dagster finds its instance through DAGSTER_HOME: unset, in a source checkout, the repository's own.
+    if settings.dagster_home:
+        os.environ["DAGSTER_HOME"] = settings.dagster_home
     return args.func(args)
 
 

@@ -383,9 +383,8 @@ def kronos_service(database_url) -> Iterator[FakeKronosService]:
         service.close()
 
 
-@pytest.fixture
-def browser(tmp_path):
-    """Headless Debian Chromium through chromedriver and Selenium, 1600x1000."""
+def _chromium(profile: Path):
+    """Headless Debian Chromium through chromedriver and Selenium, 1600x1000, its profile in ``profile``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -393,10 +392,26 @@ def browser(tmp_path):
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+                 "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={profile}"):
         options.add_argument(flag)
     # An explicit driver path: Selenium Manager then never tries to download a driver or browser.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium through chromedriver and Selenium, 1600x1000."""
+    driver = _chromium(tmp_path / "chromium")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def module_browser(tmp_path_factory):
+    """One Chromium for a whole module (starting one costs seconds); each test loads its own page."""
+    driver = _chromium(tmp_path_factory.mktemp("chromium"))
     try:
         yield driver
     finally:

@@ -327,3 +327,12 @@ def test_when_the_dashboard_is_public_then_it_and_the_showcase_need_no_token_and
     assert [http_json("GET", limited.url + path)[0] for path in open_paths] == [200] * len(open_paths)
     assert [http_json("GET", limited.url + path)[0] for path in ("/metrics", "/openapi.json")] == [401, 401]
     assert http_json("POST", limited.url + PREDICT, {"symbol": "AAPL", "timeframe": "1d"})[0] == 401
+
+
+def test_when_the_forecast_service_is_ready_then_the_status_check_passes_with_its_model_version(service):
+    from forecasting_pipeline.orchestration.status import check_service
+
+    check = check_service(service.url, required=True)
+
+    assert check.state == "ok"
+    assert check.details["status"] == "ready" and "RANDOM-WEIGHTS" in check.details["model_version"]

@@ -3,8 +3,8 @@
 that fits the schema is accepted and data that does not is refused), over real HTTP on loopback against the
 production-default service (conftest.py). Generation is derandomized, so every run sends the same cases.
 
-Data that fits the schema may still be refused by the domain: an unknown symbol (400 on the reads, 422 on
-the predictions), an ad-hoc series of fewer than 64 valid bars (422), a run's batch that is not a valid
+Data that fits the schema may still be refused by the domain: an unknown symbol (422, on the reads as on the
+predictions), an ad-hoc series of fewer than 64 valid bars (422), a run's batch that is not a valid
 ``.npz`` (400). Those answers are documented, so they count as accepted; a 5xx or an undocumented answer fails.
 """
 
@@ -54,7 +54,9 @@ def test_when_any_operation_gets_generated_requests_then_every_answer_is_what_th
                 failures[f"{operation.label} ({mode.value})"] = str(failure)[:3000]
 
     assert {op.label for op in operations} >= {"POST /predict-chronos2", "POST /predict-batch-chronos2",
-                                               "POST /runs/forecast", "GET /metrics", "GET /showcase/bars"}
+                                               "POST /runs/forecast", "GET /metrics", "GET /showcase/bars",
+                                               "GET /showcase/models", "GET /showcase/past-forecasts",
+                                               "GET /showcase/rolling-scores", "GET /showcase/ensemble-weights"}
     assert not failures, "\n\n".join(f"{name}:\n{text}" for name, text in failures.items())
 
 

@@ -10,17 +10,36 @@ grows linearly with the context (README: Performance).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 
 @dataclass(frozen=True)
 class Cadence:
-    """One cadence: its name, the nominal length of a bar, and the model's context and horizon for it."""
+    """One cadence: its name, the nominal length of a bar, the model's context and horizon for it, and its windows.
+
+    ``window_key_format`` is how a window (a Dagster partition) of the cadence is named;
+    ``first_window`` and ``windows_per_backfill_run`` are the defaults that FIRST_WINDOW_<NAME>
+    and WINDOWS_PER_BACKFILL_RUN_<NAME> override.
+    """
 
     name: str
     bar: timedelta
     context_length: int
     horizon: int
+    window_key_format: str
+    first_window: str
+    # Each backfill run pays one process start-up and one model load, spread over its windows, and
+    # holds every window's frames in memory: hourly runs take more windows, since a year holds 24
+    # times as many, at the price of a larger peak memory.
+    windows_per_backfill_run: int
+
+    def is_window_key(self, key: str) -> bool:
+        """Whether ``key`` names a window of this cadence (``2024-01-01`` daily, ``2026-01-01-00:00`` hourly)."""
+        try:
+            parsed = datetime.strptime(key, self.window_key_format)
+        except ValueError:
+            return False
+        return parsed.strftime(self.window_key_format) == key
 
 
 HOURLY = Cadence(
@@ -30,6 +49,9 @@ HOURLY = Cadence(
     context_length=2048,
     # One trading day of crypto and FX bars ahead.
     horizon=24,
+    window_key_format="%Y-%m-%d-%H:%M",
+    first_window="2026-01-01-00:00",
+    windows_per_backfill_run=240,
 )
 
 DAILY = Cadence(
@@ -39,6 +61,9 @@ DAILY = Cadence(
     context_length=1024,
     # Two trading weeks ahead.
     horizon=10,
+    window_key_format="%Y-%m-%d",
+    first_window="2024-01-01",
+    windows_per_backfill_run=120,
 )
 
 CADENCES: dict[str, Cadence] = {c.name: c for c in (HOURLY, DAILY)}

@@ -34,6 +34,14 @@ WHERE timeframe = %(timeframe)s AND (%(symbol)s::text IS NULL OR symbol = %(symb
   AND (%(from)s::timestamptz IS NULL OR as_of >= %(from)s) AND (%(to)s::timestamptz IS NULL OR as_of <= %(to)s)
 ORDER BY symbol, as_of
 """
+# The newest rows of one instrument, through the primary key (timeframe, symbol, as_of) read backwards.
+_READ_LAST = """
+SELECT symbol, as_of, model_version, weights, missing, details, created_at FROM (
+    SELECT * FROM ensemble_weights WHERE timeframe = %(timeframe)s AND symbol = %(symbol)s
+    ORDER BY as_of DESC LIMIT %(last)s
+) newest
+ORDER BY as_of
+"""
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,14 @@ def read_ensemble_weights(
 ) -> list[dict]:
     """Stored explanations, oldest first per symbol: dicts of ``symbol``, ``as_of``, ``model_version``,
     ``weights``, ``missing``, ``details``, ``created_at``. ``as_of`` bounds are inclusive."""
-    cursor = conn.execute(_READ, {"timeframe": timeframe, "symbol": symbol, "from": as_of_from, "to": as_of_to})
+    return _dicts(conn.execute(_READ, {"timeframe": timeframe, "symbol": symbol, "from": as_of_from, "to": as_of_to}))
+
+
+def read_last_ensemble_weights(conn: psycopg.Connection, timeframe: str, symbol: str, last: int) -> list[dict]:
+    """The ``last`` newest explanations of one instrument, oldest first, as ``read_ensemble_weights`` returns them."""
+    return _dicts(conn.execute(_READ_LAST, {"timeframe": timeframe, "symbol": symbol, "last": last}))
+
+
+def _dicts(cursor: psycopg.Cursor) -> list[dict]:
     names = [c.name for c in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]

@@ -1,7 +1,9 @@
 """Every refusal as JSON naming the field and the reason, never a traceback; and the request body size limit.
 
-Shapes: ``{"errors": [{"field": "bars[3].close", "reason": "..."}]}``. Statuses: 400 a body that is
-not JSON, 401 a missing or wrong token (``access``), 409 a run's batch for another model, 413 a body
+Shapes: ``{"errors": [{"field": "bars[3].close", "reason": "..."}]}``. Statuses: 400 a request that
+cannot be read (a body that is not JSON or not an ``.npz``, a query parameter the endpoint does not
+take or given twice), 422 a request read whose values are wrong (missing, malformed, naming nothing
+known, or that the model cannot answer or over a limit), 401 a missing or wrong token (``access``), 409 a run's batch for another model, 413 a body
 over the limit, 422 a request the model cannot answer or over a limit, 503 while the model loads
 and when the scheduler refuses work (with ``Retry-After``). Anything unexpected is logged here and
 answered 500 with no detail.
@@ -45,10 +47,10 @@ def error_body(*problems: tuple[str | None, str]) -> dict:
 
 
 def field_path(location: tuple | list, prefix: str = "") -> str:
-    """``("body", "bars", 3, "close")`` -> ``bars[3].close``."""
+    """``("body", "bars", 3, "close")`` -> ``bars[3].close``; ``("query", "symbol")`` -> ``symbol``."""
     out = prefix
     for part in location:
-        if part == "body" and not out:
+        if part in ("body", "query") and not out:
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "body"

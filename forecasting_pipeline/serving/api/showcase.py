@@ -1,8 +1,9 @@
 """The read endpoints: ``GET /showcase/ml-prediction`` (the gateway's), and what the dashboard reads besides.
 
 Everything here only reads: latest forecasts through ``latest_ml_predictions``, an instrument's
-last bars from the configured source, and the stored scores. A parameter that names nothing known
-gets a 400 listing the known values; any other malformed parameter a 400 with the reason.
+last bars from the configured source, and the stored scores. A parameter the endpoint does not take,
+or given twice, gets a 400; a missing or malformed one, or one that names nothing known, a 422 with
+the reason (listing the known values).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_BARS = 1000
 DEFAULT_BARS = 120
 
-router = APIRouter(tags=["showcase"], responses=refusals(400, 401, 503))
+router = APIRouter(tags=["showcase"], responses=refusals(400, 401, 422, 503))
 
 
 def _parameters(*specs: tuple[str, bool, dict, str]) -> dict:
-    """The query parameters as OpenAPI declares them (parsed by ``query``, which answers 400 in this API's shape)."""
+    """The query parameters as OpenAPI declares them (parsed by ``query`` and checked here, in this API's error shape)."""
     return {"parameters": [{"name": name, "in": "query", "required": required, "schema": schema, "description": text}
                            for name, required, schema, text in specs]}
 
@@ -71,16 +72,16 @@ def ml_prediction(request: Request, found: Service = Depends(service)) -> JSONRe
     _check_pattern("symbol", symbol, SYMBOL_PATTERN)
     _check_pattern("model", model, MODEL_PATTERN)
     if timeframe is not None and timeframe not in TIMEFRAMES:
-        raise Refusal(400, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}")
+        raise Refusal(422, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}")
     with found.database() as conn:
         if model is not None:
             models = known_models(conn)
             if model not in models:
-                raise Refusal(400, "model", f"unknown model {model!r}; known models: {_listing(models)}")
+                raise Refusal(422, "model", f"unknown model {model!r}; known models: {_listing(models)}")
         rows = latest_rows(conn, model or DEFAULT_MODEL, timeframe, symbol)
         if not rows and symbol is not None:
             have = sorted({r["symbol"] for r in latest_rows(conn, model or DEFAULT_MODEL, timeframe, None)})
-            raise Refusal(400, "symbol", f"unknown symbol {symbol!r} for model {model or DEFAULT_MODEL!r}"
+            raise Refusal(422, "symbol", f"unknown symbol {symbol!r} for model {model or DEFAULT_MODEL!r}"
                           + (f" at {timeframe!r}" if timeframe else "") + f"; known symbols: {_listing(have)}")
     return JSONResponse(rows)
 
@@ -140,16 +141,16 @@ def query(request: Request, allowed: tuple[str, ...]) -> Mapping[str, str | None
 
 def _check_pattern(name: str, value: str | None, pattern: re.Pattern) -> None:
     if value is not None and not pattern.match(value):
-        raise Refusal(400, name, f"malformed {name} {value[:80]!r}: expected {pattern.pattern}")
+        raise Refusal(422, name, f"malformed {name} {value[:80]!r}: expected {pattern.pattern}")
 
 
 def _instrument(found: Service, symbol: str | None):
     universe = found.forecaster.instruments
     if symbol is None:
-        raise Refusal(400, "symbol", "symbol is required")
+        raise Refusal(422, "symbol", "symbol is required")
     _check_pattern("symbol", symbol, SYMBOL_PATTERN)
     if symbol not in universe:
-        raise Refusal(400, "symbol", f"unknown symbol {symbol!r}; known symbols: {', '.join(universe)}")
+        raise Refusal(422, "symbol", f"unknown symbol {symbol!r}; known symbols: {', '.join(universe)}")
     return universe[symbol]
 
 
@@ -157,14 +158,14 @@ def _cadence(timeframe: str | None):
     try:
         return cadence_named(timeframe or "")
     except ValueError:
-        raise Refusal(400, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}") from None
+        raise Refusal(422, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}") from None
 
 
 def _limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_BARS
     if not value.isdigit() or not 1 <= int(value) <= MAX_BARS:
-        raise Refusal(400, "limit", f"limit must be a whole number from 1 to {MAX_BARS}, got {value[:20]!r}")
+        raise Refusal(422, "limit", f"limit must be a whole number from 1 to {MAX_BARS}, got {value[:20]!r}")
     return int(value)
 
 
