@@ -92,6 +92,22 @@ def test_when_on_demand_work_arrives_during_a_run_then_it_goes_before_the_runs_n
                             ("bulk", "run", 1, "wait"), ("bulk", "run", 2, "wait")]
 
 
+def test_when_on_demand_work_keeps_coming_then_the_run_still_advances_one_chunk_per_on_demand_call(scheduler, recorder):
+    gates, started = events(3), events(3)
+    batch = scheduler.submit_bulk(bulk(recorder, "run", 3, gates, started))
+    assert started[0].wait(WAIT)
+
+    # Two full calls' worth (max_series 4) queued at once, as clients that send again at once would keep it.
+    futures = [scheduler.submit(items, WAIT) for items in (["A", "B", "C", "D"], ["E", "F", "G", "H"])]
+    for gate in gates:
+        gate.set()
+
+    assert [f.result(WAIT) for f in futures] == [[f"answer {x}" for x in "ABCD"], [f"answer {x}" for x in "EFGH"]]
+    assert batch.result(WAIT) == "run done"
+    assert [(entry[0], entry[1] if entry[0] == "interactive" else entry[2]) for entry in recorder.ran] == [
+        ("bulk", 0), ("interactive", tuple("ABCD")), ("bulk", 1), ("interactive", tuple("EFGH")), ("bulk", 2)]
+
+
 def test_when_requests_queue_while_the_model_is_busy_then_the_next_call_carries_them_together(scheduler, recorder):
     gates, started = events(1), events(1)
     scheduler.submit_bulk(bulk(recorder, "run", 1, gates, started))

@@ -11,8 +11,10 @@ bounded queues:
   not started by its deadline is refused, not computed; one whose caller cancelled it (the client
   went away) is dropped before the call.
 - **bulk**: runs' batches. A batch is a generator that computes one chunk of bounded cost per
-  step (the caller cuts it); between two steps any waiting interactive request goes first, so an
-  on-demand request waits behind at most one chunk. Batches are served in order of arrival.
+  step (the caller cuts it); between two steps waiting interactive work goes first, one call of it,
+  so an on-demand request waits behind at most one chunk (and the on-demand calls queued ahead of
+  it), and a run still advances one chunk per on-demand call however busy the interactive lane is.
+  Batches are served in order of arrival.
 
 A batch that may use the GPU first takes the GPU lock through a ``GpuLease``, waiting on a
 thread of its own, so that the wait holds no on-demand request back; its chunks then run with the
@@ -128,6 +130,8 @@ class ModelScheduler(Generic[T, A]):
         self._interactive: deque[_Request] = deque()
         self._bulk: deque[_Batch] = deque()
         self._stopping = False
+        # The head batch's next chunk goes before any more on-demand work (set after an on-demand call).
+        self._chunk_due = False
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ life
@@ -237,6 +241,12 @@ class ModelScheduler(Generic[T, A]):
             if head is not None and head.lease_state is None:
                 self._ask_lease(head)
             bulk_ready = head is not None and head.lease_state not in (None, "waiting")
+            # One on-demand call between two chunks: a steady stream of on-demand work (clients that
+            # send again as soon as they are answered or refused) must not starve a run.
+            self._chunk_due = self._chunk_due and bulk_ready
+            if self._chunk_due:
+                self._chunk_due = False
+                return lambda: self._step(head)
             timeout = None
             if self._interactive:
                 now = time.monotonic()
@@ -244,6 +254,7 @@ class ModelScheduler(Generic[T, A]):
                 if bulk_ready or now >= due or self._queued() >= self.max_series:
                     taken = self._take()
                     if taken:
+                        self._chunk_due = bulk_ready
                         return lambda: self._run_interactive(taken)
                     continue
                 timeout = due - now
