@@ -12,7 +12,7 @@
     forecasting-pipeline models list|promote|rollback
                                              the fine-tuned checkpoints' registry: promote a challenger that passes the
                                              promotion test, roll a promotion back
-    forecasting-pipeline serve               the forecast service: on-demand forecasts over HTTP, and the model server
+    forecasting-pipeline serve               the forecast service: on-demand forecasts over HTTP, and the forecasts
                                              of every run that sets CHRONOS2_SERVER, in one process that keeps Chronos-2 loaded
     forecasting-pipeline status              is it working: database, migrations, model, each cadence's newest window
                                              against its schedule, the forecast service (exit 1 when something is wrong)

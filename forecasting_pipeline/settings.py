@@ -189,6 +189,10 @@ class Settings(BaseModel):
     model_server_socket: str | None = var(
         "CHRONOS2_SERVER", None, "Unix socket of `forecasting-pipeline serve`: runs forecast through that process, "
         "which keeps the model loaded.", MODEL)
+    model_server_timeout_s: PositiveNumber = var(
+        "CHRONOS2_SERVER_TIMEOUT_S", 30.0, "A run's limit, in seconds, to connect to the service and for each answer; "
+        "past it, or when the service is not ready, the run loads the model itself and says so in its metadata.",
+        MODEL)
 
     # --- Windows and backfills
     first_window_1h: str = var(
@@ -276,8 +280,8 @@ class Settings(BaseModel):
     serve_host: str = var("SERVE_HOST", DEFAULT_HOST, "Address `forecasting-pipeline serve` binds.", SERVICE)
     serve_port: Port = var("SERVE_PORT", DEFAULT_PORT, "Port of `forecasting-pipeline serve`.", SERVICE)
     predict_api_token: Secret = var(
-        PREDICT_API_TOKEN, None, "Bearer token the predict endpoints require; unset: none required (bind loopback "
-        "only then).", SERVICE)
+        PREDICT_API_TOKEN, None, "Bearer token every endpoint but `/healthz` and `/readyz` requires; unset: none "
+        "required, and `serve` refuses to bind a non-loopback address.", SERVICE)
     batch_wait_ms: NonNegativeNumber = var(
         "PREDICT_BATCH_WAIT_MS", 20.0, "Longest a request waits for others to share its model call.", SERVICE)
     batch_max_series: PositiveInt = var(
@@ -288,6 +292,22 @@ class Settings(BaseModel):
         "PREDICT_MAX_BARS", 8192, "Most bars per series (also the largest `context_length`).", SERVICE)
     max_batch_items: PositiveInt = var(
         "PREDICT_MAX_BATCH_ITEMS", 64, "Most items in one batch request.", SERVICE)
+    max_queued: PositiveInt = var(
+        "PREDICT_MAX_QUEUED", 128, "On-demand series waiting for the model; past it a request is answered 503 with "
+        "`Retry-After`.", SERVICE)
+    deadline_s: PositiveNumber = var(
+        "PREDICT_DEADLINE_S", 5.0, "Longest an on-demand request waits for the model, in seconds, before a 503 with "
+        "`Retry-After`.", SERVICE)
+    max_cost: PositiveInt = var(
+        "PREDICT_MAX_COST", 4_194_304, "Largest cost of one request: series x context x horizon; a larger one is "
+        "refused with a 4xx that names the limit.", SERVICE)
+    chunk_cost_gpu: PositiveInt = var(
+        "SERVE_CHUNK_COST_GPU", 131_072, "Series x context per slice of a run's batch on the GPU; queued on-demand "
+        "work goes before the next slice.", SERVICE)
+    chunk_cost_cpu: PositiveInt = var(
+        "SERVE_CHUNK_COST_CPU", 4_096, "The same on the CPU.", SERVICE)
+    public_dashboard: bool = var(
+        "SERVE_PUBLIC_DASHBOARD", False, "true: the dashboard and `/showcase` answer without the token.", SERVICE)
     service_url: str | None = var(
         "FORECAST_SERVICE_URL", None, "The forecast service `forecasting-pipeline status` checks. When set, a service "
         "that is not ready is a failure; unset, the local address is checked and its absence only reported.", SERVICE,
@@ -541,6 +561,7 @@ def chronos2_resource(settings: Settings) -> Chronos2Resource:
         lock_database_url=settings.database_url.env_var(),
         server_socket=settings.model_server_socket,
         registry_database_url=settings.database_url.env_var(),
+        server_timeout_s=settings.model_server_timeout_s,
     )
 
 
@@ -584,7 +605,13 @@ def service_config(
         max_body_bytes=settings.max_body_bytes,
         max_bars=settings.max_bars,
         max_batch_items=settings.max_batch_items,
+        max_queued=settings.max_queued,
+        deadline_s=settings.deadline_s,
+        max_cost=settings.max_cost,
+        chunk_cost_gpu=settings.chunk_cost_gpu,
+        chunk_cost_cpu=settings.chunk_cost_cpu,
         token=settings.predict_api_token.value(env),
+        public_dashboard=settings.public_dashboard,
     )
 
 

@@ -268,14 +268,14 @@ def test_when_a_model_has_no_rows_at_all_then_past_forecasts_say_so_and_list_the
 
 
 @pytest.mark.parametrize("path, params, status, field", [
-    ("/showcase/past-forecasts", {"symbol": "ZZZ", "timeframe": "1d", "model": "chronos-2"}, 400, "symbol"),
-    ("/showcase/past-forecasts", {"symbol": "aapl", "timeframe": "1d", "model": "chronos-2"}, 422, "query.symbol"),
-    ("/showcase/past-forecasts", {"symbol": "AAPL", "timeframe": "1d"}, 422, "query.model"),
-    ("/showcase/past-forecasts", {"symbol": "AAPL", "timeframe": "1d", "model": "chronos-2", "origins": 21}, 422, "query.origins"),
-    ("/showcase/rolling-scores", {"symbol": "AAPL", "timeframe": "1w"}, 422, "query.timeframe"),
+    ("/showcase/past-forecasts", {"symbol": "ZZZ", "timeframe": "1d", "model": "chronos-2"}, 422, "symbol"),
+    ("/showcase/past-forecasts", {"symbol": "aapl", "timeframe": "1d", "model": "chronos-2"}, 422, "symbol"),
+    ("/showcase/past-forecasts", {"symbol": "AAPL", "timeframe": "1d"}, 422, "model"),
+    ("/showcase/past-forecasts", {"symbol": "AAPL", "timeframe": "1d", "model": "chronos-2", "origins": 21}, 422, "origins"),
+    ("/showcase/rolling-scores", {"symbol": "AAPL", "timeframe": "1w"}, 422, "timeframe"),
     ("/showcase/rolling-scores", {"symbol": "AAPL", "timeframe": "1d", "span": 3}, 400, "span"),
-    ("/showcase/ensemble-weights", {"timeframe": "1d"}, 422, "query.symbol"),
-    ("/showcase/ensemble-weights", {"symbol": "AAPL", "timeframe": "1d", "last": 0}, 422, "query.last"),
+    ("/showcase/ensemble-weights", {"timeframe": "1d"}, 422, "symbol"),
+    ("/showcase/ensemble-weights", {"symbol": "AAPL", "timeframe": "1d", "last": 0}, 422, "last"),
 ])
 def test_when_a_parameter_is_bad_then_the_answer_names_it(dashboard, path, params, status, field):
     answer = _get(dashboard, path, **params)
@@ -291,7 +291,7 @@ def test_when_the_openapi_schema_is_read_then_the_new_reads_declare_their_parame
     assert status == 200
     assert {p["name"]: p["required"] for p in past["parameters"]} == {
         "symbol": True, "timeframe": True, "model": True, "origins": False}
-    assert set(past["responses"]) == {"200", "400", "422", "503"}
+    assert set(past["responses"]) == {"200", "400", "401", "422", "503"}
     assert past["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PastForecastsAnswer"}
     for path in ("/showcase/models", "/showcase/rolling-scores", "/showcase/ensemble-weights"):
         assert "$ref" in spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]

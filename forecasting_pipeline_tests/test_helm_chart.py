@@ -62,6 +62,7 @@ def test_when_the_forecast_service_runs_then_it_is_ready_on_readyz_with_its_toke
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert env_of(container)["PREDICT_API_TOKEN"]["valueFrom"] == {
         "secretKeyRef": {"name": "forecasting-service-token", "key": "PREDICT_API_TOKEN"}}
+    assert env_of(container)["SERVE_PUBLIC_DASHBOARD"]["value"] == "false"
     assert container["resources"] == {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "6Gi"}}
     assert "nodeSelector" not in pod_spec(deployment)
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]

@@ -105,15 +105,22 @@ BAD_QUERIES = {
     "unknown symbol": ({"symbol": "ZZZZ"}, "symbol", "unknown symbol 'ZZZZ' for model 'kronos-base'; known symbols: AAPL, MSFT"),
     "malformed symbol": ({"symbol": "aapl'; drop table"}, "symbol", "malformed symbol"),
     "malformed model": ({"model": "../etc"}, "model", "malformed model"),
-    "unknown parameter": ({"modle": "chronos-2"}, "modle", "unknown parameter 'modle'; this endpoint takes symbol, timeframe, model"),
 }
 
 
+def test_when_a_parameter_is_unknown_then_400_names_it_and_what_the_endpoint_takes(reader):
+    status, answer, _ = _get(reader, SHOWCASE, modle="chronos-2")
+
+    assert status == 400
+    assert answer["errors"] == [{"field": "modle",
+                                 "reason": "unknown parameter 'modle'; this endpoint takes symbol, timeframe, model"}]
+
+
 @pytest.mark.parametrize("params, field, reason", BAD_QUERIES.values(), ids=BAD_QUERIES.keys())
-def test_when_a_parameter_is_bad_then_400_names_it_and_lists_what_is_known(reader, params, field, reason):
+def test_when_a_parameter_is_bad_then_422_names_it_and_lists_what_is_known(reader, params, field, reason):
     status, answer, _ = _get(reader, SHOWCASE, **params)
 
-    assert status == 400, answer
+    assert status == 422, answer
     assert answer["errors"][0]["field"] == field
     assert reason in answer["errors"][0]["reason"]
 
@@ -172,10 +179,10 @@ def test_when_bars_are_asked_then_the_last_ones_up_to_the_newest_close_are_answe
     ("/showcase/bars", {"symbol": "AAPL", "timeframe": "5m"}, "timeframe"),
     ("/showcase/scores", {"timeframe": "1d"}, "symbol"),
 ], ids=["unknown symbol", "limit out of range", "unknown timeframe", "no symbol"])
-def test_when_a_dashboard_read_is_malformed_then_400_names_the_parameter(reader, path, params, field):
+def test_when_a_dashboard_read_is_malformed_then_422_names_the_parameter(reader, path, params, field):
     status, answer, _ = _get(reader, path, **params)
 
-    assert status == 400
+    assert status == 422
     assert answer["errors"][0]["field"] == field
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import psycopg
 
 from forecasting_pipeline.forecasting.model import ModelUnavailableError, checkpoint_digest
-from forecasting_pipeline.forecasting.model_server import ModelServerUnavailable, describe, model_key
+from forecasting_pipeline.forecasting.batch_wire import model_key
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
+from forecasting_pipeline.forecasting.service_client import ServiceUnavailable, served_model
 from forecasting_pipeline.storage import model_registry
 from forecasting_pipeline.storage.database import connect
 from forecasting_pipeline.storage.model_registry import Checkpoint
@@ -46,18 +47,18 @@ def runner_for(runner: Chronos2Runner, found: Checkpoint) -> Chronos2Runner:
 
 
 def _with_server(chosen: Chronos2Runner, registered: set[str], timeframe: str) -> Chronos2Runner:
-    """``chosen``, without its model server when that server runs another checkpoint because of the registry.
+    """``chosen``, without its forecast service when that service runs another checkpoint because of the registry.
 
-    A server started before a promotion or rollback, or serving the other cadence's champion, would
+    A service started before a promotion or rollback, or serving the other cadence's champion, would
     refuse this run's batch; the run then loads its model itself, with a warning that says how to
-    let the server serve it. Any other mismatch (two configured models, another precision) keeps
+    let the service serve it. Any other mismatch (two configured models, another precision) keeps
     the socket, so the run fails naming both, as it does without a registry.
     """
     if chosen.server_socket is None:
         return chosen
     try:
-        serving = describe(chosen.server_socket)
-    except (ModelServerUnavailable, OSError, ValueError, EOFError):
+        serving = served_model(chosen.server_socket, chosen.server_timeout_s)
+    except ServiceUnavailable:
         return chosen  # nothing answers: the runner falls back to loading the model itself anyway
     wanted = model_key(chosen.model, chosen.revision, chosen.dtype)
     if all(serving.get(name) == value for name, value in wanted.items()):
@@ -65,7 +66,7 @@ def _with_server(chosen: Chronos2Runner, registered: set[str], timeframe: str) -
     if not ({serving.get("model"), wanted["model"]} & registered):
         return chosen
     logger.warning(
-        "the model server at %s runs %s, not this %s run's %s: the run loads it itself; restart "
+        "the forecast service at %s runs %s, not this %s run's %s: the run loads it itself; restart "
         "`forecasting-pipeline serve` with SERVE_CADENCE=%s to serve it",
         chosen.server_socket, serving.get("model"), timeframe, chosen.model, timeframe,
     )
@@ -100,7 +101,7 @@ def champion_runner(runner: Chronos2Runner, database_url: str | None, timeframe:
 def challenger_runner(
     runner: Chronos2Runner, database_url: str, timeframe: str
 ) -> tuple[Checkpoint, Chronos2Runner] | None:
-    """``timeframe``'s challenger and a runner for it (in this process: the model server runs the champion)."""
+    """``timeframe``'s challenger and a runner for it (in this process: the forecast service runs the champion)."""
     found, _ = _registry(database_url, timeframe, model_registry.CHALLENGER)
     if found is None:
         return None

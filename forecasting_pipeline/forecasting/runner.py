@@ -1,4 +1,4 @@
-"""Running Chronos-2 on a batch of inputs: through the model server when one answers, else in this process.
+"""Running Chronos-2 on a batch of inputs: through the forecast service when one answers, else in this process.
 
 In this process the checkpoint loads once per process and device, and the device follows the
 placement rules of ``device`` (GPU advisory lock, free-memory test, CPU fallback). A CUDA copy of
@@ -20,6 +20,7 @@ from forecasting_pipeline.forecasting.device import (
     Cuda,
     DeviceRun,
     GpuSettings,
+    LockMode,
     LockScope,
     run_on_device,
 )
@@ -49,10 +50,11 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Chronos2Runner:
-    """Which checkpoint to run, and how: device, precision, GPU sharing, and an optional model server.
+    """Which checkpoint to run, and how: device, precision, GPU sharing, and an optional forecast service.
 
     ``lock_database_url`` is the database of the GPU advisory lock (the ml_predictions one): a
-    secret, never logged. ``server_socket`` names a running model server's Unix socket.
+    secret, never logged. ``server_socket`` names a running forecast service's Unix socket, and
+    ``server_timeout_s`` the longest the run waits to connect to it or for its next byte.
     """
 
     model: str = DEFAULT_MODEL_ID
@@ -67,6 +69,7 @@ class Chronos2Runner:
     lock_scope: LockScope = "shared"
     lock_database_url: str | None = None
     server_socket: str | None = None
+    server_timeout_s: float = 30.0
 
     def batch_size_for(self, device: str) -> int:
         return self.batch_size or (CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE)
@@ -94,19 +97,21 @@ class Chronos2Runner:
             _MODEL_CACHE.pop((self.model, self.revision, device, self.dtype), None)
 
     def predict(self, inputs: list[dict], horizon: int, context_length: int, cuda: Cuda | None = None) -> Prediction:
-        """Forecast in the model server when one is configured and answers, else in this process.
+        """Forecast in the forecast service when one is configured and answers in time, else in this process.
 
         ``cuda`` replaces the real CUDA runtime in tests only.
         """
         if not self.server_socket:
             return self.predict_here(inputs, horizon, context_length, cuda)
-        from forecasting_pipeline.forecasting.model_server import ModelServerUnavailable, model_key, request_forecast
+        from forecasting_pipeline.forecasting.batch_wire import model_key
+        from forecasting_pipeline.forecasting.service_client import ServiceUnavailable, service_forecast
 
         try:
-            return request_forecast(
-                self.server_socket, model_key(self.model, self.revision, self.dtype), inputs, horizon, context_length
+            return service_forecast(
+                self.server_socket, model_key(self.model, self.revision, self.dtype), inputs, horizon, context_length,
+                self.server_timeout_s,
             )
-        except ModelServerUnavailable as exc:
+        except ServiceUnavailable as exc:
             logger.warning("%s; loading the model in this run", exc)
             here = self.predict_here(inputs, horizon, context_length, cuda)
             return replace(here, device_run=replace(here.device_run, model_process=f"this run ({exc})"))
@@ -119,10 +124,12 @@ class Chronos2Runner:
         cuda: Cuda | None = None,
         quantile_levels: Sequence[float] = QUANTILE_LEVELS,
         sort: bool = True,
+        lock: LockMode = "wait",
     ) -> Prediction:
         """Load and run the model in this process on the chosen device, falling back to the CPU (``device``).
 
-        ``quantile_levels`` and ``sort`` are those of ``predict.predict_quantiles``.
+        ``quantile_levels`` and ``sort`` are those of ``predict.predict_quantiles``; ``lock`` says how
+        the GPU lock is taken (``device.LockMode``).
         """
 
         def work(device: str) -> tuple[np.ndarray, LoadedModel, dict[str, float]]:
@@ -137,6 +144,6 @@ class Chronos2Runner:
 
         (quantiles, loaded, timings), record = run_on_device(
             work, self.gpu_settings(), database_url=self.lock_database_url, cuda=cuda,
-            release_cuda=lambda: self.release("cuda"),
+            release_cuda=lambda: self.release("cuda"), lock=lock,
         )
         return Prediction(quantiles, loaded.identity, timings, record)

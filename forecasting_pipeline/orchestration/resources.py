@@ -123,8 +123,13 @@ class Chronos2Resource(dg.ConfigurableResource):
     )
     server_socket: str | None = Field(
         default=None,
-        description="Unix socket of a running `forecasting-pipeline model-server` (CHRONOS2_SERVER): runs send their "
-        "batch there instead of loading the model; when none answers, the run loads it itself.",
+        description="Unix socket of a running `forecasting-pipeline serve` (CHRONOS2_SERVER): runs send their "
+        "batch there instead of loading the model; when none answers in time, the run loads it itself.",
+    )
+    server_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="Longest a run waits to connect to the forecast service or for its next byte before it loads the "
+        "model itself (CHRONOS2_SERVER_TIMEOUT_S).",
     )
 
     registry_database_url: str | None = Field(
@@ -140,7 +145,7 @@ class Chronos2Resource(dg.ConfigurableResource):
             batch_size=self.batch_size, num_threads=self.num_threads, min_free_memory_gb=self.min_free_memory_gb,
             lock_timeout_s=self.lock_timeout_s, lock_key=self.lock_key, lock_scope=self.lock_scope,
             lock_database_url=self.lock_database_url,
-            server_socket=self.server_socket,
+            server_socket=self.server_socket, server_timeout_s=self.server_timeout_s,
         )
 
     def runner(self, timeframe: str | None = None) -> Chronos2Runner:

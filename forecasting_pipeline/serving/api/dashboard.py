@@ -3,9 +3,9 @@
 The page is static and reads only the service's read endpoints (no database credentials reach
 it). The endpoints here live under ``/showcase/`` beside the gateway's, and answer 200 with an
 ``empty_reason`` when there is nothing to show for a valid question (an instrument with no rows,
-no bars, no scores yet), so the page can say why in the panel concerned. A parameter that names
-nothing known (an instrument outside the universe) is answered 400 with the known values; a
-malformed one 422; a model without rows is a valid question whose answer is empty, with the models
+no bars, no scores yet), so the page can say why in the panel concerned. A parameter the endpoint
+does not take, or given twice, is answered 400; a malformed one, or one that names nothing known
+(an instrument outside the universe, answered with the known values), 422; a model without rows is a valid question whose answer is empty, with the models
 that have rows in its ``empty_reason``.
 """
 
@@ -25,7 +25,7 @@ from forecasting_pipeline.market.instruments import SYMBOL_PATTERN, Instrument
 from forecasting_pipeline.scoring.rolling import ROLLING_WINDOW
 from forecasting_pipeline.serving.api.dependencies import Service, service
 from forecasting_pipeline.serving.api.errors import Refusal
-from forecasting_pipeline.serving.api.schemas import ErrorAnswer
+from forecasting_pipeline.serving.api.schemas import refusals
 from forecasting_pipeline.serving.api.showcase import MODEL_PATTERN, query
 from forecasting_pipeline.serving.gateway import DEFAULT_MODEL, known_models
 from forecasting_pipeline.serving.model_catalog import KINDS, describe_model, model_catalog
@@ -37,9 +37,9 @@ DEFAULT_ORIGINS = 5
 DEFAULT_WEIGHTS = 250
 
 router = APIRouter(tags=["dashboard"])
-_REFUSALS = {400: {"model": ErrorAnswer, "description": "A parameter unknown, repeated, or naming nothing known."},
-             422: {"model": ErrorAnswer, "description": "A parameter malformed."},
-             503: {"model": ErrorAnswer, "description": "No database, or it is unavailable."}}
+# The refusals the service documents everywhere: 400 a parameter unknown or repeated, 422 one malformed or
+# naming nothing known, 401 without the token, 503 without a database.
+_REFUSALS = refusals(400, 401, 422, 503)
 
 Symbol = Annotated[str, Query(pattern=SYMBOL_PATTERN.pattern, max_length=32,
                               description="A symbol of the instrument universe (`/showcase/instruments`).")]
@@ -169,7 +169,7 @@ def static_files() -> StaticFiles:
     return StaticFiles(directory=STATIC)
 
 
-@router.get("/showcase/models", responses={503: _REFUSALS[503]})
+@router.get("/showcase/models", responses=refusals(401, 503))
 def models(found: Service = Depends(service)) -> ModelsAnswer:
     """Every model with rows in `ml_predictions` (challengers included), labelled, and the view to open on."""
     universe = list(found.forecaster.instruments)
@@ -241,5 +241,5 @@ def ensemble_weights(
 def _instrument(found: Service, symbol: str) -> Instrument:
     universe = found.forecaster.instruments
     if symbol not in universe:
-        raise Refusal(400, "symbol", f"unknown symbol {symbol!r}; known symbols: {', '.join(universe)}")
+        raise Refusal(422, "symbol", f"unknown symbol {symbol!r}; known symbols: {', '.join(universe)}")
     return universe[symbol]

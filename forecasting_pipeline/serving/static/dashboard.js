@@ -208,7 +208,7 @@ async function latest(model, symbol, timeframe) {
     const rows = await getJSON(`/showcase/ml-prediction?${q}`);
     return { model, row: rows[0] || null };
   } catch (error) {
-    if (error.status === 400 || error.status === 404) return { model, row: null, note: error.message };
+    if (error.status === 422 || error.status === 404) return { model, row: null, note: error.message };
     throw error;
   }
 }
