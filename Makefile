@@ -18,6 +18,12 @@ STAMP := $(BIN)/.installed-py$(PYTHON_VERSION)-torch$(TORCH_VERSION)
 
 # Dagster's instance config (dagster.yaml) lives at the repo root.
 export DAGSTER_HOME ?= $(CURDIR)
+# Where `make dev` serves the Dagster UI; the command line prints links to it.
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
+export DAGSTER_UI_URL ?= http://$(UI_HOST):$(UI_PORT)
+# `make backfill`'s cadence unless CADENCE= says otherwise.
+CADENCE ?= 1d
 export TQDM_DISABLE := 1
 # Dagster writes a backfill run's per-window events (planned and done materialisations) in batches
 # instead of one database round trip each.
@@ -27,7 +33,7 @@ export PYTHONUNBUFFERED := 1
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.xdg-runtime
 $(shell mkdir -p -m 700 $(XDG_RUNTIME_DIR))
 
-.PHONY: install run dev test migrate browser serve
+.PHONY: install run dev test migrate browser serve docs config-reference backfill status
 
 $(STAMP): pyproject.toml setup.cfg
 	@test -n "$(PYTHON_VERSION)" || { echo "make: no supported Python: looked for python3.11, python3.12 and python3 (3.11 or 3.12); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -35,25 +41,39 @@ $(STAMP): pyproject.toml setup.cfg
 		echo "make: .venv was built with another Python; rebuilding it with $(PYTHON) ($(PYTHON_VERSION))"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,docs]'
 	rm -f $(BIN)/.installed*
 	touch $@
 
 install: $(STAMP)
 
+# run, dev and serve share one rule for the checkpoint: on fully embedded defaults (no DATABASE_URL,
+# no CHRONOS2_MODEL) a random-weight tiny one, announced loudly, so the whole path runs offline.
+WITH_DB := $(BIN)/forecasting-pipeline with-db --demo-model-if-unset --
+
 # Migrates, sets the instance's gpu pool limit, materialises the latest daily window and prints a summary.
 run: install
-	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline run --cadence 1d
+	$(WITH_DB) $(BIN)/forecasting-pipeline run --cadence 1d
 
 # Dagster UI (and daemon, for schedules and backfills) on the same instance and database as `make run`.
 dev: install
-	$(BIN)/forecasting-pipeline with-db -- sh -c '$(BIN)/forecasting-pipeline migrate && $(BIN)/forecasting-pipeline setup-instance && $(BIN)/dagster dev -h 127.0.0.1 -p 3000'
+	$(WITH_DB) sh -c '$(BIN)/forecasting-pipeline migrate && $(BIN)/forecasting-pipeline setup-instance && $(BIN)/dagster dev -h $(UI_HOST) -p $(UI_PORT)'
+
+# A backfill of a cadence's chain and the ensemble over FROM..TO (window keys, inclusive), run by
+# the daemon of a `make dev` running beside it; waits for the runs and prints what they did.
+backfill: install
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "make backfill FROM=<first window> TO=<last window> [CADENCE=1h|1d], e.g. FROM=2025-03-03 TO=2025-03-28"; exit 2; }
+	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline backfill --cadence $(CADENCE) --from $(FROM) --to $(TO) --with-ensemble
+
+# Is it working: database, migrations, model, each cadence's newest window, the forecast service.
+status: install
+	$(WITH_DB) $(BIN)/forecasting-pipeline status
 
 # The forecast service: one process that keeps Chronos-2 loaded, answers on-demand forecasts at
 # http://127.0.0.1:8201 (docs at /docs) and is the model server of every run whose environment sets
 # CHRONOS2_SERVER to its socket (e.g. `CHRONOS2_SERVER=$PWD/.chronos2.sock make dev`).
 serve: install
-	$(BIN)/forecasting-pipeline with-db -- sh -c '$(BIN)/forecasting-pipeline migrate && exec $(BIN)/forecasting-pipeline serve'
+	$(WITH_DB) sh -c '$(BIN)/forecasting-pipeline migrate && exec $(BIN)/forecasting-pipeline serve'
 
 
 # Debian's chromium + chromium-driver for the real-browser test (a downloaded browser does not run
@@ -74,3 +94,19 @@ test: install browser
 
 migrate: install
 	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline migrate
+
+# The docs site, into build/site; --strict turns a broken link or anchor into a failure.
+docs: install
+	$(BIN)/mkdocs build --strict
+
+# docs/configuration.md, written from the settings' declarations (a test keeps the two equal).
+config-reference: install
+	$(BIN)/forecasting-pipeline config-reference > docs/configuration.md
+
+# The dashboard's screenshots in docs/images/, taken by its browser test in real Chromium.
+.PHONY: screenshots
+screenshots: install browser
+	$(BIN)/forecasting-pipeline with-db -- $(BIN)/python -m pytest -q forecasting_pipeline_tests/test_dashboard.py
+	mkdir -p docs/images
+	cp test-artifacts/dashboard.png test-artifacts/dashboard-*-panel.png test-artifacts/dashboard-no-rows.png \
+		test-artifacts/dashboard-empty.png docs/images/

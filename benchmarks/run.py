@@ -495,7 +495,8 @@ def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: 
     The warm-up batch is the one the bare model's untimed first call is: a server that has served
     the previous hourly or daily run has seen these shapes.
     """
-    from forecasting_pipeline.forecasting.model_server import describe, model_key, request_forecast
+    from forecasting_pipeline.forecasting.batch_wire import model_key
+    from forecasting_pipeline.forecasting.service_client import ServiceUnavailable, readiness, service_forecast
 
     socket_path = str(home / "chronos2.sock")
     with (home / "model_server.log").open("w") as log_file:
@@ -506,28 +507,24 @@ def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: 
     info: dict = {}
     try:
         started = time.perf_counter()
-        ready_by(lambda: describe(socket_path, wait_s=300), started + 300)
+        while True:
+            try:
+                readiness(socket_path, 5)
+                break
+            except ServiceUnavailable:
+                if time.perf_counter() - started > 300 or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
         info["start_s"] = time.perf_counter() - started
         for work in works.values():
             _, inputs = window_inputs(work)
-            request_forecast(socket_path, model_key(str(checkpoint), None, env.get("CHRONOS2_DTYPE") or "auto"), inputs,
+            service_forecast(socket_path, model_key(str(checkpoint), None, env.get("CHRONOS2_DTYPE") or "auto"), inputs,
                              work.horizon, work.context_length)
         yield socket_path, info
     finally:
         info["peak_rss_mb"] = _peak_rss_mb(server.pid)
         server.terminate()
         server.wait(timeout=60)
-
-
-def ready_by(ask, deadline: float):
-    """``ask()``'s answer, asking again while a server that is still starting does not answer in time."""
-    while True:
-        try:
-            return ask()
-        except TimeoutError:
-            if time.perf_counter() >= deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _free_port() -> int:

@@ -179,7 +179,7 @@ def http_json(method: str, url: str, body: object = None, headers: dict | None =
 
 @dataclass
 class ServiceProcess:
-    """A running `forecasting-pipeline serve`: HTTP at ``url``, the runs' model server at ``socket``."""
+    """A running `forecasting-pipeline serve`: HTTP at ``url``, the runs' Unix socket at ``socket``."""
 
     url: str
     socket: str
@@ -194,11 +194,14 @@ class ServiceProcess:
         return http_json("POST", self.url + path, body, {**self.auth(), **kwargs.pop("headers", {})}, **kwargs)
 
     def get(self, path: str):
-        return http_json("GET", self.url + path)
+        return http_json("GET", self.url + path, headers=self.auth())
 
 
-def start_service(database_url: str, checkpoint: Path, log: Path, env: dict[str, str] | None = None) -> ServiceProcess:
-    """Start `forecasting-pipeline serve` on a free loopback port and wait until /readyz says ready."""
+def start_service(
+    database_url: str, checkpoint: Path, log: Path, env: dict[str, str] | None = None, wait_ready: bool = True,
+) -> ServiceProcess:
+    """Start `forecasting-pipeline serve` on a free loopback port and wait until /readyz says ready (or, without
+    ``wait_ready``, until it answers at all)."""
     folder = Path(tempfile.mkdtemp(prefix="svc-"))  # short: a Unix socket path is limited to 107 bytes
     socket_path, port = str(folder / "chronos2.sock"), free_port()
     full_env = {**os.environ, "DATABASE_URL": database_url, "CHRONOS2_MODEL": str(checkpoint),
@@ -214,7 +217,8 @@ def start_service(database_url: str, checkpoint: Path, log: Path, env: dict[str,
         if process.poll() is not None:
             raise RuntimeError(f"the service exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if service.get("/readyz")[0] == 200:
+            status = service.get("/readyz")[0]
+            if status == 200 or not wait_ready:
                 return service
         except (urllib.error.URLError, ConnectionError):
             pass
@@ -229,28 +233,20 @@ def stop_service(service: ServiceProcess) -> None:
     shutil.rmtree(Path(service.socket).parent, ignore_errors=True)
 
 
-# Small limits and a long batching wait, so that the tests reach each limit cheaply and concurrent
-# requests surely meet in one model call.
-SERVICE_ENV = {
-    "PREDICT_API_TOKEN": SERVICE_TOKEN, "PREDICT_BATCH_WAIT_MS": "400", "PREDICT_MAX_BODY_BYTES": "200000",
-    "PREDICT_MAX_BARS": "1000", "PREDICT_MAX_BATCH_ITEMS": "8",
-}
+# The production defaults, with a token: what the service tests run against.
+SERVICE_ENV = {"PREDICT_API_TOKEN": SERVICE_TOKEN}
 
 
 @pytest.fixture(scope="module")
-def service(server_url, tiny_checkpoint, tmp_path_factory) -> Iterator[ServiceProcess]:
-    """`forecasting-pipeline serve` in its own process: the tiny checkpoint on the CPU, a token, small limits."""
-    running = start_service(server_url, tiny_checkpoint, tmp_path_factory.mktemp("service") / "service.log", SERVICE_ENV)
+def service(module_database_url, tiny_checkpoint, tmp_path_factory) -> Iterator[ServiceProcess]:
+    """`forecasting-pipeline serve` in its own process: the tiny checkpoint on the CPU, a token, every other setting
+    at its default."""
+    running = start_service(module_database_url, tiny_checkpoint, tmp_path_factory.mktemp("service") / "service.log",
+                            SERVICE_ENV)
     try:
         yield running
     finally:
         stop_service(running)
-
-
-@pytest.fixture(scope="module")
-def model_server(service) -> ServiceProcess:
-    """The model server of Dagster runs: the service process, at its socket."""
-    return service
 
 
 @pytest.fixture
@@ -387,9 +383,8 @@ def kronos_service(database_url) -> Iterator[FakeKronosService]:
         service.close()
 
 
-@pytest.fixture
-def browser(tmp_path):
-    """Headless Debian Chromium through chromedriver and Selenium, 1600x1000."""
+def _chromium(profile: Path):
+    """Headless Debian Chromium through chromedriver and Selenium, 1600x1000, its profile in ``profile``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -397,10 +392,26 @@ def browser(tmp_path):
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+                 "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={profile}"):
         options.add_argument(flag)
     # An explicit driver path: Selenium Manager then never tries to download a driver or browser.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium through chromedriver and Selenium, 1600x1000."""
+    driver = _chromium(tmp_path / "chromium")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def module_browser(tmp_path_factory):
+    """One Chromium for a whole module (starting one costs seconds); each test loads its own page."""
+    driver = _chromium(tmp_path_factory.mktemp("chromium"))
     try:
         yield driver
     finally:

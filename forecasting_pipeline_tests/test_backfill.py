@@ -140,14 +140,20 @@ def test_when_the_ensemble_is_backfilled_with_the_chain_then_each_window_is_comb
     assert read_predictions(conn, "1d", "ensemble").select("symbol", "as_of").unique().height == 6
 
 
+def backfill_daily(instance: dg.DagsterInstance, defs: dg.Definitions, start: str, end: str) -> str:
+    """Submit a backfill of the daily chain over ``start``..``end`` (256 bars of history) and run it; its id."""
+    backfill_id = submit_chain_backfill(
+        instance, defs.resolve_asset_graph(), DAILY_WINDOWS, start, end,
+        run_config={"ops": {"ohlcv_1d": {"config": {"history_bars": 256}}}},
+    )
+    run_backfill_daemon(instance, backfill_id)
+    return backfill_id
+
+
 def test_when_a_backfill_has_run_then_its_summary_is_printed_and_recorded(
     daemon_instance, location_defs, capsys
 ):
-    backfill_id = submit_chain_backfill(
-        daemon_instance, location_defs.resolve_asset_graph(), DAILY_WINDOWS, "2025-06-02", "2025-06-04",
-        run_config={"ops": {"ohlcv_1d": {"config": {"history_bars": 256}}}},
-    )
-    run_backfill_daemon(daemon_instance, backfill_id)
+    backfill_id = backfill_daily(daemon_instance, location_defs, "2025-06-02", "2025-06-04")
 
     assert print_backfill_summary(daemon_instance, backfill_id, timeout_s=60) == 0
     printed = capsys.readouterr().out
@@ -207,3 +213,19 @@ def test_when_future_bars_reach_the_source_then_a_rerun_window_stores_identical_
     assert first["as_of"].max() <= WINDOW_END
     assert second.equals(first)  # same as_of, steps, p10, p50 and p90
     assert conn.execute("SELECT count(*) FROM ml_predictions").fetchone()[0] == 2  # replaced, not added
+
+
+def test_when_a_backfill_step_fails_then_the_summary_gives_the_step_and_its_error(
+    daemon_instance, location_defs, tmp_path, monkeypatch, capsys
+):
+    missing = tmp_path / "no-such-checkpoint"
+    monkeypatch.setenv("CHRONOS2_MODEL", str(missing))
+    backfill_id = backfill_daily(daemon_instance, location_defs, "2025-06-02", "2025-06-02")
+
+    assert print_backfill_summary(daemon_instance, backfill_id, timeout_s=60) == 1
+    printed = capsys.readouterr().out
+    [run] = daemon_instance.get_runs()
+    assert (f"  2025-06-02: run {run.run_id} failed: step chronos2_forecasts_1d: "
+            f"forecasting_pipeline.forecasting.model.ModelUnavailableError: CHRONOS2_MODEL='{missing}' "
+            "looks like a path but is not a directory") in printed
+    assert "    re-run: forecasting-pipeline run --cadence 1d --partition 2025-06-02" in printed

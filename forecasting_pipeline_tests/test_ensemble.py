@@ -12,8 +12,10 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
-from forecasting_pipeline.ensemble.combine import Band, calibrate, combine
+from forecasting_pipeline.ensemble.calibration import Scores, calibrate_adaptive, calibrate_recent, horizon_groups
+from forecasting_pipeline.ensemble.combine import Band, combine
 from forecasting_pipeline.ensemble.weights import LossSums, blend, choose, location_losses, simplex_grid
 from forecasting_pipeline.ensemble.window_ensembles import EnsembleParams, ensemble_windows, write_run
 from forecasting_pipeline.market.cadences import DAILY
@@ -142,11 +144,12 @@ def test_when_the_band_is_too_wide_then_calibration_brings_coverage_to_about_80_
     actual = rng.normal(0.0, 1.0, (400, 10))
     wide = Band(np.full(actual.shape, -2.56), np.zeros(actual.shape), np.full(actual.shape, 2.56))  # a 98% band
 
-    calibration = calibrate(wide, actual, np.ones(400))
-    fresh = rng.normal(0.0, 1.0, 20000)
-    narrowed = calibration.apply(Band(np.full(20000, -2.56), np.zeros(20000), np.full(20000, 2.56)))
+    calibration = calibrate_recent(wide, actual, np.ones(400), ((1, 2, 3, 4, 5, 6, 7, 8, 9, 10),))
+    fresh = rng.normal(0.0, 1.0, (2000, 10))
+    narrowed = calibration.apply(Band(np.full(fresh.shape, -2.56), np.zeros(fresh.shape), np.full(fresh.shape, 2.56)))
 
-    assert calibration.applied and 0.45 < calibration.lower < 0.55 and 0.45 < calibration.upper < 0.55
+    assert calibration.applied and (0.45 < calibration.lower).all() and (calibration.lower < 0.55).all()
+    assert (0.45 < calibration.upper).all() and (calibration.upper < 0.55).all()
     assert abs(np.mean((fresh >= narrowed.p10) & (fresh <= narrowed.p90)) - 0.8) < 0.02
 
 
@@ -154,11 +157,42 @@ def test_when_every_outcome_lies_above_the_median_then_the_quantiles_stay_ordere
     actual = np.full((50, 10), 10.0)
     band = Band(np.full(actual.shape, -1.0), np.zeros(actual.shape), np.full(actual.shape, 1.0))
 
-    calibration = calibrate(band, actual, np.ones(50))
+    calibration = calibrate_recent(band, actual, np.ones(50), ((1, 2, 3, 4, 5, 6, 7, 8, 9, 10),))
     out = calibration.apply(band)
 
-    assert calibration.lower == 0.0 and calibration.upper == 10.0
+    assert (calibration.lower == 0.0).all() and (calibration.upper == 10.0).all()
     assert np.isfinite([out.p10, out.p50, out.p90]).all() and (out.p10 <= out.p50).all() and (out.p50 <= out.p90).all()
+
+
+@pytest.mark.parametrize(("horizon", "count", "groups"), [
+    (10, 3, ((1, 2), (3, 4), (5, 6, 7, 8, 9, 10))),
+    (24, 3, ((1, 2), tuple(range(3, 9)), tuple(range(9, 25)))),
+    (10, 1, (tuple(range(1, 11)),)),
+    (3, 5, ((1,), (2,), (3,))),
+])
+def test_when_steps_are_grouped_then_early_groups_are_short_and_every_step_is_in_one(horizon, count, groups):
+    assert horizon_groups(horizon, count) == groups
+
+
+def test_when_outcomes_turn_three_times_wider_then_the_tracked_factor_follows_and_a_zero_gamma_does_not():
+    rng = np.random.default_rng(5)
+    calm, storm = rng.normal(0.0, 1.0, (30, 10)), rng.normal(0.0, 3.0, (30, 10))
+    ratios = np.abs(np.vstack([calm, storm])) / 1.2816  # |z| over the 90% quantile of a unit normal
+    scores = Scores(ratios, ratios, np.ones(60, dtype=bool))
+    # One occasion a day, each realised ten days after its as_of.
+    as_of = np.arange(60) * 86_400_000_000
+    realised_at = as_of + 10 * 86_400_000_000
+    groups = horizon_groups(10, 3)
+
+    tracked = calibrate_adaptive(scores, realised_at, as_of, np.arange(60), 30, groups, gamma=1.0)
+    fixed = calibrate_adaptive(scores, realised_at, as_of, np.arange(60), 30, groups, gamma=0.0)
+
+    assert tracked.applied and tracked.occasions == 60 and tracked.tracked == 30
+    assert np.allclose(fixed.lower, fixed.lower[0], rtol=0.3) and (fixed.lower < 1.6).all()
+    # A band three times too narrow misses often: the factors grow at least to the new scale. The ten
+    # occasions realised after the change were judged by the stale factor, so the gain overshoots.
+    assert (tracked.lower > 2 * fixed.lower).all() and (tracked.upper > 2 * fixed.upper).all()
+    assert np.mean(ratios[30:] <= tracked.lower) >= 0.8
 
 
 # ---------------------------------------------------------------------------
@@ -212,13 +246,18 @@ def test_when_future_bars_and_forecasts_are_stored_then_a_windows_ensemble_is_un
     store_members(conn, crashed, later)
     alone = run_window(conn, bar_files, crashed)
     in_backfill = run_window(conn, bar_files, crashed, last_window="2012-06-20")
+    rerun = run_window(conn, bar_files, crashed, last_window="2012-06-20")
 
+    key = next(iter(before.explanations))
     for after in (alone, in_backfill):
-        assert before.forecasts[WINDOW].equals(after.forecasts[WINDOW])
-        key = next(iter(before.explanations))
+        assert before.forecasts[WINDOW].drop("p10", "p90").equals(after.forecasts[WINDOW].drop("p10", "p90"))
+        # The volatility band's sigma is a rolling std, whose last bits depend on where the bars read start.
+        assert_frame_equal(before.forecasts[WINDOW], after.forecasts[WINDOW], check_exact=False, rel_tol=1e-12, abs_tol=0)
         assert before.explanations[key] == after.explanations[key]
+    assert all(in_backfill.forecasts[w].equals(rerun.forecasts[w]) for w in in_backfill.forecasts)
     explained = before.explanations[key]
     assert explained.details["scored_forecasts"] > PARAMS.warmup and not explained.details["warm_up"]
+    assert explained.details["calibration"]["applied"] and explained.details["calibration"]["tracked"] > 0
     # The run's later windows do use what was realised after this one: the information is there.
     [latest] = in_backfill.explanations_of("2012-06-20")
     assert latest.details["scored_forecasts"] > explained.details["scored_forecasts"]

@@ -6,6 +6,8 @@ real Dagster instance built from the repository's dagster.yaml.
 """
 
 import shutil
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -15,8 +17,8 @@ import numpy as np
 import psycopg
 import pytest
 import torch
+import yaml
 
-from forecasting_pipeline import cli
 from forecasting_pipeline.forecasting.device import (
     GIB,
     GPU_LOCK_KEY,
@@ -30,7 +32,7 @@ from forecasting_pipeline.forecasting.device import (
 from forecasting_pipeline.forecasting.runner import _MODEL_CACHE, Chronos2Runner
 from forecasting_pipeline.market.cadences import DAILY, HOURLY
 from forecasting_pipeline.orchestration.chain import build_chain
-from forecasting_pipeline.orchestration.pools import GPU_POOL
+from forecasting_pipeline.orchestration.pools import GPU_POOL, ensure_gpu_pool_limit
 from forecasting_pipeline.orchestration.resources import Chronos2Resource
 from forecasting_pipeline.storage.embedded_postgres import dagster_storage_url
 from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
@@ -354,23 +356,75 @@ def test_when_definitions_load_then_every_asset_that_runs_the_model_is_in_the_gp
         if "chronos2" in a.required_resource_keys and any(k.path[-1].endswith(f"_{cadence.name}") for k in a.keys)
     ]
 
-    assert [k.path[-1] for a in model_assets for k in a.keys] == [f"chronos2_forecasts_{cadence.name}"]
+    # The chain's forecasts, and fine-tuning and the challenger's shadow forecasts beside them.
+    assert sorted(k.path[-1] for a in model_assets for k in a.keys) == [
+        f"chronos2_challenger_forecasts_{cadence.name}", f"chronos2_finetuned_{cadence.name}",
+        f"chronos2_forecasts_{cadence.name}"]
     assert {a.op.pool for a in model_assets} == {GPU_POOL}
 
 
-def test_when_the_instance_is_set_up_then_the_gpu_pool_has_a_limit_of_one(empty_database_url, tmp_path, monkeypatch):
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
+@pytest.fixture
+def project_instance(empty_database_url, tmp_path, monkeypatch):
+    """``project_instance(default_limit)``: DAGSTER_HOME with the project's dagster.yaml on PostgreSQL,
+    its default pool limit replaced (None: no concurrency section at all)."""
 
-    assert cli.setup_instance() == 1
+    def make(default_limit: int | None = 1) -> Path:
+        config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+        if default_limit is None:
+            del config["concurrency"]
+        else:
+            config["concurrency"]["pools"]["default_limit"] = default_limit
+        (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+        monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url(empty_database_url))
+        return tmp_path
+
+    return make
+
+
+def explicit_limits(instance: dg.DagsterInstance) -> dict[str, int]:
+    return {p.name: p.limit for p in instance.event_log_storage.get_pool_limits() if not p.from_default}
+
+
+def test_when_the_project_instance_is_set_up_then_its_default_gives_the_gpu_pool_one_slot(project_instance):
+    project_instance(1)
 
     with dg.DagsterInstance.get() as instance:
-        info = instance.event_log_storage.get_concurrency_info("gpu")
-        assert (info.slot_count, info.limit, info.using_default_limit) == (1, 1, False)
+        assert ensure_gpu_pool_limit(instance) == (1, "the instance's default pool limit")
+        assert explicit_limits(instance) == {}
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
+
+
+def test_when_the_deployment_sets_a_default_of_two_then_setting_up_the_instance_keeps_two(project_instance):
+    project_instance(2)  # the Helm chart's concurrency.pools.defaultLimit
+
+    done = subprocess.run([sys.executable, "-m", "forecasting_pipeline.cli", "setup-instance"],
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert "pool 'gpu' limited to 2 (the instance's default pool limit)" in done.stdout
+    with dg.DagsterInstance.get() as instance:
+        assert explicit_limits(instance) == {}
+
+
+def test_when_an_operator_set_the_gpu_limit_then_setting_up_the_instance_keeps_it(project_instance):
+    project_instance(1)
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, 3)
+
+        assert ensure_gpu_pool_limit(instance) == (3, "set on the instance")
+        assert explicit_limits(instance) == {GPU_POOL: 3}
+
+
+def test_when_the_instance_sets_no_limit_then_the_gpu_pool_gets_one_slot(project_instance):
+    project_instance(None)
+
+    with dg.DagsterInstance.get() as instance:
+        assert ensure_gpu_pool_limit(instance) == (1, "set now: the instance had no limit for it")
+        assert explicit_limits(instance) == {GPU_POOL: 1}
+        assert ensure_gpu_pool_limit(instance) == (1, "set on the instance")
 
 
 def _gpu_runner(checkpoint: Path, database_url: str, **settings) -> Chronos2Runner:

@@ -21,10 +21,10 @@ WINDOW = "2025-06-02"
 ASSET = "kronos_predictions_1d"
 
 
-def _materialize(instance, database_url, **settings):
+def _materialize(instance, database_url, database=None, **settings):
     resources = {
         "kronos_batch": KronosBatchResource(**{"lock_database_url": database_url, **settings}),
-        "database": PostgresResource(url=database_url),
+        "database": database or PostgresResource(url=database_url),
     }
     return dg.materialize(
         build_kronos_batch(DAILY_WINDOWS), partition_key=WINDOW, resources=resources, instance=instance, raise_on_error=False
@@ -120,6 +120,38 @@ def test_when_another_gpu_user_holds_the_lock_past_the_timeout_then_kronos_is_tr
     assert len(kronos_service.requests) == 1
     assert result.asset_materializations_for_node(ASSET)[0].metadata["gpu_lock_acquired"].value is False
     conn.execute("SELECT pg_advisory_unlock(%s)", (GPU_LOCK_KEY,))
+
+
+def test_when_the_lock_database_is_unreachable_then_kronos_is_triggered_anyway_and_the_record_says_why(
+    kronos_service, database_url, instance
+):
+    unreachable = "postgresql://kronos:pa55word@127.0.0.1:1/locks"
+
+    result = _materialize(instance, database_url, url=kronos_service.url, lock_database_url=unreachable)
+
+    assert result.success
+    assert len(kronos_service.requests) == 1
+    metadata = result.asset_materializations_for_node(ASSET)[0].metadata
+    assert metadata["gpu_lock_acquired"].value is False
+    assert metadata["gpu_lock"].value == "not taken: its database 127.0.0.1:1/locks is unreachable"
+    assert metadata["kronos_rows_written"].value == 23
+    assert "pa55word" not in event_text(instance, result)
+
+
+def test_when_the_database_is_unreachable_then_kronos_is_triggered_anyway_and_its_rows_are_not_counted(
+    kronos_service, database_url, instance
+):
+    unreachable = "postgresql://127.0.0.1:1/forecasting"
+    kronos_service.rows = 0
+
+    result = _materialize(instance, unreachable, url=kronos_service.url,
+                          database=PostgresResource(url=unreachable, connect_attempts=1))
+
+    assert result.success
+    assert len(kronos_service.requests) == 1
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["kronos_rows_written"].value == "not counted: the database was unreachable"
 
 
 @pytest.fixture

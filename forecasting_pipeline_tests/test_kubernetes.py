@@ -200,7 +200,9 @@ class Deployment:
 def deployment(tmp_path_factory):
     values = yaml.safe_load(VALUES.read_text())
     (code_location,) = values["dagster-user-deployments"]["deployments"]
-    env = {**plain_env(code_location), "KRONOS_BATCH_URL": "http://kronos.invalid/batch"}
+    # DATABASE_URL and KRONOS_BATCH_URL come from Secrets in the pod: set, with values that reach nothing.
+    env = {**plain_env(code_location), "DATABASE_URL": "postgresql://db.invalid/x",
+           "KRONOS_BATCH_URL": "http://kronos.invalid/batch"}
     api = KubernetesApi()
     kubeconfig = api.kubeconfig(tmp_path_factory.mktemp("kube") / "config")
     overrides = {
@@ -257,6 +259,34 @@ def test_when_a_chronos2_forecasts_1h_run_starts_then_its_model_step_pod_asks_fo
     assert_database_url_comes_from_the_secret(job)
     assert env_of(job)["CHRONOS2_GPU_LOCK"]["value"] == "per-gpu"
     assert env_of(job)["FRAMES_DIR"]["value"] == "/shared/frames"
+
+
+def test_when_any_run_or_step_pod_starts_then_it_is_unprivileged_on_a_read_only_root_with_the_hub_offline(deployment):
+    jobs = [deployment.run_pod("chronos2_1h_job"), deployment.step_pod("chronos2_1h_job", "chronos2_forecasts_1h")]
+
+    for job in jobs:
+        pod = job["spec"]["template"]["spec"]
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                          "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+        assert container(job)["securityContext"] == {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        assert {"name": "tmp", "mountPath": "/tmp"} in container(job)["volumeMounts"]
+        assert env_of(job)["HF_HUB_OFFLINE"]["value"] == "1"
+        assert env_of(job)["CHRONOS2_REVISION"]["valueFrom"] == {
+            "configMapKeyRef": {"name": "forecasting-model", "key": "CHRONOS2_REVISION"}}
+
+
+def test_when_the_code_server_runs_then_it_has_resources_and_the_same_unprivileged_pod(deployment):
+    code_server = deployment.deployment
+
+    assert code_server["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi"}}
+    assert code_server["podSecurityContext"]["runAsNonRoot"] is True
+    assert code_server["securityContext"]["readOnlyRootFilesystem"] is True
+    for component in ("dagsterWebserver", "dagsterDaemon"):
+        assert deployment.values[component]["securityContext"] == code_server["securityContext"]
+        assert deployment.values[component]["podSecurityContext"]["runAsNonRoot"] is True
 
 
 def test_when_a_chain_run_is_launched_then_its_run_pod_asks_for_cpu_only(deployment):
@@ -324,7 +354,7 @@ def test_when_no_kubernetes_setting_is_given_then_runs_stay_in_one_process_witho
 @pytest.mark.parametrize(("env", "message"), [
     ({"K8S_GPU_NODE_SELECTOR": "gpu=true"}, "K8S_GPU_NODE_SELECTOR take effect only with K8S_STEP_PODS=true"),
     ({"K8S_STEP_PODS": "yes please"}, "K8S_STEP_PODS must be true or false, got 'yes please'"),
-    ({"K8S_STEP_PODS": "true", "K8S_GPUS_PER_STEP": "0.5"}, "K8S_GPUS_PER_STEP must be a whole number of GPUs, got '0.5'"),
+    ({"K8S_STEP_PODS": "true", "K8S_GPUS_PER_STEP": "0.5"}, "K8S_GPUS_PER_STEP must be a positive whole number, got '0.5'"),
     ({"K8S_STEP_PODS": "true", "K8S_GPU_NODE_SELECTOR": "gpu"}, "K8S_GPU_NODE_SELECTOR entry 'gpu' is not key=value"),
     ({"K8S_STEP_PODS": "true", "K8S_GPU_TOLERATIONS": "nvidia.com/gpu:NoSchdule"}, "entry 'nvidia.com/gpu:NoSchdule'"),
 ])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -19,10 +22,17 @@ from psycopg import sql
 from forecasting_pipeline.market.calendars import bar_closes
 from forecasting_pipeline.market.instruments import Instrument, load_instruments
 from forecasting_pipeline.market.sources.files import find_bar_file, read_bar_file, read_bars_from_files
-from forecasting_pipeline.market.sources.postgres import BarTable, read_bars_from_table
+from forecasting_pipeline.market.sources.postgres import (
+    BarTable,
+    TableSource,
+    _build_query,
+    missing_read_index,
+    read_bars_from_table,
+)
 from forecasting_pipeline.market.sources.sample import SAMPLE_IS_SYNTHETIC_NOTE, _full_series, _stable_seed, sample_bars
 from forecasting_pipeline.market.sources.schema import BARS_SCHEMA, coerce_bars
 
+REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 BTC = Instrument("BTC-USD", "crypto", "24/7")
 EURUSD = Instrument("EURUSD", "fx", "24/5")
@@ -472,3 +482,96 @@ def test_when_no_symbols_are_asked_then_no_query_runs_and_the_frame_is_empty() -
 
     assert bars.height == 0
     assert bars.schema == BARS_SCHEMA
+
+
+@pytest.fixture
+def indexed_bar_table(bar_table) -> Iterator[tuple[str, BarTable, dict[tuple[str, str], pl.DataFrame]]]:
+    """``bar_table`` with the index a bar table should have: (symbol, timeframe, ts)."""
+    url, table, written = bar_table
+    index = f"{table.table}_read"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE INDEX {} ON {} (symbol, timeframe, ts)").format(
+            sql.Identifier(index), sql.Identifier(table.table)))
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table.table)))
+    try:
+        yield url, table, written
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(index)))
+
+
+def test_when_a_window_is_read_then_each_symbol_is_an_index_walk_that_stops_at_its_bars(database_url) -> None:
+    table = BarTable(table=f"ohlcv_long_{uuid.uuid4().hex[:12]}")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # Three years of hourly bars of two symbols, and the index a bar table should have.
+        conn.execute(sql.SQL(
+            "CREATE TABLE {0} AS SELECT s AS symbol, '1h'::text AS timeframe, "
+            "timestamptz '2026-01-01 00:00+00' - make_interval(hours => h) AS ts, 1.0::float8 AS open, "
+            "1.0::float8 AS high, 1.0::float8 AS low, 1.0::float8 AS close, 1.0::float8 AS volume "
+            "FROM unnest(ARRAY['AAPL', 'BTC-USD']) AS s, generate_series(0, 26279) AS h; "
+            "CREATE INDEX ON {0} (symbol, timeframe, ts); ANALYZE {0}").format(sql.Identifier(table.table)))
+        try:
+            query, params = _build_query(table, ["AAPL", "BTC-USD"], "1h", utc(2025, 12, 1), utc(2025, 12, 1), 2048)
+            plan = "\n".join(row[0] for row in conn.execute(sql.SQL("EXPLAIN ") + query, params).fetchall())
+        finally:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table.table)))
+
+    assert "Index Scan Backward" in plan and "Limit" in plan
+    assert "WindowAgg" not in plan and "Seq Scan on" not in plan
+
+
+def test_when_the_bar_table_lacks_its_index_then_the_source_names_the_index_to_create_and_still_reads(
+    bar_table, caplog
+) -> None:
+    url, table, written = bar_table
+    source = TableSource(url, table)
+
+    with caplog.at_level(logging.WARNING, logger="forecasting_pipeline.market.sources.postgres"):
+        bars, unreadable = source.bars([AAPL], "1d", utc(2030, 1, 1), 5)
+        source.bars([AAPL], "1d", utc(2030, 1, 1), 5)
+
+    assert unreadable == {}
+    assert_bars_equal(bars, written[("AAPL", "1d")].tail(5))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [f"{table.table} has no index on (symbol, [timeframe,] ts): each read scans the table; "
+                        f"create one: CREATE INDEX CONCURRENTLY ON {table.table} (symbol, timeframe, ts)"]
+
+
+def test_when_the_bar_table_has_its_index_then_no_index_is_missing(indexed_bar_table) -> None:
+    url, table, _ = indexed_bar_table
+
+    with psycopg.connect(url) as conn:
+        assert missing_read_index(conn, table) is None
+        # Read as a one-cadence table, (symbol, timeframe, ts) cannot give one symbol's bars in ts order.
+        assert missing_read_index(conn, BarTable(table=table.table, timeframe_col=None)) == (
+            f"CREATE INDEX CONCURRENTLY ON {table.table} (symbol, ts)")
+
+
+def test_when_a_source_reads_many_times_then_its_connections_come_from_one_pool(indexed_bar_table) -> None:
+    url, table, _ = indexed_bar_table
+    source = TableSource(url, table)
+
+    def sessions() -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            return conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+    source.bars([AAPL, BTC], "1d", utc(2030, 1, 1), 5)
+    before = sessions()
+    reads = [TableSource(url, table).bars([AAPL, BTC], "1d", utc(2030, 1, 1), 5)[0].height for _ in range(10)]
+
+    assert reads == [10] * 10
+    # This count's own connection is the only new session: every read borrowed the pooled one.
+    assert sessions() - before == 1
+
+
+def test_when_the_bar_read_benchmark_runs_as_a_smoke_then_it_prints_both_reads_and_their_ratios(database_url) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bar_reads.py"), "--smoke"],
+        env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True, timeout=240,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "one hourly window: 3 instruments x 256 bars, median of 3 reads" in done.stdout
+    assert re.search(r"^bars_10y +87600 +262800 ", done.stdout, re.MULTILINE)
+    assert re.search(r"ratio 10y/1y: source \d+\.\d\d \(target <= 1\.5\), whole-history query \d+\.\d\d", done.stdout)

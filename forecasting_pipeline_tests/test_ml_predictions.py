@@ -115,6 +115,36 @@ def test_when_a_stored_row_is_malformed_inside_a_transaction_then_the_read_keeps
     assert conn.execute("SELECT count(*) FROM ml_predictions WHERE symbol = 'NVDA'").fetchone()[0] == 1
 
 
+FRIDAY_CLOSE = datetime(2026, 3, 6, 21, tzinfo=timezone.utc)
+
+
+def stored(conn) -> list[tuple[str, datetime]]:
+    return conn.execute("SELECT symbol, as_of FROM ml_predictions ORDER BY symbol, as_of").fetchall()
+
+
+def test_when_windows_share_a_row_then_it_stays_until_no_windows_latest_run_makes_it(conn):
+    # Friday's window and Saturday's forecast AAPL from the same close; BTC-USD trades on Saturday.
+    saturday_close = FRIDAY_CLOSE + timedelta(days=1)
+    upsert_window(conn, [chronos_row("AAPL", FRIDAY_CLOSE), chronos_row("BTC-USD", FRIDAY_CLOSE)], window="fri")
+    upsert_window(conn, [chronos_row("AAPL", FRIDAY_CLOSE), chronos_row("BTC-USD", saturday_close)], window="sat")
+
+    upsert_window(conn, [chronos_row("BTC-USD", saturday_close)], window="sat")
+    after_saturday_rerun = stored(conn)
+    upsert_window(conn, [chronos_row("BTC-USD", FRIDAY_CLOSE)], window="fri")
+
+    assert after_saturday_rerun == [("AAPL", FRIDAY_CLOSE), ("BTC-USD", FRIDAY_CLOSE), ("BTC-USD", saturday_close)]
+    assert stored(conn) == [("BTC-USD", FRIDAY_CLOSE), ("BTC-USD", saturday_close)]
+
+
+def test_when_a_window_is_given_no_rows_or_rows_of_no_window_are_written_then_nothing_is_deleted(conn):
+    upsert_window(conn, [chronos_row("AAPL", AS_OF), chronos_row("MSFT", AS_OF)], window="w")
+
+    assert upsert_window(conn, [], window="w") == 0
+    upsert_window(conn, [chronos_row("NVDA", AS_OF)])
+
+    assert stored(conn) == [("AAPL", AS_OF), ("MSFT", AS_OF), ("NVDA", AS_OF)]
+
+
 def test_when_forecast_rows_are_encoded_column_wise_then_the_text_is_json_dumps_of_the_steps_exactly():
     as_of = [AS_OF, AS_OF.replace(microsecond=0)]
     frame = pl.DataFrame({

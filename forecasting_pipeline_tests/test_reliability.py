@@ -24,17 +24,22 @@ from forecasting_pipeline.storage.database import DatabaseUnavailableError
 from forecasting_pipeline.storage.ensemble_weights import WeightsRow, write_ensemble
 from forecasting_pipeline.storage.migrations import MigrationError, migrate
 from forecasting_pipeline.storage.ml_predictions import (
+    CHALLENGER_MODEL_NAME,
     KRONOS_MODEL_NAME,
     PredictionRow,
     upsert_window,
     window_lock_name,
 )
+from forecasting_pipeline.storage.model_registry import NewCheckpoint, register
 from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
 
 WINDOW = "2025-06-02"
 WINDOW_END = datetime(2025, 6, 3, tzinfo=timezone.utc)
 OPTIONAL_MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations" / "optional"
-OPTIONAL_FILES = ["20260615_chronos_writer_rls.sql", "20260801_ensemble_writer_rls.sql"]
+OPTIONAL_FILES = [
+    "20260615_chronos_writer_rls.sql", "20260801_ensemble_writer_rls.sql", "20260901_challenger_writer_rls.sql",
+    "20261205_rerun_writer_rls.sql",
+]
 SECRET = "pw-Zq8-never-printed"
 
 
@@ -318,7 +323,8 @@ def test_when_postgres_is_unreachable_then_the_error_names_host_and_database_and
         "CREATE ROLE fp_secret_user LOGIN; END IF; END $$"
     )
     conn.execute(sql.SQL("ALTER ROLE fp_secret_user PASSWORD {}").format(sql.Literal(SECRET)))
-    conn.execute("GRANT SELECT, INSERT, UPDATE ON ml_predictions TO fp_secret_user")
+    # What the pipeline's login role needs: a window's re-run deletes the rows it no longer makes.
+    conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ml_predictions, ml_prediction_windows TO fp_secret_user")
     conn.execute("GRANT USAGE ON SEQUENCE ml_predictions_id_seq TO fp_secret_user")
     dbname = conn.info.dbname
     socket_dir = conn.info.host
@@ -335,8 +341,9 @@ def test_when_postgres_is_unreachable_then_the_error_names_host_and_database_and
     good = dg.materialize(chain, partition_key=WINDOW, resources=secret_resources, instance=instance)
 
     monkeypatch.setenv("FP_TEST_SECRET_URL", bad_url)
+    # The whole chain again: the good run deleted the window's frames once its rows were committed.
     bad = dg.materialize(
-        chain, partition_key=WINDOW, selection=["ml_predictions_1d"], instance=instance, raise_on_error=False,
+        chain, partition_key=WINDOW, instance=instance, raise_on_error=False,
         resources={**secret_resources, "database": PostgresResource(
             url=dg.EnvVar("FP_TEST_SECRET_URL"), connect_attempts=2, connect_backoff_s=0.01)},
     )
@@ -454,6 +461,8 @@ def test_when_writing_as_the_chronos_writer_role_then_chronos_rows_go_in_and_kro
     try:
         assert upsert_window(rls_conn, window_rows(["AAPL", "BTC-USD"], "first"), window=WINDOW) == 2
         assert upsert_window(rls_conn, window_rows(["AAPL", "BTC-USD"], "second"), window=WINDOW) == 2
+        # A re-run that leaves BTC-USD out deletes its row of the window: the role may delete its own rows.
+        assert upsert_window(rls_conn, window_rows(["AAPL"], "third"), window=WINDOW) == 1
 
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
             rls_conn.execute("INSERT INTO ml_predictions (symbol, timeframe, predictions) VALUES ('AAPL', '1d', '[]')")
@@ -461,15 +470,15 @@ def test_when_writing_as_the_chronos_writer_role_then_chronos_rows_go_in_and_kro
             rls_conn.execute("UPDATE ml_predictions SET model_name = 'kronos-base' WHERE model_name = 'chronos-2'")
         updated = rls_conn.execute("UPDATE ml_predictions SET model_version = 'x' WHERE model_name = 'kronos-base'")
         assert updated.rowcount == 0
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
-            rls_conn.execute("DELETE FROM ml_predictions WHERE model_name = 'kronos-base'")
+        # Kronos's rows are hidden from its deletes.
+        assert rls_conn.execute("DELETE FROM ml_predictions WHERE model_name = 'kronos-base'").rowcount == 0
         hostile = "AAPL'; UPDATE ml_predictions SET model_name = 'chronos-2'; --"
         assert rls_conn.execute("SELECT count(*) FROM ml_predictions WHERE symbol = %s", (hostile,)).fetchone()[0] == 0
     finally:
         rls_conn.execute("RESET ROLE")
 
     assert kronos_rows(rls_conn) == kronos_before
-    assert [v for _, _, v, _ in chronos_rows(rls_conn)] == ["second", "second"]
+    assert [(s, v) for s, _, v, _ in chronos_rows(rls_conn)] == [("AAPL", "third")]
 
 
 def test_when_writing_as_the_chronos_writer_role_then_ensemble_rows_and_their_weights_go_in_and_kronos_stays_out(
@@ -483,6 +492,8 @@ def test_when_writing_as_the_chronos_writer_role_then_ensemble_rows_and_their_we
     try:
         assert write_ensemble(rls_conn, "1d", "ens", {WINDOW: ensemble}, weights) == {WINDOW: 2}
         assert write_ensemble(rls_conn, "1d", "ens", {WINDOW: ensemble}, weights) == {WINDOW: 2}
+        # A re-run without BTC-USD removes its ensemble row and, with it, its weights.
+        assert write_ensemble(rls_conn, "1d", "ens", {WINDOW: ensemble[:1]}, weights[:1]) == {WINDOW: 1}
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
             rls_conn.execute("UPDATE ml_predictions SET model_name = 'kronos-base' WHERE model_name = 'ensemble'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
@@ -492,8 +503,27 @@ def test_when_writing_as_the_chronos_writer_role_then_ensemble_rows_and_their_we
         rls_conn.execute("RESET ROLE")
 
     assert kronos_rows(rls_conn) == kronos_before
-    assert rls_conn.execute("SELECT count(*) FROM ml_predictions WHERE model_name = 'ensemble'").fetchone()[0] == 2
-    assert rls_conn.execute("SELECT count(*) FROM ensemble_weights").fetchone()[0] == 2
+    assert rls_conn.execute("SELECT symbol FROM ml_predictions WHERE model_name = 'ensemble'").fetchall() == [("AAPL",)]
+    assert rls_conn.execute("SELECT symbol FROM ensemble_weights").fetchall() == [("AAPL",)]
+
+
+def test_when_writing_as_the_chronos_writer_role_then_challenger_rows_and_the_registry_go_in(rls_conn):
+    challenger = [PredictionRow(r.symbol, r.timeframe, CHALLENGER_MODEL_NAME, "ch", r.as_of, r.predictions)
+                  for r in window_rows(["AAPL"])]
+    new = NewCheckpoint("1d", "ab" * 32, "ch", "/models/ch", "base", "r", "base@r", "lora", WINDOW_END, WINDOW_END,
+                        10, ["AAPL"], 1, 1e-5, 8, 64, 10, 0, None, "cpu", 1.0)
+    rls_conn.execute("SET ROLE chronos_writer")
+    try:
+        assert upsert_window(rls_conn, challenger, window=WINDOW, model_name=CHALLENGER_MODEL_NAME) == 1
+        found, added = register(rls_conn, new, actor="test")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            rls_conn.execute("DELETE FROM chronos2_checkpoints")
+    finally:
+        rls_conn.execute("RESET ROLE")
+
+    assert added and found.status == "challenger"
+    assert rls_conn.execute("SELECT count(*) FROM ml_predictions WHERE model_name = %s",
+                            (CHALLENGER_MODEL_NAME,)).fetchone()[0] == 1
 
 
 def test_when_another_non_owner_role_writes_then_row_level_security_changes_nothing_for_it(rls_conn):
@@ -527,7 +557,8 @@ def test_when_the_optional_migration_runs_in_a_second_database_then_the_existing
             assert migrate(c, OPTIONAL_MIGRATIONS) == []
             policies = c.execute("SELECT policyname FROM pg_policies WHERE tablename = 'ml_predictions' ORDER BY 1").fetchall()
         assert [p for (p,) in policies] == [
-            "chronos_writer_insert", "chronos_writer_read", "chronos_writer_update", "ml_predictions_other_roles"
+            "chronos_writer_delete", "chronos_writer_insert", "chronos_writer_read", "chronos_writer_update",
+            "ml_predictions_other_roles",
         ]
     finally:
         _drop_database(server_url, name)

@@ -102,22 +102,44 @@ def test_when_a_model_symbol_and_timeframe_are_given_then_that_models_latest_row
 BAD_QUERIES = {
     "unknown model": ({"model": "chronos-3"}, "model", "unknown model 'chronos-3'; known models: chronos-2, kronos-base"),
     "unknown timeframe": ({"timeframe": "1w"}, "timeframe", "unknown timeframe '1w'; known timeframes: 1h, 1d"),
-    "unknown symbol": ({"symbol": "TSLA"}, "symbol", "unknown symbol 'TSLA' for model 'kronos-base'; known symbols: AAPL, MSFT"),
-    "symbol without rows at the timeframe": ({"symbol": "MSFT", "model": "chronos-2", "timeframe": "1h"}, "symbol",
-                                             "known symbols: AAPL"),
+    "unknown symbol": ({"symbol": "ZZZZ"}, "symbol", "unknown symbol 'ZZZZ' for model 'kronos-base'; known symbols: AAPL, MSFT"),
     "malformed symbol": ({"symbol": "aapl'; drop table"}, "symbol", "malformed symbol"),
     "malformed model": ({"model": "../etc"}, "model", "malformed model"),
-    "unknown parameter": ({"modle": "chronos-2"}, "modle", "unknown parameter 'modle'; this endpoint takes symbol, timeframe, model"),
 }
 
 
+def test_when_a_parameter_is_unknown_then_400_names_it_and_what_the_endpoint_takes(reader):
+    status, answer, _ = _get(reader, SHOWCASE, modle="chronos-2")
+
+    assert status == 400
+    assert answer["errors"] == [{"field": "modle",
+                                 "reason": "unknown parameter 'modle'; this endpoint takes symbol, timeframe, model"}]
+
+
 @pytest.mark.parametrize("params, field, reason", BAD_QUERIES.values(), ids=BAD_QUERIES.keys())
-def test_when_a_parameter_is_bad_then_400_names_it_and_lists_what_is_known(reader, params, field, reason):
+def test_when_a_parameter_is_bad_then_422_names_it_and_lists_what_is_known(reader, params, field, reason):
     status, answer, _ = _get(reader, SHOWCASE, **params)
 
-    assert status == 400, answer
+    assert status == 422, answer
     assert answer["errors"][0]["field"] == field
     assert reason in answer["errors"][0]["reason"]
+
+
+KNOWN_WITHOUT_ROWS = {
+    "an instrument of the universe no model has forecast": (
+        {"symbol": "TSLA"}, "no 'kronos-base' rows for 'TSLA' yet"),
+    "an instrument without rows at the timeframe": (
+        {"symbol": "MSFT", "model": "chronos-2", "timeframe": "1h"}, "no 'chronos-2' rows for 'MSFT' at '1h' yet"),
+}
+
+
+@pytest.mark.parametrize("params, reason", KNOWN_WITHOUT_ROWS.values(), ids=KNOWN_WITHOUT_ROWS.keys())
+def test_when_a_known_instrument_has_no_rows_yet_then_404_says_so(reader, params, reason):
+    status, answer, _ = _get(reader, SHOWCASE, **params)
+
+    assert status == 404, answer
+    assert answer["errors"][0]["field"] == "symbol"
+    assert answer["errors"][0]["reason"].startswith(reason)
 
 
 def test_when_a_parameter_is_repeated_then_400_says_to_give_it_once(reader):
@@ -157,10 +179,10 @@ def test_when_bars_are_asked_then_the_last_ones_up_to_the_newest_close_are_answe
     ("/showcase/bars", {"symbol": "AAPL", "timeframe": "5m"}, "timeframe"),
     ("/showcase/scores", {"timeframe": "1d"}, "symbol"),
 ], ids=["unknown symbol", "limit out of range", "unknown timeframe", "no symbol"])
-def test_when_a_dashboard_read_is_malformed_then_400_names_the_parameter(reader, path, params, field):
+def test_when_a_dashboard_read_is_malformed_then_422_names_the_parameter(reader, path, params, field):
     status, answer, _ = _get(reader, path, **params)
 
-    assert status == 400
+    assert status == 422
     assert answer["errors"][0]["field"] == field
 
 

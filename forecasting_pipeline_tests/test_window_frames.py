@@ -125,33 +125,41 @@ def test_when_a_range_is_stored_and_read_back_then_each_window_and_the_whole_ran
     asset = dg.AssetKey("ohlcv_test")
     span = dg.PartitionKeyRange(*RANGES[cadence])
 
-    frames.handle_output(dg.build_output_context(asset_key=asset, asset_partitions_def=windows.partitions_def,
-                                                 asset_partition_key_range=span), bars)
+    output = dg.build_output_context(asset_key=asset, asset_partitions_def=windows.partitions_def,
+                                     asset_partition_key_range=span, run_id="run-a")
+    frames.handle_output(output, bars)
     loaded = frames.load_input(dg.build_input_context(asset_key=asset, asset_partitions_def=windows.partitions_def,
-                                                      asset_partition_key_range=span))
+                                                      asset_partition_key_range=span, upstream_output=output))
     files = sorted(p.name for p in (tmp_path / "frames" / "ohlcv_test").rglob("*") if p.is_file())
 
     assert isinstance(loaded, WindowFrames) and loaded.by_instrument
     for window in ends:
         assert loaded[window].equals(bars[window]), window
-        assert frames.load_window(asset, window).equals(bars[window]), window
+        assert frames.load_window(asset, window, ["run-a"]).equals(bars[window]), window
     assert len([f for f in files if f.endswith(".arrow")]) == 1  # the shared rows, once
     assert len([f for f in files if f.endswith(".rows.json")]) == len(ends)
+    # Once the write step has committed the windows, the run's pointers and its shared rows go.
+    assert frames.release([asset], list(ends), ["run-a"]) == len(ends) + 2
+    assert list((tmp_path / "frames" / "ohlcv_test").iterdir()) == []
 
 
-def test_when_one_window_is_rewritten_after_a_range_then_it_reads_its_own_frame_and_the_others_stay(tmp_path):
+def test_when_one_window_is_rewritten_by_another_run_after_a_range_then_each_run_reads_its_own_frame(tmp_path):
     frames = PartitionedFramesIOManager(base_dir=str(tmp_path / "frames"))
     windows = cadence_windows(CADENCES["1d"])
     asset = dg.AssetKey("covariates_test")
     keys = ["2025-06-02", "2025-06-03"]
     shared = {k: pl.DataFrame({"symbol": ["A", "A"], "x": [float(i), i + 1.0]}) for i, k in enumerate(keys)}
     frames.handle_output(dg.build_output_context(asset_key=asset, asset_partitions_def=windows.partitions_def,
-                                                 asset_partition_key_range=dg.PartitionKeyRange(*keys)), shared)
+                                                 asset_partition_key_range=dg.PartitionKeyRange(*keys),
+                                                 run_id="backfill"), shared)
     alone = pl.DataFrame({"symbol": ["A"], "x": [9.0]})
 
     frames.handle_output(dg.build_output_context(asset_key=asset, asset_partitions_def=windows.partitions_def,
-                                                 partition_key=keys[0]), {keys[0]: alone})
+                                                 partition_key=keys[0], run_id="rerun"), {keys[0]: alone})
 
-    assert frames.load_window(asset, keys[0]).equals(alone)
-    assert frames.load_window(asset, keys[1]).equals(shared[keys[1]])
-    assert not (tmp_path / "frames" / "covariates_test" / f"{keys[0]}.rows.json").exists()
+    assert frames.load_window(asset, keys[0], ["rerun"]).equals(alone)
+    assert frames.load_window(asset, keys[0], ["backfill"]).equals(shared[keys[0]])
+    assert frames.load_window(asset, keys[1], ["rerun"]).equals(shared[keys[1]])  # the newest it has
+    # The re-run's write step releases its own frame only; the range's shared rows stay for its windows.
+    assert frames.release([asset], [keys[0]], ["rerun"]) == 1
+    assert frames.load_window(asset, keys[0], ["backfill"]).equals(shared[keys[0]])

@@ -8,11 +8,16 @@
 -- displaces the newest window; NULLS LAST on as_of would instead rank any row with an as_of
 -- above every newer row without one. created_at breaks ties (a re-written row wins).
 --
+-- The index is built concurrently, outside a transaction, so that Kronos's inserts go on meanwhile
+-- (the file was first written with a plain build); the function is replaced idempotently.
+-- transaction: none
+-- previous-checksum: 71d30d7487a68dd652754d4c69a9bd9daefce8920439a6d16a6d65976702fa09
+--
 -- expects: ml_predictions(symbol text, timeframe text, model_name text, model_version text, as_of timestamp with time zone, created_at timestamp with time zone, predictions jsonb)
 
 -- Leading model_name, timeframe, symbol: the function walks the distinct (timeframe, symbol) pairs of a
 -- model by skipping through this index, then reads the first entry of each pair in origin order.
-CREATE INDEX IF NOT EXISTS idx_ml_pred_latest
+CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ml_pred_latest
     ON ml_predictions (model_name, timeframe, symbol, (COALESCE(as_of, created_at)) DESC, created_at DESC);
 
 -- LANGUAGE sql, STABLE and a single SELECT: the planner inlines the call, folds the NULL filters away,

@@ -12,6 +12,7 @@
 -- or deleted since. forecast_scoring_skips records rows examined and left unscored for good
 -- (with the reason), so later runs do not read them again.
 --
+-- previous-checksum: b63dd7f656255b251889e7f07da40030babe3d076d5b52b5a30977914f60971e
 -- expects: forecast_scores(timeframe text, model_name text, symbol text, step integer, levels smallint, n bigint, pinball_p10 double precision, pinball_p50 double precision, pinball_p90 double precision, mean_pinball double precision, n_below_p10 bigint, n_above_p90 bigint, scaled_mae double precision, scaled_rw_mae double precision, first_as_of timestamp with time zone, last_as_of timestamp with time zone)
 -- expects: ml_predictions(id bigint, timeframe text, created_at timestamp with time zone, symbol text, model_name text, as_of timestamp with time zone)
 ALTER TABLE forecast_scores
@@ -81,6 +82,4 @@ CREATE TABLE IF NOT EXISTS forecast_scoring_state (
     updated_at     TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Finding the rows not scored yet compares (id, created_at) of every row of a timeframe with the
--- ledger above; this index lets PostgreSQL do that without reading the forecasts themselves.
-CREATE INDEX IF NOT EXISTS idx_ml_pred_scoring ON ml_predictions (timeframe, id, created_at);
+-- The index on ml_predictions that scoring needs is built concurrently by 20260702_ml_predictions_scoring_index.sql.

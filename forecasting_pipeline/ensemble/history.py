@@ -5,6 +5,11 @@ A past origin is *scored* once its whole horizon is realised: every step has a b
 a new forecast's ``as_of`` may inform that forecast's weights and band. Each occasion's losses are
 divided by the naive scale at its own ``as_of`` (``scoring.baselines``), so nothing after
 ``as_of`` enters them.
+
+Every look back is also bounded in bars (a *floor*: an occasion counts only if its ``as_of`` is
+at or after a given bar close), so that what a forecast reads never depends on how much history
+a run happened to load: with sparse member forecasts, "the last 120 occasions" alone could reach
+further back in a backfill than in a run of one window.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ _NEVER = np.iinfo(np.int64).max
 class MemberHistory:
     """One instrument's scored occasions at which every member of ``members`` forecast, by ``realised_at``.
 
-    Arrays: ``realised_at`` (n,) epoch microseconds, ascending; ``p50`` (n, H, K) of
+    Arrays: ``realised_at`` and ``as_of`` (n,) epoch microseconds, both ascending; ``p50`` (n, H, K) of
     ``members``; ``bands`` (n, H, B, 3) of ``banded``; ``actual`` (n, H); ``scale`` (n,).
     ``location`` and ``band`` hold cumulative sums over occasions of the per-occasion grid losses
     (shape (n + 1, G)), so the losses over any run of occasions cost one subtraction.
@@ -36,6 +41,7 @@ class MemberHistory:
     members: tuple[str, ...]
     banded: tuple[str, ...]
     realised_at: np.ndarray
+    as_of: np.ndarray
     p50: np.ndarray
     bands: np.ndarray
     actual: np.ndarray
@@ -43,10 +49,15 @@ class MemberHistory:
     location: np.ndarray = field(repr=False)
     band: np.ndarray = field(repr=False)
 
-    def span(self, cutoff: int, lookback: int) -> slice:
-        """The last ``lookback`` occasions realised at or before ``cutoff`` (epoch microseconds)."""
-        end = int(np.searchsorted(self.realised_at, cutoff, side="right"))
-        return slice(max(0, end - lookback), end)
+    def realised_by(self, cutoff: int) -> int:
+        """How many occasions were realised at or before ``cutoff`` (epoch microseconds): they come first."""
+        return int(np.searchsorted(self.realised_at, cutoff, side="right"))
+
+    def span(self, cutoff: int, lookback: int, floor: int) -> slice:
+        """The last ``lookback`` occasions realised at or before ``cutoff`` whose ``as_of`` is at or after ``floor``."""
+        end = self.realised_by(cutoff)
+        start = max(end - lookback, int(np.searchsorted(self.as_of, floor, side="left")))
+        return slice(min(start, end), end)
 
     def sums(self, span: slice) -> tuple[LossSums, LossSums]:
         """Location and band losses of every candidate, summed over the occasions of ``span``."""
@@ -62,6 +73,7 @@ class SymbolOutcomes:
     """Every scored past origin of one instrument: outcomes and each member's forecast (NaN where missing)."""
 
     realised_at: np.ndarray
+    as_of: np.ndarray
     actual: np.ndarray
     scale: np.ndarray
     values: dict[str, np.ndarray]
@@ -91,7 +103,7 @@ class SymbolOutcomes:
         location = location_losses(p50, actual, scale, simplex_grid(len(members)))
         band = band_losses(bands, actual, scale, simplex_grid(len(banded))) if banded else np.zeros((len(actual), 1))
         return MemberHistory(
-            members, banded, self.realised_at[keep], p50, bands, actual, scale,
+            members, banded, self.realised_at[keep], self.as_of[keep], p50, bands, actual, scale,
             np.vstack([np.zeros((1, location.shape[1])), np.cumsum(location, axis=0)]),
             np.vstack([np.zeros((1, band.shape[1])), np.cumsum(band, axis=0)]),
         )
@@ -128,6 +140,7 @@ def scored_outcomes(members: MemberForecasts, bars: pl.DataFrame, vol_window: in
 
         out[symbol] = SymbolOutcomes(
             realised_at=meta["realised_at"].dt.epoch("us").to_numpy(),
+            as_of=meta["as_of"].dt.epoch("us").to_numpy(),
             actual=grid_of("actual"),
             scale=meta["naive_scale"].to_numpy(),
             values={column(m, lv): grid_of(column(m, lv)) for m in MEMBERS for lv in LEVELS},

@@ -44,6 +44,11 @@ T = TypeVar("T")
 
 Device = Literal["auto", "cuda", "cpu"]
 LockScope = Literal["shared", "per-gpu"]
+# How one piece of work treats the GPU lock: ``wait`` up to ``lock_timeout_s`` (a run's batch),
+# ``try`` it once and take the CPU when it is busy (on-demand work, which must not wait), or
+# ``held``: the caller holds it already (``GpuLease``), and the CUDA copy of the model stays until
+# the caller gives the lease back.
+LockMode = Literal["wait", "try", "held"]
 
 # The advisory-lock key every GPU user on the shared card takes before using it: the ASCII bytes
 # of "GPU_LOCK" read as a big-endian bigint (0x4750555F4C4F434B). Documented in the README.
@@ -266,7 +271,7 @@ class DeviceRun:
     peak_gpu_memory_bytes: int | None = None
     free_gpu_memory_bytes: int | None = None
     other_gpu_processes: list[GpuProcess] | None = field(default=None)
-    # "this run", or the model server that ran it (model_server.py).
+    # "this run", or the forecast service that ran it (service_client.py).
     model_process: str = "this run"
     lock_key: int | None = None
 
@@ -375,8 +380,8 @@ class _Plan:
     lock_key: int | None = None
 
 
-def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: ExitStack) -> _Plan:
-    """Decide the device; when it is CUDA, the GPU lock is held in ``stack``."""
+def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: ExitStack, lock: LockMode) -> _Plan:
+    """Decide the device; when it is CUDA, the GPU lock is held in ``stack`` (or by the caller, ``held``)."""
     if settings.device == "cpu":
         return _Plan("cpu", False, "device=cpu configured")
     if not cuda.is_available():
@@ -385,7 +390,9 @@ def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: Ex
 
     key = lock_key_for(settings, cuda)
     lock_wait = None
-    if database_url is None:
+    if lock == "held":
+        lock_wait = 0.0
+    elif database_url is None:
         logger.warning("no database for the GPU lock: using the GPU without cross-process coordination")
         key = None
     else:
@@ -395,13 +402,15 @@ def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: Ex
         )
 
         started = time.monotonic()
+        timeout = 0.0 if lock == "try" else settings.lock_timeout_s
         try:
-            taken = stack.enter_context(advisory_lock(database_url, key, settings.lock_timeout_s, settings.lock_poll_s))
+            taken = stack.enter_context(advisory_lock(database_url, key, timeout, settings.lock_poll_s))
         except DatabaseUnavailableError:
             return _Plan("cpu", True, f"GPU lock database {describe_database(database_url)} unreachable", lock_key=key)
         lock_wait = time.monotonic() - started
         if not taken:
-            return _Plan("cpu", True, f"GPU lock {key} busy for {settings.lock_timeout_s:g}s", lock_wait, lock_key=key)
+            busy = "busy; on-demand work does not wait for it" if lock == "try" else f"busy for {timeout:g}s"
+            return _Plan("cpu", True, f"GPU lock {key} {busy}", lock_wait, lock_key=key)
 
     try:
         free, _total = cuda.mem_get_info()
@@ -429,6 +438,7 @@ def run_on_device(
     database_url: str | None = None,
     cuda: Cuda | None = None,
     release_cuda: Callable[[], None] | None = None,
+    lock: LockMode = "wait",
 ) -> tuple[T, DeviceRun]:
     """Run ``work(device)`` on the device the settings choose, falling back to the CPU when the GPU cannot allocate.
 
@@ -443,7 +453,10 @@ def run_on_device(
     release_cuda
         Drops this process's references to GPU tensors (cached model weights), so that the GPU
         memory is given back before the lock is; called after a CUDA attempt that raised. What a
-        successful attempt keeps on the GPU is its owner's to give back (``runner``: unless resident).
+        successful attempt keeps on the GPU is its owner's to give back (``runner``: unless resident,
+        or under a ``held`` lock, whose holder releases it with the lock: ``GpuLease.release``).
+    lock
+        ``wait``, ``try`` or ``held`` (``LockMode``).
 
     Returns
     -------
@@ -453,10 +466,10 @@ def run_on_device(
     cuda = cuda or TorchCuda()
     started = time.perf_counter()
     with ExitStack() as stack:
-        plan = _plan(settings, cuda, database_url, stack)
+        plan = _plan(settings, cuda, database_url, stack, lock)
         peak = None
         if plan.device == "cuda":
-            result, peak, failure = _run_on_cuda(work, cuda, release_cuda)
+            result, peak, failure = _run_on_cuda(work, cuda, release_cuda, keep=lock == "held")
             if failure is None:
                 return result, _device_run(settings, plan, started, peak)
             logger.warning("GPU allocation failed (%s); retrying the same batch on the CPU", failure)
@@ -470,9 +483,9 @@ def run_on_device(
 
 
 def _run_on_cuda(
-    work: Callable[[str], T], cuda: Cuda, release_cuda: Callable[[], None] | None
+    work: Callable[[str], T], cuda: Cuda, release_cuda: Callable[[], None] | None, keep: bool = False
 ) -> tuple[T | None, int | None, str | None]:
-    """Run ``work("cuda")`` and give its GPU memory back, whatever happens.
+    """Run ``work("cuda")`` and give its GPU memory back, whatever happens (``keep``: only after a failure).
 
     Returns what ``work`` returned (None after an allocation failure), the peak GPU memory in
     bytes (None when it could not be read), and the allocation failure's first line, or None when
@@ -493,11 +506,13 @@ def _run_on_cuda(
     finally:
         # After the except block, so a failure's traceback frames (and their GPU tensors) are
         # gone; on any other error too, so no model stays on the GPU once the lock is released.
-        if release_cuda is not None and not succeeded:
-            release_cuda()
-        gc.collect()
         peak = _peak_memory(cuda)
-        cuda.empty_cache()
+        if not succeeded:
+            _give_back(cuda, release_cuda)
+        elif not keep:
+            # The weights went back to the host with the call (runner), unless resident: what the
+            # call left in torch's cache goes back to the card, for the next holder of the lock.
+            _give_back(cuda, None)
     return result, peak, failure
 
 
@@ -507,6 +522,71 @@ def _peak_memory(cuda: Cuda) -> int | None:
     except RuntimeError as exc:  # a context that could not even be created has no statistics
         logger.info("peak GPU memory not read: %s", _first_line(exc))
         return None
+
+
+def _give_back(cuda: Cuda, release_cuda: Callable[[], None] | None) -> None:
+    """Drop this process's GPU tensors (``release_cuda``), collect what referred to them, empty torch's cache."""
+    if release_cuda is not None:
+        release_cuda()
+    gc.collect()
+    cuda.empty_cache()
+
+
+class GpuLease:
+    """The GPU lock held across several model calls, so that a batch cut into chunks waits for it once.
+
+    The forecast service takes one per run batch: ``acquire`` waits up to ``lock_timeout_s`` (on a
+    thread of its own, so the wait holds no model call back), each chunk then runs with
+    ``lock="held"`` and keeps the CUDA copy of the model, and ``release`` gives the memory back
+    before the lock, as a single call would. ``needed`` is False where no lock applies (device=cpu,
+    no CUDA, or no lock database): the chunks then decide per call as usual.
+    """
+
+    def __init__(
+        self, settings: GpuSettings, database_url: str | None, cuda: Cuda | None = None,
+        release_cuda: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.cuda = cuda or TorchCuda()
+        self.release_cuda = release_cuda
+        self._stack: ExitStack | None = None
+        self.key: int | None = None
+        self.wait_seconds: float | None = None
+
+    @property
+    def needed(self) -> bool:
+        return self.settings.device != "cpu" and self.database_url is not None and self.cuda.is_available()
+
+    def acquire(self) -> bool:
+        """Wait for the lock; True once held (then ``release`` must follow), False when busy or unreachable."""
+        from forecasting_pipeline.storage.database import DatabaseUnavailableError
+
+        self.key = lock_key_for(self.settings, self.cuda)
+        started = time.monotonic()
+        stack = ExitStack()
+        try:
+            taken = stack.enter_context(
+                advisory_lock(self.database_url, self.key, self.settings.lock_timeout_s, self.settings.lock_poll_s)
+            )
+        except DatabaseUnavailableError:
+            taken = False
+        self.wait_seconds = time.monotonic() - started
+        if taken:
+            self._stack = stack
+        else:
+            stack.close()
+        return taken
+
+    def release(self) -> None:
+        """Give the CUDA copy of the model back, then the lock (a no-op when it is not held)."""
+        if self._stack is None:
+            return
+        try:
+            _give_back(self.cuda, self.release_cuda)
+        finally:
+            self._stack.close()
+            self._stack = None
 
 
 def _device_run(settings: GpuSettings, plan: _Plan, started: float, peak: int | None) -> DeviceRun:

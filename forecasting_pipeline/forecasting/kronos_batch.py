@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import socket
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from forecasting_pipeline.forecasting.device import advisory_lock
+
+logger = logging.getLogger(__name__)
 
 # A response is shown in metadata and errors only this far: a service may answer with a page of HTML.
 RESPONSE_EXCERPT_CHARS = 300
@@ -92,12 +96,28 @@ def trigger_holding_gpu_lock(
 ) -> tuple[BatchResponse, dict[str, object]]:
     """Trigger one batch holding the GPU lock; returns the answer and the lock's record.
 
-    When the lock is not taken within ``lock_timeout_s`` (another GPU user held it), Kronos is
-    triggered anyway: it ran unserialised before this existed and its latency must not regress.
+    Kronos is triggered whether or not the lock is taken: it ran unserialised before this existed
+    and its latency must not regress. So when the lock is not taken within ``lock_timeout_s``
+    (another GPU user held it), and when the lock's database cannot be reached at all, the batch
+    is triggered without it, and the record says why (``gpu_lock_acquired`` False, and
+    ``gpu_lock`` naming the unreachable database by host, port and name only). A Chronos-2 run
+    that cannot reach that database does not use the GPU (``device``), so the two never share it
+    unknowingly.
     """
+    # Imported here, as device.advisory_lock does, so that the GPU check runs where only torch is installed.
+    from forecasting_pipeline.storage.database import DatabaseUnavailableError, describe_database
+
     if not lock_database_url:
         return trigger_batch(url, body, token=token, timeout_s=timeout_s), {"gpu_lock": "not configured"}
     waited = time.perf_counter()
-    with advisory_lock(lock_database_url, lock_key, lock_timeout_s) as taken:
+    with ExitStack() as stack:
+        try:
+            taken = stack.enter_context(advisory_lock(lock_database_url, lock_key, lock_timeout_s))
+        except DatabaseUnavailableError:
+            where = describe_database(lock_database_url)
+            logger.warning("GPU lock database %s unreachable: triggering Kronos without the lock", where)
+            lock = {"gpu_lock_acquired": False, "gpu_lock": f"not taken: its database {where} is unreachable",
+                    "gpu_lock_wait_seconds": round(time.perf_counter() - waited, 3)}
+            return trigger_batch(url, body, token=token, timeout_s=timeout_s), lock
         lock = {"gpu_lock_acquired": taken, "gpu_lock_wait_seconds": round(time.perf_counter() - waited, 3)}
         return trigger_batch(url, body, token=token, timeout_s=timeout_s), lock

@@ -16,6 +16,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import platformdirs
+
 from forecasting_pipeline.forecasting.precision import Dtype
 from forecasting_pipeline.forecasting.predict import MODEL_QUANTILE_LEVELS
 from forecasting_pipeline.heap import imports_without_collection
@@ -110,8 +112,8 @@ def write_random_checkpoint(directory: str | Path, size: Literal["tiny", "full"]
 # run's start, and a file whose path, size, mtime and inode are unchanged has the same digest, so
 # digests are remembered across processes.
 def _digest_cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "forecasting_pipeline" / "weights_sha256.json"
+    # The user's cache folder: $XDG_CACHE_HOME/forecasting_pipeline, else ~/.cache/forecasting_pipeline on Linux.
+    return platformdirs.user_cache_path("forecasting_pipeline") / "weights_sha256.json"
 
 
 def _file_sha256(weights: Path, cache: dict[str, str]) -> str:
@@ -124,6 +126,12 @@ def _file_sha256(weights: Path, cache: dict[str, str]) -> str:
 
 
 def _local_revision(path: Path) -> str:
+    return "sha256:" + checkpoint_digest(path)[:12]
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """The sha256 (hex) over a checkpoint folder's safetensors files, in name order: what names its weights."""
+    path = Path(path)
     cache_file = _digest_cache_file()
     try:
         cache = json.loads(cache_file.read_text())
@@ -143,7 +151,7 @@ def _local_revision(path: Path) -> str:
             tmp.replace(cache_file)
         except OSError:
             pass
-    return "sha256:" + digest.hexdigest()[:12]
+    return digest.hexdigest()
 
 
 def _check_local_checkpoint(path: Path) -> bool:

@@ -86,6 +86,7 @@ class SeriesForecast:
     device: str
     fell_back: bool
     call_series: int
+    device_reason: str = ""
 
 
 def level_label(level: float) -> str:
@@ -258,5 +259,5 @@ def _answer(series: SeriesRequest, raw: np.ndarray, done: Prediction, call_serie
         return InputProblem(series.origin, f"the model's forecast is not finite at step {step}; nothing can be answered for it")
     return SeriesForecast(
         series, forecast_steps(series, raw), done.model.version, done.device_run.device, done.device_run.fell_back,
-        call_series,
+        call_series, done.device_run.reason,
     )

@@ -1,4 +1,4 @@
-"""Running Chronos-2 on a batch of inputs: through the model server when one answers, else in this process.
+"""Running Chronos-2 on a batch of inputs: through the forecast service when one answers, else in this process.
 
 In this process the checkpoint loads once per process and precision, into host memory, and the
 device follows the placement rules of ``device`` (GPU advisory lock, free-memory test, CPU
@@ -23,6 +23,7 @@ from forecasting_pipeline.forecasting.device import (
     Cuda,
     DeviceRun,
     GpuSettings,
+    LockMode,
     LockScope,
     TorchCuda,
     run_on_device,
@@ -32,8 +33,8 @@ from forecasting_pipeline.forecasting.model import (
     DEFAULT_MODEL_ID,
     LoadedModel,
     ModelIdentity,
-    model_modules,
     load_chronos2,
+    model_modules,
 )
 from forecasting_pipeline.forecasting.precision import resolve_dtype
 from forecasting_pipeline.forecasting.predict import QUANTILE_LEVELS, predict_quantiles
@@ -62,10 +63,11 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Chronos2Runner:
-    """Which checkpoint to run, and how: device, precision, GPU sharing, and an optional model server.
+    """Which checkpoint to run, and how: device, precision, GPU sharing, and an optional forecast service.
 
     ``lock_database_url`` is the database of the GPU advisory lock (the ml_predictions one): a
-    secret, never logged. ``server_socket`` names a running model server's Unix socket.
+    secret, never logged. ``server_socket`` names a running forecast service's Unix socket, and
+    ``server_timeout_s`` the longest the run waits to connect to it or for its next byte.
     """
 
     model: str = DEFAULT_MODEL_ID
@@ -80,6 +82,7 @@ class Chronos2Runner:
     lock_scope: LockScope = "shared"
     lock_database_url: str | None = None
     server_socket: str | None = None
+    server_timeout_s: float = 30.0
     gpu_resident: bool = False
 
     def batch_size_for(self, device: str) -> int:
@@ -120,19 +123,21 @@ class Chronos2Runner:
                     del _MODEL_CACHE[key]
 
     def predict(self, inputs: list[dict], horizon: int, context_length: int, cuda: Cuda | None = None) -> Prediction:
-        """Forecast in the model server when one is configured and answers, else in this process.
+        """Forecast in the forecast service when one is configured and answers in time, else in this process.
 
         ``cuda`` replaces the real CUDA runtime in tests only.
         """
         if not self.server_socket:
             return self.predict_here(inputs, horizon, context_length, cuda)
-        from forecasting_pipeline.forecasting.model_server import ModelServerUnavailable, model_key, request_forecast
+        from forecasting_pipeline.forecasting.batch_wire import model_key
+        from forecasting_pipeline.forecasting.service_client import ServiceUnavailable, service_forecast
 
         try:
-            return request_forecast(
-                self.server_socket, model_key(self.model, self.revision, self.dtype), inputs, horizon, context_length
+            return service_forecast(
+                self.server_socket, model_key(self.model, self.revision, self.dtype), inputs, horizon, context_length,
+                self.server_timeout_s,
             )
-        except ModelServerUnavailable as exc:
+        except ServiceUnavailable as exc:
             logger.warning("%s; loading the model in this run", exc)
             here = self.predict_here(inputs, horizon, context_length, cuda)
             return replace(here, device_run=replace(here.device_run, model_process=f"this run ({exc})"))
@@ -145,10 +150,12 @@ class Chronos2Runner:
         cuda: Cuda | None = None,
         quantile_levels: Sequence[float] = QUANTILE_LEVELS,
         sort: bool = True,
+        lock: LockMode = "wait",
     ) -> Prediction:
         """Load and run the model in this process on the chosen device, falling back to the CPU (``device``).
 
-        ``quantile_levels`` and ``sort`` are those of ``predict.predict_quantiles``.
+        ``quantile_levels`` and ``sort`` are those of ``predict.predict_quantiles``; ``lock`` says how
+        the GPU lock is taken (``device.LockMode``).
         """
         cuda = cuda or TorchCuda()
         batch = (inputs, horizon, context_length, quantile_levels, sort)
@@ -159,22 +166,24 @@ class Chronos2Runner:
         imported = {
             "model_load_seconds": time.perf_counter() - started, "model_cpu_seconds": time.process_time() - cpu_started,
         }
-        # A GPU call hands the weights back to the host itself (HostModel.lent), unless resident;
-        # release_cuda covers a failure that surfaces after the call (the device's synchronize).
+        # A GPU call hands the weights back to the host itself (HostModel.lent), unless resident or
+        # under a held lock (whose holder gives them back with it); release_cuda covers a failure
+        # that surfaces after the call (the device's synchronize).
         (quantiles, identity, timings), record = run_on_device(
-            lambda device: self._predict_on(device, cuda, *batch), self.gpu_settings(),
-            database_url=self.lock_database_url, cuda=cuda, release_cuda=lambda: self.release("cuda"),
+            lambda device: self._predict_on(device, cuda, *batch, keep=lock == "held"), self.gpu_settings(),
+            database_url=self.lock_database_url, cuda=cuda, release_cuda=lambda: self.release("cuda"), lock=lock,
         )
         timings = {**timings, **{key: timings[key] + seconds for key, seconds in imported.items()}}
         return Prediction(quantiles, identity, timings, record)
 
     def _predict_on(
-        self, device: str, cuda: Cuda, inputs, horizon, context_length, quantile_levels, sort
+        self, device: str, cuda: Cuda, inputs, horizon, context_length, quantile_levels, sort, keep: bool = False
     ) -> tuple[np.ndarray, ModelIdentity, dict[str, float]]:
-        """One batch on ``device`` with the host copy: lent to the GPU for the call, or used in place on the CPU."""
+        """One batch on ``device`` with the host copy: lent to the GPU for the call (kept there with ``keep``
+        or ``gpu_resident``), or used in place on the CPU."""
         started, cpu_started = time.perf_counter(), time.process_time()
         loaded, host = self._cached(resolve_dtype(self.dtype, device, cuda))
-        placement = host.lent(cuda, self.gpu_resident) if device == "cuda" else host.on_host()
+        placement = host.lent(cuda, self.gpu_resident or keep) if device == "cuda" else host.on_host()
         with placement:
             loaded_at = time.perf_counter()
             quantiles = predict_quantiles(

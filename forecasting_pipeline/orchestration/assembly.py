@@ -1,4 +1,4 @@
-"""The Dagster definitions built from settings: both cadence chains, scoring, the ensemble, jobs, schedules and resources."""
+"""The Dagster definitions built from settings: both cadence chains, scoring, the ensemble, fine-tuning, jobs, schedules and resources."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dagster as dg
 
 from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.ensemble_assets import automation_sensor, build_ensemble, kronos_sensor
+from forecasting_pipeline.orchestration.finetune_assets import build_finetuning, challenger_automation
 from forecasting_pipeline.orchestration.kronos_assets import build_kronos_batch, kronos_job, kronos_schedule
 from forecasting_pipeline.orchestration.placement import model_step_tags, run_executor
 from forecasting_pipeline.orchestration.schedules import chain_job, chain_schedule
@@ -43,6 +44,15 @@ def ensemble_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
+def finetuning_definitions(settings: Settings) -> dg.Definitions:
+    """Per cadence, fine-tuning, the challenger's shadow forecasts and the registry, with their automation."""
+    windows = settings.windows()
+    return dg.Definitions(
+        assets=[asset for w in windows for asset in build_finetuning(w)],
+        sensors=[challenger_automation(windows)],
+    )
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     symbols = settings.symbols()
     windows = settings.windows()
@@ -65,5 +75,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             executor=run_executor(settings.k8s_step_pods),
         ),
         ensemble_definitions(settings),
+        finetuning_definitions(settings),
         kronos_definitions(settings),
     )

@@ -99,12 +99,14 @@ def summarise_runs(
 def _read_run(instance, run, cadence: str, written: set, nothing: dict, excluded: dict) -> str | None:
     """Fold one run's records into the summary; the run's failure message, if it failed."""
     kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION,
-             dg.DagsterEventType.RUN_FAILURE}
-    failure, ohlcv_seen = None, False
+             dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.STEP_FAILURE}
+    failure, ohlcv_seen, step_errors = None, False, []
     for record in instance.all_logs(run.run_id, of_type=kinds):
         event = record.dagster_event
         if event.event_type == dg.DagsterEventType.RUN_FAILURE:
             failure = f"run {run.run_id} failed: {record.message}"
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            step_errors.append(f"step {event.step_key}: {_first_line(event.event_specific_data.error)}")
         elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.event_specific_data
             if evaluation.check_name == EVERY_WINDOW_WRITTEN:
@@ -119,7 +121,19 @@ def _read_run(instance, run, cadence: str, written: set, nothing: dict, excluded
                 for rule, symbols in materialization.metadata["excluded_by_rule"].value.items():
                     for symbol, windows in symbols.items():
                         excluded.setdefault(rule, {}).setdefault(symbol, []).extend(windows)
+    if failure and step_errors:
+        # Why, not only where: each failed step's own error says what to fix.
+        failure = f"run {run.run_id} failed: " + "; ".join(step_errors)
     return failure
+
+
+def _first_line(error) -> str:
+    """The first line of the error a step raised: the innermost cause, past Dagster's wrapping of it."""
+    if error is None:
+        return "no error recorded"
+    while error.cause is not None:
+        error = error.cause
+    return (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
 
 
 def _windows_of(run: dg.DagsterRun, requested: Sequence[str]) -> list[str]:

@@ -2,7 +2,8 @@
 
 A backfill is stored on the Dagster instance and run by the daemon (``make dev`` starts one). The
 chain's ``BackfillPolicy.multi_run(windows_per_backfill_run)`` makes the daemon launch one run per
-chunk of windows (30 daily or 120 hourly), not one per window. Dagster's own CLI cannot do this:
+chunk of windows (WINDOWS_PER_BACKFILL_RUN_<CADENCE>, else the cadence's default), not one per
+window. Dagster's own CLI cannot do this:
 ``dagster asset materialize --partition-range`` refuses assets without a single-run policy, and
 ``dagster job backfill`` launches one run per partition.
 """

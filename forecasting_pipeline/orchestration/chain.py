@@ -180,7 +180,7 @@ def forecasts_asset(windows: Windows, op_tags: Mapping[str, object] | None = Non
         result = forecast_windows(
             covariates,
             lambda symbol, as_of, n: upcoming(calendar_of[symbol], as_of, n),
-            chronos2.runner(),
+            chronos2.runner(cadence.name),
             config.horizon or cadence.horizon,
             config.context_length or cadence.context_length,
         )
@@ -241,6 +241,7 @@ def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
                 if len(forecasts) == 1:
                     metadata_of[window] |= _fan(context, conn, cadence, window, frame, frames_io_manager)
         context.log.info(f"wrote {len(to_write)} of {len(forecasts)} windows")
+        _release_frames(context, cadence, list(forecasts), frames_io_manager)
         if set(to_write) == set(context.partition_keys):
             # Every window of the run is written: the step's own materialisation (one per window,
             # each with its window's metadata), which Dagster stores as one batch of events.
@@ -257,13 +258,28 @@ def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
     return ml_predictions
 
 
+def _lineage(context: dg.AssetExecutionContext) -> list[str]:
+    """This run, and the runs it re-executes: whose frames this run reads and may delete."""
+    run = context.run
+    return list(dict.fromkeys(r for r in (run.run_id, run.parent_run_id, run.root_run_id) if r))
+
+
+def _release_frames(context, cadence: str, windows: list[str], frames: PartitionedFramesIOManager) -> None:
+    """The frames of the run's windows are spent once their rows are committed; older leftovers go too."""
+    keys = [dg.AssetKey(f"{name}_{cadence}") for name in ("ohlcv", "covariates", "chronos2_forecasts")]
+    released = frames.release(keys, windows, _lineage(context))
+    swept = frames.sweep()
+    context.log.info(f"deleted {released} frame files of this run's windows"
+                     + (f" and {swept} older than {frames.retention_days} days" if swept else ""))
+
+
 def _fan(context, conn, cadence: str, window: str, frame: pl.DataFrame, frames: PartitionedFramesIOManager) -> dict:
     """The forecast fan of a single-window run, over the window's history, as metadata.
 
     A backfill run draws none: one window's fan among hundreds says little, and drawing it costs
     more than writing the windows.
     """
-    history = {window: frames.load_window(dg.AssetKey(f"covariates_{cadence}"), window)}
+    history = {window: frames.load_window(dg.AssetKey(f"covariates_{cadence}"), window, _lineage(context))}
     fan = fan_chart_metadata(conn, cadence, {window: frame}, history)
     if "forecast_fan_window" not in fan:
         context.log.warning(f"forecast fan not drawn ({fan['forecast_fan'].removeprefix('Not drawn: ')}); the rows are stored")

@@ -46,13 +46,24 @@ class EnsembleResource(dg.ConfigurableResource):
     scheme: Literal["grid", "inverse", "sqrt-inverse"] = Field(
         default="grid", description="grid: best point of a simplex grid on recent losses; inverse / sqrt-inverse: loss**-1 / loss**-0.5 (ENSEMBLE_SCHEME).",
     )
+    band: Literal["adaptive", "recent"] = Field(
+        default="adaptive", description="The band's calibration: adaptive (out of sample, per horizon group, tracked online) "
+        "or recent (the former rule: pooled over steps, on the weights' own span) (ENSEMBLE_BAND).",
+    )
+    band_window: int = Field(default=30, description="Scored forecasts behind the band's starting factors, and as many "
+                             "again that move them online (ENSEMBLE_BAND_WINDOW).")
+    band_gamma: float = Field(default=1.0, description="How far one scored forecast moves a band factor, on the log scale "
+                              "(ENSEMBLE_BAND_GAMMA).")
+    band_groups: int = Field(default=3, description="Horizon groups with band factors of their own (ENSEMBLE_BAND_GROUPS).")
     kronos_wait_minutes: float = Field(
         default=30.0, description="After the chain's rows of a window, how long to wait for Kronos's before combining without it "
         "(ENSEMBLE_KRONOS_WAIT_MINUTES).",
     )
 
     def params(self) -> EnsembleParams:
-        return EnsembleParams(lookback=self.lookback, warmup=self.warmup, shrinkage=self.shrinkage, scheme=self.scheme)
+        return EnsembleParams(lookback=self.lookback, warmup=self.warmup, shrinkage=self.shrinkage, scheme=self.scheme,
+                              band=self.band, band_window=self.band_window, band_gamma=self.band_gamma,
+                              band_groups=self.band_groups)
 
 
 def ensemble_group(windows: Windows) -> str:

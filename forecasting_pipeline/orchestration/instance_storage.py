@@ -6,6 +6,8 @@ partition's materialisation: hundreds of connections per run (README: Performanc
 These classes give every process the pooled engine the webserver already gets
 (``optimize_for_webserver``): one held connection per storage, more only under concurrent use,
 and no statement timeout (a run's writes must not be cut off). ``dagster.yaml`` names them.
+Their sessions run in UTC, as every connection of the project does (``storage.database``): Dagster
+keeps instants in ``timestamp`` columns, some filled by ``CURRENT_TIMESTAMP``, and reads them as UTC.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ with imports_without_collection():
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
     from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
     from dagster_shared.serdes import serialize_value
+    from sqlalchemy import event
 
 # Connections beyond the held one while threads (the daemon's, the webserver's) overlap.
 MAX_OVERFLOW = 10
@@ -33,7 +36,16 @@ def _pooled(storage):
     storage.optimize_for_webserver(
         statement_timeout=NO_STATEMENT_TIMEOUT, pool_recycle=POOL_RECYCLE_S, max_overflow=MAX_OVERFLOW
     )
+    event.listen(storage._engine, "connect", lambda connection, _: _set_utc(connection))
     return storage
+
+
+def _set_utc(dbapi_connection) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    finally:
+        cursor.close()
 
 
 # dagster-postgres' from_config_value builds its own class by name: wrap it rather than subclass

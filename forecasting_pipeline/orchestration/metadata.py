@@ -311,16 +311,21 @@ def _weight_cell(weights: dict, member: str) -> str:
     return f"{w['location']:.2f}" + (f" / {w['band']:.2f}" if w["band"] is not None else "")
 
 
+def _band_factors_cell(calibration: dict) -> str:
+    if not calibration["applied"]:
+        return "none"
+    return "; ".join(f"{g['steps']}: {g['lower']:.2f} / {g['upper']:.2f}" for g in calibration["groups"])
+
+
 def ensemble_weights_table(run: EnsembleRun, window: str) -> pl.DataFrame:
     """One row per instrument of a window: each member's location / band weights and what they rest on."""
     rows = []
     for e in run.explanations_of(window):
-        calibration = e.details["calibration"]
         rows.append({
             "symbol": e.symbol, "as_of": e.as_of.isoformat(),
             **{member: _weight_cell(e.weights, member) for member in MEMBERS},
             "scored": e.details["scored_forecasts"], "warm_up": e.details["warm_up"],
-            "band_factors": f"{calibration['lower']:.2f} / {calibration['upper']:.2f}" if calibration["applied"] else "none",
+            "band_factors": _band_factors_cell(e.details["calibration"]),
             "missing": "; ".join(f"{m}: {why}" for m, why in e.missing.items()),
         })
     return pl.DataFrame(rows)
@@ -336,7 +341,8 @@ def ensemble_window_metadata(run: EnsembleRun, window: str, rows: int, database:
         "database": database,
         "weights": markdown_table(ensemble_weights_table(run, window), max_rows=100),
         "weights_read_as": "location weight / band weight per member (band: members with a band only); "
-                           "band_factors: conformal factors on the lower / upper half-widths",
+                           "band_factors: per horizon group (steps), the calibration's factors on the lower / upper "
+                           "half-widths",
         "combined_without": dg.MetadataValue.json(missing),
         "without_kronos": sum(1 for lacking in missing.values() if "kronos-base" in lacking),
         "left_out": dg.MetadataValue.json(run.left_out.get(window, {})),

@@ -11,18 +11,14 @@ from datetime import datetime
 
 import dagster as dg
 
-from forecasting_pipeline.market.cadences import DAILY, HOURLY, Cadence
+from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY, Cadence
 
 # The first window of each cadence unless the settings name an earlier (or later) one. Keys keep
 # their format whatever the start, so existing partitions stay valid when the start moves back.
-DEFAULT_FIRST_WINDOW: dict[str, str] = {"1h": "2026-01-01-00:00", "1d": "2024-01-01"}
+DEFAULT_FIRST_WINDOW: dict[str, str] = {name: c.first_window for name, c in CADENCES.items()}
 
-# Windows per backfill run. Each run pays one process start-up (about 2 s: Python, Dagster, the
-# definitions, the instance) and one model load, spread over its windows. Its windows share their
-# instruments' bars (WindowFrames), so a window adds about 1 MB of memory, mostly its model inputs:
-# 480 windows (20 days hourly, 16 months daily) keep the start-up's share of each window at about
-# 4 ms for a peak of about 1.1 GB beside the model (docs/performance.md).
-DEFAULT_WINDOWS_PER_BACKFILL_RUN: dict[str, int] = {"1h": 480, "1d": 480}
+# Windows per backfill run unless the settings say otherwise (the cadence's reasoning).
+DEFAULT_WINDOWS_PER_BACKFILL_RUN: dict[str, int] = {name: c.windows_per_backfill_run for name, c in CADENCES.items()}
 
 
 @dataclass(frozen=True)

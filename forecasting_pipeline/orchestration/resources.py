@@ -1,4 +1,4 @@
-"""Typed Dagster resources: the database, the instrument universe, the bar source and the Chronos-2 model.
+"""Typed Dagster resources: the database, the instrument universe, the bar source, the Chronos-2 model and its registry.
 
 Each is a thin, configurable shell over plain domain code; ``settings.py`` builds them. Secrets
 (database URLs) are set through ``dg.EnvVar``, resolved at run time and hidden in the UI.
@@ -14,11 +14,13 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
+from forecasting_pipeline.forecasting.champion import champion_runner
 from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
 from forecasting_pipeline.market.instruments import Instrument, load_instruments, select_instruments
 from forecasting_pipeline.market.sources import BarSource, BarTable, FileSource, SampleSource, TableSource
+from forecasting_pipeline.scoring.promotion import DEFAULT_MIN_FORECASTS
 from forecasting_pipeline.storage.database import connect, describe_database
 
 
@@ -130,15 +132,41 @@ class Chronos2Resource(dg.ConfigurableResource):
     )
     server_socket: str | None = Field(
         default=None,
-        description="Unix socket of a running `forecasting-pipeline model-server` (CHRONOS2_SERVER): runs send their "
-        "batch there instead of loading the model; when none answers, the run loads it itself.",
+        description="Unix socket of a running `forecasting-pipeline serve` (CHRONOS2_SERVER): runs send their "
+        "batch there instead of loading the model; when none answers in time, the run loads it itself.",
+    )
+    server_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="Longest a run waits to connect to the forecast service or for its next byte before it loads the "
+        "model itself (CHRONOS2_SERVER_TIMEOUT_S).",
     )
 
-    def runner(self) -> Chronos2Runner:
+    registry_database_url: str | None = Field(
+        default=None,
+        description="Database of the fine-tuned checkpoints' registry, the ml_predictions one (a secret; EnvVar "
+        "DATABASE_URL). When set, a cadence's registered champion replaces `model` for that cadence.",
+    )
+
+    def configured_runner(self) -> Chronos2Runner:
+        """The configured checkpoint (``model``, ``revision``), whatever the registry says."""
         return Chronos2Runner(
             model=self.model, revision=self.revision, device=self.device, dtype=self.dtype,
             batch_size=self.batch_size, num_threads=self.num_threads, min_free_memory_gb=self.min_free_memory_gb,
             lock_timeout_s=self.lock_timeout_s, lock_key=self.lock_key, lock_scope=self.lock_scope,
             lock_database_url=self.lock_database_url,
-            server_socket=self.server_socket, gpu_resident=self.gpu_resident,
+            server_socket=self.server_socket, server_timeout_s=self.server_timeout_s, gpu_resident=self.gpu_resident,
         )
+
+    def runner(self, timeframe: str | None = None) -> Chronos2Runner:
+        """The checkpoint that serves ``timeframe``: its registered champion, else the configured one."""
+        return champion_runner(self.configured_runner(), self.registry_database_url if timeframe else None, timeframe or "")
+
+
+class ModelRegistryResource(dg.ConfigurableResource):
+    """Where fine-tuned checkpoints are stored, and what their promotion test asks (docs/fine-tuning.md)."""
+
+    directory: str = Field(description="Folder of the fine-tuned checkpoints (MODEL_REGISTRY_DIR); every pod must see it.")
+    min_forecasts: int = Field(
+        default=DEFAULT_MIN_FORECASTS,
+        description="Paired out-of-sample forecasts the promotion test needs at least (PROMOTION_MIN_FORECASTS).",
+    )

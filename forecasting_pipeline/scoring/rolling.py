@@ -78,6 +78,25 @@ def rolling_relative_mae(per_forecast: pl.DataFrame, window: int = ROLLING_WINDO
     )
 
 
+def rolling_scaled_mae(per_forecast: pl.DataFrame, window: int = ROLLING_WINDOW) -> pl.DataFrame:
+    """Scaled MAE of each model's p50 (baselines included), pooled over the last ``window`` forecast dates.
+
+    The absolute error of p50 at each step is divided by the naive scale at the forecast's
+    ``as_of`` (1.0 = a typical one-bar move, as ``scaled_mae`` in the scores); each point averages
+    it over every step of the model's forecasts of its last ``window`` dates.
+
+    Returns ``model_name``, ``as_of``, ``scaled_mae``, sorted.
+    """
+    _check_window(window)
+    per_date = (
+        per_forecast.group_by("model_name", "as_of")
+        .agg((pl.col("scaled_abs_error") * pl.col("n_steps")).sum().alias("_err"), pl.col("n_steps").sum().alias("_n"))
+        .sort("model_name", "as_of")
+    )
+    rolled = per_date.with_columns(pl.col(c).rolling_sum(window, min_samples=1).over("model_name") for c in ("_err", "_n"))
+    return rolled.select("model_name", "as_of", (pl.col("_err") / pl.col("_n")).alias("scaled_mae"))
+
+
 def rolling_series(coverage: pl.DataFrame, relative: pl.DataFrame) -> pl.DataFrame:
     """The long frame ``as_of``, ``model_name``, ``metric``, ``value`` that ``plots.rolling_scores_png`` draws."""
     def long(frame: pl.DataFrame, metric: str) -> pl.DataFrame:

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from forecasting_pipeline.storage.database import utc_conninfo
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PGDATA = ".pgdata"
@@ -37,7 +39,7 @@ def _with_database(url: str, dbname: str) -> str:
 
 def ensure_database(server_url: str, dbname: str) -> str:
     """Create ``dbname`` on the server if it is missing and return a URL pointing at it."""
-    with psycopg.connect(server_url, autocommit=True) as conn:
+    with psycopg.connect(utc_conninfo(server_url), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
@@ -56,9 +58,19 @@ def embedded_server(pgdata: str | os.PathLike[str] = DEFAULT_PGDATA) -> Iterator
     path.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(path, cleanup_mode="stop")
     try:
+        _default_to_utc(server.get_uri())
         yield ensure_database(server.get_uri(), EMBEDDED_DATABASE)
     finally:
         server.cleanup()
+
+
+def _default_to_utc(server_url: str) -> None:
+    """Make UTC the server's default TimeZone (it is ours), for sessions that do not set one: psql, a dashboard."""
+    # Without the UTC start-up option, so that SHOW answers the default such a session gets.
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        if conn.execute("SHOW TimeZone").fetchone()[0] != "UTC":
+            conn.execute("ALTER SYSTEM SET timezone = 'UTC'")
+            conn.execute("SELECT pg_reload_conf()")
 
 
 @contextmanager

@@ -207,9 +207,14 @@ def read_losses(
     realised_by: datetime | None = None,
     as_of_from: datetime | None = None,
     columns: Sequence[str] = LOSS_COLUMNS,
+    symbols: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
 ) -> pl.DataFrame:
-    """Stored per-forecast losses (``columns`` of ``LOSS_COLUMNS``), optionally of one model, realised by an
-    instant, from an ``as_of``; sorted by model, symbol, ``as_of``."""
+    """Stored per-forecast losses (``columns`` of ``LOSS_COLUMNS``), optionally of one model or of ``models``,
+    of ``symbols``, realised by an instant, from an ``as_of``; sorted by model, symbol, ``as_of``.
+
+    Naming both ``models`` and ``symbols`` lets the primary key (timeframe, model_name, symbol, ...)
+    find the rows, rather than a scan of the cadence's whole history."""
     schema = {c: _LOSS_SCHEMA[c] for c in columns}
     # Instants as epoch microseconds, exact, as ml_predictions reads them.
     selected = sql.SQL(", ").join(
@@ -222,9 +227,12 @@ def read_losses(
         "AND (%(model)s::text IS NULL OR model_name = %(model)s) "
         "AND (%(by)s::timestamptz IS NULL OR realised_at <= %(by)s) "
         "AND (%(from)s::timestamptz IS NULL OR as_of >= %(from)s) "
+        "AND (%(symbols)s::text[] IS NULL OR symbol = ANY(%(symbols)s::text[])) "
+        "AND (%(models)s::text[] IS NULL OR model_name = ANY(%(models)s::text[])) "
         "ORDER BY model_name, symbol, as_of, levels) TO STDOUT (FORMAT csv)"
     ).format(selected)
-    params = {"timeframe": timeframe, "model": model_name, "by": realised_by, "from": as_of_from}
+    params = {"timeframe": timeframe, "model": model_name, "by": realised_by, "from": as_of_from,
+              "symbols": None if symbols is None else list(symbols), "models": None if models is None else list(models)}
     with conn.cursor() as cur, cur.copy(query, params) as copy:
         data = b"".join(copy)
     instants = [c for c, t in schema.items() if t == UTC]

@@ -1,4 +1,4 @@
-"""The migration runner: ordered SQL files, each applied once, in a transaction, recorded by checksum.
+"""The migration runner: ordered SQL files, each applied once, recorded by checksum.
 
 A file may declare the table shape it relies on in a header comment::
 
@@ -8,6 +8,18 @@ A file may declare the table shape it relies on in a header comment::
 The runner checks those columns and types against ``information_schema`` before applying the
 file and refuses, saying what differs, so a migration never runs against a table it does not
 understand (for example a Kronos table whose shape changed).
+
+A file is applied in one transaction, unless it says ``-- transaction: none``. Such a file builds
+indexes on a table another system writes (``ml_predictions``: Kronos inserts all day) with
+``CREATE INDEX CONCURRENTLY``, which cannot run in a transaction and, unlike a plain build, lets
+inserts go on while it reads the table. Its statements run one by one, so each must be safe to run
+again (``IF NOT EXISTS``): a file that fails half-way is not recorded and runs whole next time. A
+concurrent build that failed leaves an INVALID index of that name behind, which ``IF NOT EXISTS``
+would take for done; the runner drops such an index (concurrently) and builds it again.
+
+A file rewritten after it was applied is refused, unless it names the checksum it had
+(``-- previous-checksum: <sha256>``): that is how a file is changed to apply the same change in a
+safer way (its index builds made concurrent), without re-applying it where it is applied.
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import sqlparse
+from psycopg import sql
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +41,13 @@ logger = logging.getLogger(__name__)
 MIGRATION_LOCK_KEY = 0x63686D67  # "chmg"
 
 _EXPECT = re.compile(r"^--\s*expects(?P<if_exists>-if-exists)?:\s*(?P<table>[A-Za-z_][A-Za-z0-9_]*)\((?P<cols>[^)]*)\)\s*$")
+
+_NO_TRANSACTION = re.compile(r"^--\s*transaction:\s*none\s*$", re.MULTILINE)
+_PREVIOUS_CHECKSUM = re.compile(r"^--\s*previous-checksum:\s*(?P<sha>[0-9a-f]{64})\s*$", re.MULTILINE)
+_CONCURRENT_INDEX = re.compile(
+    r"CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(?P<name>[A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE
+)
+_ANY_CONCURRENT = re.compile(r"\bCONCURRENTLY\b", re.IGNORECASE)
 
 _RECORD_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -60,6 +81,20 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def outside_transaction(self) -> bool:
+        """Whether the file says ``-- transaction: none``: its statements run one by one, in autocommit."""
+        return bool(_NO_TRANSACTION.search(self.sql))
+
+    @property
+    def previous_checksums(self) -> frozenset[str]:
+        """Checksums the file had before it was rewritten to apply the same change (``-- previous-checksum:``)."""
+        return frozenset(match["sha"] for match in _PREVIOUS_CHECKSUM.finditer(self.sql))
+
+    def statements(self) -> list[str]:
+        """The file's statements, split as PostgreSQL would (quotes, dollar quotes and comments respected)."""
+        return [s for s in sqlparse.split(self.sql) if sqlparse.format(s, strip_comments=True).strip()]
 
     @property
     def expectations(self) -> list[Expectation]:
@@ -135,30 +170,27 @@ def applied_migrations(conn: psycopg.Connection) -> dict[str, str]:
 def migrate(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:
     """Apply every pending migration in order; return the filenames applied now.
 
-    Safe to re-run: applied files are skipped, and a file edited after it was applied is an error.
+    Safe to re-run: applied files are skipped, and a file edited after it was applied is an error
+    (unless it names its former checksum). The session runs in UTC, as every connection of the
+    project does, so a migration reads and writes instants the same way whoever opened ``conn``.
     """
     migrations = discover(directory)
     applied_now: list[str] = []
     previous_autocommit = conn.autocommit
     conn.autocommit = True
     try:
+        conn.execute("SET TIME ZONE 'UTC'")
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
             done = applied_migrations(conn)
             for migration in migrations:
                 if migration.filename in done:
-                    if done[migration.filename] != migration.checksum:
-                        raise MigrationError(
-                            f"{migration.filename} was changed after it was applied; add a new migration instead"
-                        )
+                    _check_unchanged(conn, migration, done[migration.filename])
                     continue
-                with conn.transaction():
-                    check_expectations(conn, migration)
-                    conn.execute(migration.sql)
-                    conn.execute(
-                        "INSERT INTO schema_migrations (filename, checksum) VALUES (%s, %s)",
-                        (migration.filename, migration.checksum),
-                    )
+                if migration.outside_transaction:
+                    _apply_statement_by_statement(conn, migration)
+                else:
+                    _apply_in_transaction(conn, migration)
                 logger.info("applied migration %s", migration.filename)
                 applied_now.append(migration.filename)
         finally:
@@ -166,3 +198,58 @@ def migrate(conn: psycopg.Connection, directory: Path | None = None) -> list[str
     finally:
         conn.autocommit = previous_autocommit
     return applied_now
+
+
+def _check_unchanged(conn: psycopg.Connection, migration: Migration, recorded: str) -> None:
+    if recorded == migration.checksum:
+        return
+    if recorded in migration.previous_checksums:
+        conn.execute("UPDATE schema_migrations SET checksum = %s WHERE filename = %s",
+                     (migration.checksum, migration.filename))
+        logger.info("migration %s was rewritten to apply the same change; its record now holds the new checksum",
+                    migration.filename)
+        return
+    raise MigrationError(f"{migration.filename} was changed after it was applied; add a new migration instead")
+
+
+def _record(conn: psycopg.Connection, migration: Migration) -> None:
+    conn.execute("INSERT INTO schema_migrations (filename, checksum) VALUES (%s, %s)",
+                 (migration.filename, migration.checksum))
+
+
+def _apply_in_transaction(conn: psycopg.Connection, migration: Migration) -> None:
+    if _ANY_CONCURRENT.search(sqlparse.format(migration.sql, strip_comments=True)):
+        raise MigrationError(f"{migration.filename}: CONCURRENTLY cannot run in a transaction; "
+                             "add the header '-- transaction: none' (and make every statement safe to re-run)")
+    with conn.transaction():
+        check_expectations(conn, migration)
+        conn.execute(migration.sql)
+        _record(conn, migration)
+
+
+def _apply_statement_by_statement(conn: psycopg.Connection, migration: Migration) -> None:
+    """Each statement in its own implicit transaction; the file is recorded once all have run."""
+    check_expectations(conn, migration)
+    for statement in migration.statements():
+        index = _CONCURRENT_INDEX.search(statement)
+        if index:
+            drop_invalid_index(conn, index["name"])
+        conn.execute(statement)
+    _record(conn, migration)
+
+
+def drop_invalid_index(conn: psycopg.Connection, name: str) -> bool:
+    """Drop the index ``name`` of the current schema if a failed concurrent build left it INVALID; whether it did.
+
+    ``conn`` must be in autocommit: the drop is concurrent too, so it does not block writers either.
+    """
+    invalid = conn.execute(
+        "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = %s AND c.relnamespace = current_schema()::regnamespace",
+        (name,),
+    ).fetchone()
+    if not invalid or not invalid[0]:
+        return False
+    logger.warning("index %s is INVALID (a concurrent build of it failed); dropping it to build it again", name)
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    return True

@@ -22,8 +22,10 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "chronos-2"
 KRONOS_MODEL_NAME = "kronos-base"
 ENSEMBLE_MODEL_NAME = "ensemble"
+#: A fine-tuned challenger's shadow forecasts: scored beside the champion's, never served as ``chronos-2``.
+CHALLENGER_MODEL_NAME = "chronos-2-challenger"
 #: The models this pipeline writes. Kronos's rows are another system's and are never written here.
-WRITABLE_MODELS = (MODEL_NAME, ENSEMBLE_MODEL_NAME)
+WRITABLE_MODELS = (MODEL_NAME, ENSEMBLE_MODEL_NAME, CHALLENGER_MODEL_NAME)
 TIMEFRAMES = ("1h", "1d")
 
 # A run's rows are copied into a temporary table, then upserted by one statement: COPY carries
@@ -136,16 +138,21 @@ def upsert_window(
 ) -> int:
     """Write one window's rows of ``model_name`` in one transaction: all of them, or none if anything fails.
 
-    A re-run of the window replaces its rows (the key is symbol, timeframe, model_name, as_of).
-    ``model_name`` must be one this pipeline writes (``WRITABLE_MODELS``: ``chronos-2``, or the
-    ensemble's writer's ``ensemble``), and rows of any other model are refused, so this can never
-    touch Kronos's rows.
+    The window then holds exactly this set: rows are upserted on their key (symbol, timeframe,
+    model_name, as_of), and a row an earlier run of ``window`` wrote that this set lacks (an
+    instrument left out this time) is deleted in the same transaction, unless another window's
+    latest run wrote it too (``ml_prediction_windows``). ``model_name`` must be one this pipeline
+    writes (``WRITABLE_MODELS``: ``chronos-2``, the ensemble's writer's ``ensemble``, or the shadow writer's
+    ``chronos-2-challenger``), and rows of
+    any other model are refused, so this never writes or deletes Kronos's rows. An empty ``rows``
+    changes nothing: a run with nothing to write for a window leaves the window as it was.
 
     Two writers of the same window (a schedule tick and a manual run) are serialised by a
     transaction-level advisory lock on (model, timeframe, ``window``), or on (model, timeframe)
-    when ``window`` is None: the second waits for the first to commit and then replaces its rows,
+    when ``window`` is None: the second waits for the first to commit and then replaces its set,
     so the window ends with exactly one run's set, never a mix. The lock is released with the
     transaction, also when the connection dies mid-write (and the transaction rolls back).
+    ``window`` None (rows of no window: tools and tests) only upserts.
     """
     return sum(upsert_windows(conn, {window: rows}, model_name).values())
 
@@ -154,11 +161,27 @@ def upsert_windows(
     conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow | EncodedRow]],
     model_name: str = MODEL_NAME,
 ) -> dict[str | None, int]:
-    """Write several windows' rows in one transaction (see ``upsert_window``): all windows, or none.
+    """Write several windows' rows in one transaction (see ``upsert_window``): all windows, or none; rows per window.
 
     Inside a caller's transaction this is a savepoint of it, so the caller can write more (the
     ensemble's weights) in the same commit.
     """
+    return replace_windows(conn, rows_of, model_name).written
+
+
+@dataclass(frozen=True)
+class WindowsWritten:
+    """What ``replace_windows`` did: rows written per window, and the rows it deleted as (symbol, timeframe, as_of)."""
+
+    written: dict[str | None, int]
+    removed: list[tuple[str, str, datetime]]
+
+
+def replace_windows(
+    conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow | EncodedRow]],
+    model_name: str = MODEL_NAME,
+) -> WindowsWritten:
+    """``upsert_windows``, also saying which rows left: those no window's latest run claims any more."""
     if model_name not in WRITABLE_MODELS:
         raise ValueError(f"refusing to write model {model_name!r}: this pipeline writes only {list(WRITABLE_MODELS)}")
     rows = [row for window_rows in rows_of.values() for row in window_rows]
@@ -169,6 +192,7 @@ def upsert_windows(
     locks = sorted({
         window_lock_name(row.timeframe, window, model_name) for window, window_rows in rows_of.items() for row in window_rows
     })
+    removed: list[tuple[str, str, datetime]] = []
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(name, 0)) "
@@ -185,20 +209,84 @@ def upsert_windows(
                 for row in latest.values():
                     copy.write_row(row.params())
             cur.execute(_UPSERT)
-    return {window: len(window_rows) for window, window_rows in rows_of.items()}
+        claims = [(window, row.timeframe, row.symbol, row.as_of)
+                  for window, window_rows in rows_of.items() if window is not None for row in window_rows]
+        if claims:
+            removed = _replace_claims(cur, model_name, claims)
+    if removed:
+        logger.warning(
+            "removed %d %s rows that the latest run of their window left out: %s", len(removed), model_name,
+            ", ".join(f"{symbol} {timeframe} as_of {as_of.isoformat()}" for symbol, timeframe, as_of in removed[:10]),
+        )
+    return WindowsWritten({window: len(window_rows) for window, window_rows in rows_of.items()}, removed)
 
 
-def write_windows(conn: psycopg.Connection, forecasts: Mapping[str, pl.DataFrame], timeframe: str) -> dict[str, int]:
+# A window's claims are replaced whole: its old ones are dropped and the new set's inserted. Rows
+# of the model that an old claim named and no claim names now are deleted. They are locked first,
+# and checked in a statement of its own: under READ COMMITTED that statement sees the claims of
+# any writer of another window (sharing the row) that committed while the lock was awaited, and
+# one that has not committed yet re-inserts the row after this commit.
+_INCOMING_CLAIMS = """
+CREATE TEMP TABLE incoming_claims (window_key TEXT, timeframe TEXT, symbol TEXT, as_of TIMESTAMPTZ) ON COMMIT DROP;
+CREATE TEMP TABLE released_claims (timeframe TEXT, symbol TEXT, as_of TIMESTAMPTZ) ON COMMIT DROP
+"""
+_DROP_CLAIMS = """
+WITH dropped AS (
+    DELETE FROM ml_prediction_windows w
+    USING (SELECT DISTINCT window_key, timeframe FROM incoming_claims) k
+    WHERE w.model_name = %(model)s AND w.timeframe = k.timeframe AND w.window_key = k.window_key
+    RETURNING w.timeframe, w.symbol, w.as_of
+)
+INSERT INTO released_claims SELECT DISTINCT timeframe, symbol, as_of FROM dropped
+"""
+_CLAIM = """
+INSERT INTO ml_prediction_windows (model_name, timeframe, window_key, symbol, as_of)
+SELECT DISTINCT ON (timeframe, window_key, symbol) %(model)s, timeframe, window_key, symbol, as_of FROM incoming_claims
+ORDER BY timeframe, window_key, symbol, as_of DESC
+"""
+_LOCK_RELEASED = """
+SELECT p.id FROM ml_predictions p JOIN released_claims r
+  ON p.symbol = r.symbol AND p.timeframe = r.timeframe AND p.as_of = r.as_of
+WHERE p.model_name = %(model)s
+ORDER BY p.id FOR UPDATE OF p
+"""
+_DELETE_UNCLAIMED = """
+DELETE FROM ml_predictions p USING released_claims r
+WHERE p.model_name = %(model)s AND p.symbol = r.symbol AND p.timeframe = r.timeframe AND p.as_of = r.as_of
+  AND NOT EXISTS (SELECT 1 FROM ml_prediction_windows w WHERE w.model_name = p.model_name
+                  AND w.timeframe = p.timeframe AND w.symbol = p.symbol AND w.as_of = p.as_of)
+RETURNING p.symbol, p.timeframe, p.as_of
+"""
+
+
+def _replace_claims(cur: psycopg.Cursor, model_name: str, claims: list[tuple]) -> list[tuple[str, str, datetime]]:
+    """Make ``claims`` (window, timeframe, symbol, as_of) the whole claim of their windows; delete what nothing claims."""
+    params = {"model": model_name}
+    cur.execute(_INCOMING_CLAIMS)
+    with cur.copy("COPY incoming_claims FROM STDIN") as copy:
+        for claim in claims:
+            copy.write_row(claim)
+    cur.execute(_DROP_CLAIMS, params)
+    cur.execute(_CLAIM, params)
+    cur.execute(_LOCK_RELEASED, params)
+    cur.execute(_DELETE_UNCLAIMED, params)
+    return sorted(cur.fetchall())
+
+
+def write_windows(
+    conn: psycopg.Connection, forecasts: Mapping[str, pl.DataFrame], timeframe: str, model_name: str = MODEL_NAME
+) -> dict[str, int]:
     """Upsert every window's long forecast rows as rows of ``ml_predictions``, in one transaction; rows per window."""
-    return upsert_windows(conn, {window: window_rows(window, frame, timeframe) for window, frame in forecasts.items()})
+    rows_of = {window: window_rows(window, frame, timeframe, model_name) for window, frame in forecasts.items()}
+    return upsert_windows(conn, rows_of, model_name)
 
 
-def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str) -> list[EncodedRow]:
+def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str, model_name: str = MODEL_NAME) -> list[EncodedRow]:
     """One window's long forecast rows (one ``model_version``) as rows of ``ml_predictions``."""
     versions = forecasts["model_version"].unique().to_list()
     if len(versions) != 1:
         raise ValueError(f"window {window}: forecasts of {len(versions)} model versions ({versions}); expected one")
-    return encoded_rows(forecasts, timeframe, versions[0])
+    return encoded_rows(forecasts, timeframe, versions[0], model_name)
 
 
 def window_lock_name(timeframe: str, window: str | None, model_name: str = MODEL_NAME) -> str:

@@ -5,6 +5,11 @@ which columns) and the query that reads the recent bars of many symbols at
 once. Identifiers come from configuration, so each one is checked against a
 strict pattern and composed only through ``psycopg.sql``; every value is a
 bound parameter.
+
+A read walks an index on (symbol, [timeframe,] ts) backwards from the window's end,
+once per symbol, and stops after the bars it needs: its cost does not grow with
+the years of history the table holds. Without such an index it scans the table,
+and ``TableSource`` says so once, naming the index to create.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from datetime import datetime
 import polars as pl
 import psycopg
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
 from forecasting_pipeline.market.cadences import CADENCES
 from forecasting_pipeline.market.instruments import Instrument
@@ -27,7 +33,7 @@ from forecasting_pipeline.market.sources.schema import (
     coerce_bars,
     empty_bars,
 )
-from forecasting_pipeline.storage.database import connect
+from forecasting_pipeline.storage.database import DatabaseUnavailableError, describe_database, shared_pool
 from forecasting_pipeline.times import as_utc
 
 logger = logging.getLogger(__name__)
@@ -46,9 +52,8 @@ class BarTable:
     schema : str or None
         Schema name; ``None`` uses the connection's ``search_path``.
     symbol_col, ts_col, open_col, high_col, low_col, close_col, volume_col : str
-        Column names. ``ts_col`` should be ``timestamptz`` holding the bar
-        close; a plain ``timestamp`` column is compared with ``end`` in the
-        session's TimeZone, so it is only read correctly when that is UTC.
+        Column names. ``ts_col`` holds the bar close: ``timestamptz``, or a
+        plain ``timestamp`` read as UTC (the project's sessions run in UTC).
     timeframe_col : str or None
         Column holding the cadence (``"1h"``/``"1d"``); ``None`` when the
         table holds a single cadence.
@@ -172,50 +177,72 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def _build_query(
     table: BarTable, symbols: list[str], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
-) -> tuple[sql.Composed, list[object]]:
+) -> tuple[sql.Composed, dict[str, object]]:
     target = (
         sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.table))
         if table.schema
         else sql.Identifier(table.table)
     )
     ts = sql.Identifier(table.ts_col)
-    symbol = sql.Identifier(table.symbol_col)
-    conditions = [
-        sql.SQL("{} = ANY(%s)").format(symbol),
-        sql.SQL("{} <= %s").format(ts),
-    ]
-    params: list[object] = [first_end, symbols, last_end]
+    same_series = [sql.SQL("{} = s.symbol").format(sql.Identifier(table.symbol_col))]
     if table.timeframe_col is not None:
-        conditions.append(sql.SQL("{} = %s").format(sql.Identifier(table.timeframe_col)))
-        params.append(cadence)
-    params += [first_end, n_bars]
-    # Numeric columns are cast in SQL so numeric/decimal tables arrive as
-    # floats; the window keeps, per symbol and without one query each, the
-    # newest n_bars at or before first_end and every bar after it.
-    numeric = sql.SQL(", ").join(
-        sql.SQL("CAST({} AS double precision) AS {}").format(sql.Identifier(column), sql.Identifier(alias))
-        for column, alias in (
-            (table.open_col, "open"),
-            (table.high_col, "high"),
-            (table.low_col, "low"),
-            (table.close_col, "close"),
-            (table.volume_col, "volume"),
-        )
+        same_series.append(sql.SQL("{} = %(cadence)s").format(sql.Identifier(table.timeframe_col)))
+    # Numeric columns are cast in SQL so numeric/decimal tables arrive as floats.
+    columns = sql.SQL(", ").join(
+        [sql.SQL("{} AS ts").format(ts)] + [
+            sql.SQL("CAST({} AS double precision) AS {}").format(sql.Identifier(column), sql.Identifier(alias))
+            for column, alias in (
+                (table.open_col, "open"),
+                (table.high_col, "high"),
+                (table.low_col, "low"),
+                (table.close_col, "close"),
+                (table.volume_col, "volume"),
+            )
+        ]
     )
+    # Per symbol, an index walk backwards from first_end that stops after n_bars rows, and the bars
+    # after first_end up to last_end (none for a single window): never the symbol's whole history.
+    # Unordered: the rows are grouped by symbol and sorted by ts here (coerce_bars), cheaper than a
+    # sort of every row in the server.
     query = sql.SQL(
-        "SELECT symbol, ts, open, high, low, close, volume FROM ("
-        "SELECT CAST({symbol} AS text) AS symbol, {ts} AS ts, {numeric}, "
-        "row_number() OVER (PARTITION BY {symbol}, {ts} <= %s ORDER BY {ts} DESC) AS rn "
-        "FROM {target} WHERE {conditions}"
-        ") AS recent WHERE ts > %s OR rn <= %s ORDER BY symbol, ts"
-    ).format(
-        symbol=symbol,
-        ts=ts,
-        numeric=numeric,
-        target=target,
-        conditions=sql.SQL(" AND ").join(conditions),
-    )
+        "SELECT s.symbol, b.ts, b.open, b.high, b.low, b.close, b.volume "
+        "FROM unnest(%(symbols)s::text[]) AS s(symbol) CROSS JOIN LATERAL ("
+        "(SELECT {columns} FROM {target} WHERE {same} AND {ts} <= %(first_end)s ORDER BY {ts} DESC LIMIT %(n)s) "
+        "UNION ALL "
+        "(SELECT {columns} FROM {target} WHERE {same} AND {ts} > %(first_end)s AND {ts} <= %(last_end)s)"
+        ") AS b"
+    ).format(columns=columns, target=target, same=sql.SQL(" AND ").join(same_series), ts=ts)
+    params = {"symbols": symbols, "cadence": cadence, "first_end": first_end, "last_end": last_end, "n": n_bars}
     return query, params
+
+
+_INDEX_COLUMNS = """
+SELECT c.relkind, array_remove(array_agg(a.attname::text ORDER BY k.position), NULL)
+FROM pg_class c
+LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisvalid
+LEFT JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) ON true
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE c.oid = to_regclass(%s)
+GROUP BY c.relkind, i.indexrelid
+"""
+
+
+def missing_read_index(conn: psycopg.Connection, table: BarTable) -> str | None:
+    """The index a read needs and ``table`` lacks, as a ``CREATE INDEX`` statement; None when one serves.
+
+    A view (or anything that is not a plain or partitioned table) is not checked: its base table's
+    indexes are what count.
+    """
+    name = f"{table.schema}.{table.table}" if table.schema else table.table
+    found = conn.execute(_INDEX_COLUMNS, (sql.Identifier(*name.split(".")).as_string(conn),)).fetchall()
+    if not found or found[0][0] not in ("r", "p"):
+        return None
+    series = [table.symbol_col] + ([table.timeframe_col] if table.timeframe_col else [])
+    for _kind, columns in found:
+        leading = columns[: len(series) + 1]
+        if len(leading) == len(series) + 1 and sorted(leading[:-1]) == sorted(series) and leading[-1] == table.ts_col:
+            return None
+    return f"CREATE INDEX CONCURRENTLY ON {name} ({', '.join(series + [table.ts_col])})"
 
 
 class TableSource(BarSource):
@@ -229,6 +256,7 @@ class TableSource(BarSource):
     def __init__(self, url: str, table: BarTable) -> None:
         self.url = url
         self.table = table
+        self._index_checked = False
 
     def describe(self) -> str:
         return f"PostgreSQL table {self.table.qualified_name}"
@@ -236,10 +264,23 @@ class TableSource(BarSource):
     def history(
         self, instruments: Sequence[Instrument], cadence: str, first_end: datetime, last_end: datetime, n_bars: int
     ) -> tuple[pl.DataFrame, dict[str, str]]:
-        """Every bar the windows ending from ``first_end`` to ``last_end`` read, in one query (``BarSource``)."""
-        conn = connect(self.url)
+        """Every bar the windows ending from ``first_end`` to ``last_end`` read, in one query (``BarSource``).
+
+        The connection is borrowed from this process's pool for the database (``shared_pool``):
+        runs, service requests and batch items do not each open one.
+        """
+        symbols = [i.symbol for i in instruments]
         try:
-            symbols = [i.symbol for i in instruments]
-            return read_history_from_table(conn, self.table, symbols, cadence, first_end, last_end, n_bars), {}
-        finally:
-            conn.close()
+            with shared_pool(self.url).connection() as conn:
+                if not self._index_checked:
+                    self._index_checked = True
+                    wanted = missing_read_index(conn, self.table)
+                    if wanted:
+                        logger.warning("%s has no index on (symbol, [timeframe,] ts): each read scans the table; "
+                                       "create one: %s", self.table.qualified_name, wanted)
+                return read_history_from_table(conn, self.table, symbols, cadence, first_end, last_end, n_bars), {}
+        except PoolTimeout:
+            raise DatabaseUnavailableError(
+                f"PostgreSQL at {describe_database(self.url)} is unreachable: no connection to the bar table "
+                f"{self.table.qualified_name} within the pool's timeout. Check MARKET_DATA_DATABASE_URL."
+            ) from None

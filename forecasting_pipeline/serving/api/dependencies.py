@@ -1,9 +1,8 @@
-"""What the routes depend on: the service's parts, the model being ready, and the bearer token."""
+"""What the routes depend on: the service's parts and the model being ready (the token is ``access``'s)."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,14 +11,14 @@ import psycopg
 from fastapi import Request
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from forecasting_pipeline.forecasting.model_server import SocketModelServer
-from forecasting_pipeline.serving.api.batcher import ModelWorker
+from forecasting_pipeline.forecasting.runner import Chronos2Runner
 from forecasting_pipeline.serving.api.config import ServiceConfig
 from forecasting_pipeline.serving.api.errors import Refusal
 from forecasting_pipeline.serving.api.forecaster import OnDemandForecaster
 from forecasting_pipeline.serving.api.metrics import ServiceMetrics
+from forecasting_pipeline.serving.api.scheduler import ModelScheduler
 from forecasting_pipeline.serving.gateway import ReadPathMissingError
-from forecasting_pipeline.storage.database import describe_database
+from forecasting_pipeline.storage.database import describe_database, utc_conninfo
 
 
 @dataclass
@@ -27,11 +26,11 @@ class Service:
     """Everything one service process holds; ``app.state.service``."""
 
     config: ServiceConfig
+    runner: Chronos2Runner
     forecaster: OnDemandForecaster
-    worker: ModelWorker
+    scheduler: ModelScheduler
     metrics: ServiceMetrics
     socket_path: str | None = None
-    socket_server: SocketModelServer | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     load_error: str | None = None
     model_version: str | None = None
@@ -41,7 +40,7 @@ class Service:
     def open_pool(self) -> None:
         """A few connections for the read endpoints, opened in the background (the service starts without waiting)."""
         if self.database_url is not None:
-            self.pool = ConnectionPool(self.database_url, min_size=1, max_size=4, timeout=10, open=False,
+            self.pool = ConnectionPool(utc_conninfo(self.database_url), min_size=1, max_size=4, timeout=10, open=False,
                                        kwargs={"autocommit": True}, name="reads")
             self.pool.open(wait=False)
 
@@ -73,16 +72,3 @@ def ready_service(request: Request) -> Service:
         reason = f"the model failed to load: {found.load_error}" if found.load_error else "the model is still loading"
         raise Refusal(503, None, reason, headers={"Retry-After": "5"})
     return found
-
-
-def require_token(request: Request) -> None:
-    """With a token configured, ``Authorization: Bearer <token>`` is required; compared in constant time.
-
-    Neither the expected nor the presented token appears in any answer or log line.
-    """
-    expected = service(request).config.token
-    if expected is None:
-        return
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected.encode()):
-        raise Refusal(401, "Authorization", "a valid 'Bearer' token is required", headers={"WWW-Authenticate": "Bearer"})

@@ -1,8 +1,12 @@
 """Every refusal as JSON naming the field and the reason, never a traceback; and the request body size limit.
 
-Shapes: ``{"errors": [{"field": "bars[3].close", "reason": "..."}]}``. Statuses: 400 a body that is
-not JSON, 401 a missing or wrong token, 413 a body over the limit, 422 a request the model cannot
-answer, 503 while the model loads. Anything unexpected is logged here and answered 500 with no detail.
+Shapes: ``{"errors": [{"field": "bars[3].close", "reason": "..."}]}``. Statuses: 400 a request that
+cannot be read (a body that is not JSON or not an ``.npz``, a query parameter the endpoint does not
+take or given twice), 422 a request read whose values are wrong (missing, malformed, naming nothing
+known, or that the model cannot answer or over a limit), 401 a missing or wrong token (``access``), 409 a run's batch for another model, 413 a body
+over the limit, 422 a request the model cannot answer or over a limit, 503 while the model loads
+and when the scheduler refuses work (with ``Retry-After``). Anything unexpected is logged here and
+answered 500 with no detail.
 """
 
 from __future__ import annotations
@@ -16,8 +20,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from forecasting_pipeline.forecasting.on_demand import InputProblem
+from forecasting_pipeline.serving.api.scheduler import Overloaded
+
+# Seconds a refused client is asked to wait: about one chunk of run work plus one on-demand call.
+RETRY_AFTER_S = 1
+# nginx's "client closed request": recorded in the metrics, never seen by the client.
+CLIENT_GONE = 499
 
 logger = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer: nothing is sent; the metrics record ``CLIENT_GONE``."""
 
 
 class Refusal(Exception):
@@ -33,10 +47,10 @@ def error_body(*problems: tuple[str | None, str]) -> dict:
 
 
 def field_path(location: tuple | list, prefix: str = "") -> str:
-    """``("body", "bars", 3, "close")`` -> ``bars[3].close``."""
+    """``("body", "bars", 3, "close")`` -> ``bars[3].close``; ``("query", "symbol")`` -> ``symbol``."""
     out = prefix
     for part in location:
-        if part == "body" and not out:
+        if part in ("body", "query") and not out:
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "body"
@@ -65,6 +79,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unusable(_request: Request, exc: InputProblem) -> JSONResponse:
         return JSONResponse(error_body((exc.field, exc.reason)), status_code=422)
 
+    @app.exception_handler(ClientGone)
+    async def gone(_request: Request, _exc: ClientGone) -> JSONResponse:
+        return JSONResponse(error_body((None, "the client went away")), status_code=CLIENT_GONE)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse(error_body((None, str(exc))), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
     @app.exception_handler(Refusal)
     async def refused(_request: Request, exc: Refusal) -> JSONResponse:
         return JSONResponse(error_body((exc.field, exc.reason)), status_code=exc.status, headers=exc.headers)
@@ -84,20 +106,23 @@ class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is answered 413 before the app reads any of it.
 
     The declared Content-Length is checked first; a chunked body is counted as it arrives, so a
-    client cannot get past the limit by not declaring its size.
+    client cannot get past the limit by not declaring its size. ``per_path`` sets other limits for
+    some paths (a run's batch is far larger than an on-demand request).
     """
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send, int(declared))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._too_large(send, int(declared), limit)
             return
         chunks, size = [], 0
         while True:
@@ -106,8 +131,8 @@ class BodyLimit:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._too_large(send, size)
+            if size > limit:
+                await self._too_large(send, size, limit)
                 return
             if not message.get("more_body"):
                 break
@@ -122,8 +147,8 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send, size: int) -> None:
-        content = json.dumps(error_body(("body", f"{size} bytes or more, over the limit of {self.max_bytes}"))).encode()
+    async def _too_large(self, send, size: int, limit: int) -> None:
+        content = json.dumps(error_body(("body", f"{size} bytes or more, over the limit of {limit}"))).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
                                 (b"connection", b"close")]})

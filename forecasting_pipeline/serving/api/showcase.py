@@ -1,8 +1,10 @@
 """The read endpoints: ``GET /showcase/ml-prediction`` (the gateway's), and what the dashboard reads besides.
 
 Everything here only reads: latest forecasts through ``latest_ml_predictions``, an instrument's
-last bars from the configured source, and the stored scores. A parameter that names nothing known
-gets a 400 listing the known values; any other malformed parameter a 400 with the reason.
+last bars from the configured source, and the stored scores. A parameter the endpoint does not take,
+or given twice, gets a 400; a missing or malformed one, or one that names nothing known, a 422 with
+the reason (listing the known values). A known instrument (of the universe, or with rows of the
+model) that has no row to answer yet gets a 404.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from forecasting_pipeline.market.cadences import cadence_named
 from forecasting_pipeline.market.instruments import SYMBOL_PATTERN
 from forecasting_pipeline.serving.api.dependencies import Service, service
 from forecasting_pipeline.serving.api.errors import Refusal
-from forecasting_pipeline.serving.api.schemas import ErrorAnswer
+from forecasting_pipeline.serving.api.schemas import refusals
 from forecasting_pipeline.serving.gateway import DEFAULT_MODEL, known_models
 from forecasting_pipeline.serving.showcase import instrument_listing, latest_rows, model_scores, recent_bars
 from forecasting_pipeline.storage.ml_predictions import TIMEFRAMES
@@ -27,7 +29,20 @@ MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_BARS = 1000
 DEFAULT_BARS = 120
 
-router = APIRouter(tags=["showcase"], responses={400: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
+router = APIRouter(tags=["showcase"], responses=refusals(400, 401, 422, 503))
+
+
+def _parameters(*specs: tuple[str, bool, dict, str]) -> dict:
+    """The query parameters as OpenAPI declares them (parsed by ``query`` and checked here, in this API's error shape)."""
+    return {"parameters": [{"name": name, "in": "query", "required": required, "schema": schema, "description": text}
+                           for name, required, schema, text in specs]}
+
+
+_TIMEFRAME = {"type": "string", "enum": list(TIMEFRAMES)}
+_SYMBOL = {"type": "string", "pattern": SYMBOL_PATTERN.pattern}
+# An optional parameter given empty counts as absent.
+_OPTIONAL_TIMEFRAME = {"type": "string", "enum": ["", *TIMEFRAMES]}
+_OPTIONAL_SYMBOL = {"type": "string", "pattern": f"^$|{SYMBOL_PATTERN.pattern}"}
 
 
 class LatestRow(BaseModel):
@@ -42,7 +57,12 @@ class LatestRow(BaseModel):
     predictions: object
 
 
-@router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}})
+@router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}, **refusals(404)}, openapi_extra=_parameters(
+    ("symbol", False, _OPTIONAL_SYMBOL, "One instrument; all when absent or empty."),
+    ("timeframe", False, _OPTIONAL_TIMEFRAME, "One timeframe; both when absent or empty."),
+    ("model", False, {"type": "string", "pattern": f"^$|{MODEL_PATTERN.pattern}"},
+     "A model with stored forecasts; `kronos-base` when absent or empty."),
+))
 def ml_prediction(request: Request, found: Service = Depends(service)) -> JSONResponse:
     """The latest forecast per symbol and timeframe of one model (default `kronos-base`), as the gateway's rows.
 
@@ -53,18 +73,26 @@ def ml_prediction(request: Request, found: Service = Depends(service)) -> JSONRe
     _check_pattern("symbol", symbol, SYMBOL_PATTERN)
     _check_pattern("model", model, MODEL_PATTERN)
     if timeframe is not None and timeframe not in TIMEFRAMES:
-        raise Refusal(400, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}")
+        raise Refusal(422, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}")
     with found.database() as conn:
         if model is not None:
             models = known_models(conn)
             if model not in models:
-                raise Refusal(400, "model", f"unknown model {model!r}; known models: {_listing(models)}")
+                raise Refusal(422, "model", f"unknown model {model!r}; known models: {_listing(models)}")
         rows = latest_rows(conn, model or DEFAULT_MODEL, timeframe, symbol)
         if not rows and symbol is not None:
-            have = sorted({r["symbol"] for r in latest_rows(conn, model or DEFAULT_MODEL, timeframe, None)})
-            raise Refusal(400, "symbol", f"unknown symbol {symbol!r} for model {model or DEFAULT_MODEL!r}"
-                          + (f" at {timeframe!r}" if timeframe else "") + f"; known symbols: {_listing(have)}")
+            _no_rows(found, conn, model or DEFAULT_MODEL, timeframe, symbol)
     return JSONResponse(rows)
+
+
+def _no_rows(found: Service, conn, model: str, timeframe: str | None, symbol: str) -> None:
+    """404 for a known instrument without a row (yet); 422 listing the known symbols for any other."""
+    at = f" at {timeframe!r}" if timeframe else ""
+    if symbol in found.forecaster.instruments or latest_rows(conn, model, None, symbol):
+        raise Refusal(404, "symbol", f"no {model!r} rows for {symbol!r}{at} yet: a known instrument whose "
+                      "forecasts have not been written (or whose latest run left it out)")
+    have = sorted({r["symbol"] for r in latest_rows(conn, model, timeframe, None)})
+    raise Refusal(422, "symbol", f"unknown symbol {symbol!r} for model {model!r}{at}; known symbols: {_listing(have)}")
 
 
 @router.get("/showcase/instruments")
@@ -76,7 +104,11 @@ def instruments(found: Service = Depends(service)) -> dict:
             "models": models, "default_model": DEFAULT_MODEL}
 
 
-@router.get("/showcase/bars")
+@router.get("/showcase/bars", openapi_extra=_parameters(
+    ("symbol", True, _SYMBOL, "An instrument of the universe."),
+    ("timeframe", True, _TIMEFRAME, "The bars' timeframe."),
+    ("limit", False, {"type": "integer", "minimum": 1, "maximum": MAX_BARS, "default": DEFAULT_BARS}, "How many bars."),
+))
 def bars(request: Request, found: Service = Depends(service)) -> dict:
     """The last bars of an instrument up to its newest closed bar, from the configured market-data source."""
     params = query(request, ("symbol", "timeframe", "limit"))
@@ -89,7 +121,10 @@ def bars(request: Request, found: Service = Depends(service)) -> dict:
     return {"symbol": instrument.symbol, "timeframe": cadence.name, "calendar": instrument.calendar, "bars": found_bars}
 
 
-@router.get("/showcase/scores")
+@router.get("/showcase/scores", openapi_extra=_parameters(
+    ("symbol", True, _SYMBOL, "An instrument of the universe."),
+    ("timeframe", True, _TIMEFRAME, "The forecasts' timeframe."),
+))
 def scores(request: Request, found: Service = Depends(service)) -> dict:
     """Each model's latest scores for one instrument (``forecast_scores``), pooled over the horizon's steps."""
     params = query(request, ("symbol", "timeframe"))
@@ -109,22 +144,22 @@ def query(request: Request, allowed: tuple[str, ...]) -> Mapping[str, str | None
         values = request.query_params.getlist(name)
         if len(values) > 1:
             raise Refusal(400, name, f"{name} is given {len(values)} times; give it once")
-        out[name] = values[0].strip() or None if values else None
+        out[name] = values[0] or None if values else None
     return out
 
 
 def _check_pattern(name: str, value: str | None, pattern: re.Pattern) -> None:
     if value is not None and not pattern.match(value):
-        raise Refusal(400, name, f"malformed {name} {value[:80]!r}: expected {pattern.pattern}")
+        raise Refusal(422, name, f"malformed {name} {value[:80]!r}: expected {pattern.pattern}")
 
 
 def _instrument(found: Service, symbol: str | None):
     universe = found.forecaster.instruments
     if symbol is None:
-        raise Refusal(400, "symbol", "symbol is required")
+        raise Refusal(422, "symbol", "symbol is required")
     _check_pattern("symbol", symbol, SYMBOL_PATTERN)
     if symbol not in universe:
-        raise Refusal(400, "symbol", f"unknown symbol {symbol!r}; known symbols: {', '.join(universe)}")
+        raise Refusal(422, "symbol", f"unknown symbol {symbol!r}; known symbols: {', '.join(universe)}")
     return universe[symbol]
 
 
@@ -132,14 +167,14 @@ def _cadence(timeframe: str | None):
     try:
         return cadence_named(timeframe or "")
     except ValueError:
-        raise Refusal(400, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}") from None
+        raise Refusal(422, "timeframe", f"unknown timeframe {timeframe!r}; known timeframes: {', '.join(TIMEFRAMES)}") from None
 
 
 def _limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_BARS
     if not value.isdigit() or not 1 <= int(value) <= MAX_BARS:
-        raise Refusal(400, "limit", f"limit must be a whole number from 1 to {MAX_BARS}, got {value[:20]!r}")
+        raise Refusal(422, "limit", f"limit must be a whole number from 1 to {MAX_BARS}, got {value[:20]!r}")
     return int(value)
 
 
