@@ -18,7 +18,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from forecasting_pipeline.forecasting.model import checkpoint_digest, load_chronos2
-from forecasting_pipeline.forecasting.precision import resolve_dtype
 from forecasting_pipeline.forecasting.batch_wire import HEARTBEAT, MEDIA_TYPE, encode_npz, model_key
 from forecasting_pipeline.forecasting.service_client import (
     ServiceRefused,
@@ -249,7 +248,7 @@ def test_when_the_runs_champion_is_not_what_the_service_runs_then_the_run_loads_
 ):
     copy = tmp_path / "champion"
     shutil.copytree(tiny_checkpoint, copy)
-    loaded = load_chronos2(str(copy), dtype=resolve_dtype("auto", "cpu"))
+    loaded = load_chronos2(str(copy))
     found, _ = register(conn, NewCheckpoint(
         "1d", checkpoint_digest(copy), loaded.version, str(copy), "base", "r", "base@r", "full",
         datetime(2025, 1, 1, tzinfo=timezone.utc), datetime(2025, 6, 1, tzinfo=timezone.utc), 10, ["AAPL"], 1, 1e-3,

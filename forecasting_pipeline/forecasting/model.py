@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import platformdirs
 
-from forecasting_pipeline.forecasting.precision import Dtype
+from forecasting_pipeline.forecasting.precision import DtypeSetting, resolve_dtype
 from forecasting_pipeline.forecasting.predict import MODEL_QUANTILE_LEVELS
 from forecasting_pipeline.heap import imports_without_collection
 
@@ -182,7 +182,7 @@ def load_chronos2(
     model: str = DEFAULT_MODEL_ID,
     revision: str | None = None,
     device: str = "cpu",
-    dtype: Dtype = "float32",
+    dtype: DtypeSetting = "auto",
 ) -> LoadedModel:
     """Load a Chronos-2 pipeline from a local directory or the model hub.
 
@@ -193,8 +193,14 @@ def load_chronos2(
     revision
         Hub revision (commit, tag or branch) to pin; recorded in ``model_version``. For a local
         directory it is recorded as given, or else as a hash of the weights.
+    dtype
+        ``float32``, ``bfloat16``, or ``auto``: what ``precision.resolve_dtype`` picks for ``device``,
+        as a run on that device would. The precision is recorded in ``model_version``.
     """
+    from forecasting_pipeline.forecasting.device import TorchCuda
+
     torch, Chronos2Pipeline = model_modules()
+    dtype = resolve_dtype(dtype, device, TorchCuda() if device == "cuda" else None)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     path = Path(model).expanduser()
     if path.is_dir():
