@@ -4,7 +4,9 @@ This is what the model itself costs a scheduled job that starts from nothing, so
 process-start-to-commit time can be held against it as well as against a warm call. Building
 the inputs is timed apart and left out. Prints JSON on its last stdout line.
 
-    python benchmarks/bare_process.py --checkpoint DIR --cadence 1d --window 2026-03-02 --context 1024 --horizon 10
+    python benchmarks/bare_process.py --checkpoint DIR --cadence 1d --window 2026-03-02 --context 1024 --horizon 10 \
+        [--dtype float32|bfloat16]
+    python benchmarks/bare_process.py --smoke
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def main() -> int:
     from chronos import Chronos2Pipeline
 
     imported = time.perf_counter()
-    pipeline = Chronos2Pipeline.from_pretrained(args.checkpoint, device_map=args.device, dtype=torch.float32)
+    pipeline = Chronos2Pipeline.from_pretrained(args.checkpoint, device_map=args.device, dtype=getattr(torch, args.dtype))
     loaded = time.perf_counter()
     pipeline.predict_quantiles(
         inputs, prediction_length=work.horizon, quantile_levels=[0.1, 0.5, 0.9], context_length=work.context_length

@@ -248,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed calls per configuration after one warm-up")
     parser.add_argument("--inputs", type=Path, help="read the batches from this .npz (written by --save-inputs)")
     parser.add_argument("--save-inputs", type=Path, help="write the batches to this .npz and exit")
+    parser.add_argument("--smoke", action="store_true", help="the tiny random checkpoint and one timed call: seconds")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs = 1
     if args.save_inputs:
         save_inputs(args.save_inputs)
         print(f"wrote {args.save_inputs}")
@@ -276,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = write_random_checkpoint(Path(tmp) / "chronos2-full", "full")
+        size = "tiny" if args.smoke else "full"
+        checkpoint = write_random_checkpoint(Path(tmp) / f"chronos2-{size}", size)
         inputs = load_inputs(args.inputs) if args.inputs else {
             c: build_inputs(c, case["context_length"], case["end"]) for c, case in CASES.items()
         }

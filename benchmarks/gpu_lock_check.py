@@ -61,6 +61,8 @@ def lock_trials(url: str, keys: list[int]) -> dict[str, bool]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here too")
+    # The check itself takes seconds: --smoke is the same run, accepted so every benchmark answers to it.
+    parser.add_argument("--smoke", action="store_true", help="the same check (it takes seconds)")
     args = parser.parse_args()
 
     import torch

@@ -5,7 +5,8 @@ writes the same ``ml_predictions`` rows (same key, so it replaces the pipeline's
 window). On its last stdout line it prints JSON with its own timings.
 
     DATABASE_URL=... python benchmarks/naive.py --checkpoint DIR --cadence 1d --window 2026-03-02 \
-        --context 1024 --horizon 10 [--device cpu]
+        --context 1024 --horizon 10 [--device cpu] [--dtype float32|bfloat16]
+    python benchmarks/naive.py --smoke   # a fresh database on DATABASE_URL's server (or the embedded one)
 """
 
 from __future__ import annotations
@@ -40,11 +41,19 @@ DO UPDATE SET predictions = EXCLUDED.predictions, model_version = EXCLUDED.model
 
 def main() -> int:
     args, work = script_arguments(__doc__)
-    imported = time.perf_counter()
+    if not args.smoke:
+        return naive(args, work, os.environ["DATABASE_URL"])
+    from common import fresh_database
 
-    pipeline = Chronos2Pipeline.from_pretrained(args.checkpoint, device_map=args.device, dtype=torch.float32)
+    with fresh_database("naive_smoke") as url:
+        return naive(args, work, url)
+
+
+def naive(args, work, database_url: str) -> int:
+    imported = time.perf_counter()
+    pipeline = Chronos2Pipeline.from_pretrained(args.checkpoint, device_map=args.device, dtype=getattr(torch, args.dtype))
     loaded = time.perf_counter()
-    conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+    conn = psycopg.connect(database_url, autocommit=True)
     predict_s = data_s = write_s = 0.0
     rows = 0
     for instrument in load_instruments():

@@ -11,7 +11,7 @@ RSS is its own (``resource.getrusage``):
 2. incrementally, one bar later: the run after one new window, which scores the forecasts that
    window realised and reviews what is stored (summary, rolling chart, canaries).
 
-    python benchmarks/scoring_scale.py [--days 365] [--cadence 1h] [--json FILE] [--refill]
+    python benchmarks/scoring_scale.py [--days 365] [--cadence 1h] [--json FILE] [--refill] [--drop] [--smoke]
 
 PostgreSQL: ``DATABASE_URL``'s server when set, else the benchmark's embedded server in
 ``benchmarks/.cache/pgdata``. The filled database (``scoring_scale_<cadence>_<days>d``) is kept and
@@ -28,6 +28,7 @@ import resource
 import subprocess
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -60,7 +61,7 @@ def peak_rss_mb() -> float:
 @contextmanager
 def server():
     """DATABASE_URL's server, or the benchmark's embedded one."""
-    with database_environment(CACHE / "pgdata") as environment:
+    with database_environment(os.environ.get("DATABASE_URL"), pgdata=CACHE / "pgdata") as environment:
         yield environment["DATABASE_URL"]
 
 
@@ -121,9 +122,8 @@ def database_name(cadence: str, days: int) -> str:
     return f"scoring_scale_{cadence}_{days}d"
 
 
-def prepared_database(server_url: str, cadence: str, days: int, refill: bool) -> tuple[str, dict]:
-    """The filled database's URL, filling it when it is missing, stale or ``refill``; what was done."""
-    name = database_name(cadence, days)
+def prepared_database(server_url: str, name: str, cadence: str, days: int, refill: bool) -> tuple[str, dict]:
+    """The filled database ``name``'s URL, filling it when it is missing, stale or ``refill``; what was done."""
     url = _with_database(server_url, name)
     params = {"cadence": cadence, "days": days, "end": END[cadence], "version": FILL_VERSION}
     with psycopg.connect(server_url, autocommit=True) as conn:
@@ -230,6 +230,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--refill", action="store_true", help="fill the database again even if a fill is kept")
     parser.add_argument("--drop", action="store_true", help="drop the filled database at the end")
+    parser.add_argument("--smoke", action="store_true",
+                        help="3 days in a database of its own, dropped at the end: checks that it runs, in seconds")
     parser.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--until", help=argparse.SUPPRESS)
     parser.add_argument("--rebuild", action="store_true", help=argparse.SUPPRESS)
@@ -238,17 +240,20 @@ def main() -> int:
         child_run(args.cadence, args.until, args.rebuild)
         return 0
 
+    name = database_name(args.cadence, args.days)
+    if args.smoke:
+        args.days, args.drop = 3, True
+        name = f"scoring_scale_smoke_{uuid.uuid4().hex[:10]}"
     results: dict = {"cadence": args.cadence, "days": args.days}
     with server() as server_url:
-        url, prepared = prepared_database(server_url, args.cadence, args.days, args.refill)
-        results |= prepared
         try:
+            url, prepared = prepared_database(server_url, name, args.cadence, args.days, args.refill)
+            results |= prepared
             results |= measure(url, args.cadence)
         finally:
             if args.drop:
                 with psycopg.connect(server_url, autocommit=True) as conn:
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(database_name(args.cadence, args.days))))
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     print(json.dumps(results, indent=2, default=str))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

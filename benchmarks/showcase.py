@@ -7,7 +7,7 @@ and sends the requests one after another, cycling through four query shapes: no 
 gateway's default), a model and timeframe, a model, timeframe and symbol, and a symbol alone.
 Reports p50/p95/max and, for comparison, the SQL function's own time for the same calls.
 
-    python benchmarks/showcase.py [--requests 100] [--rows 100000] [--json FILE]
+    python benchmarks/showcase.py [--requests 100] [--rows 100000] [--json FILE] [--smoke]
 
 PostgreSQL: ``DATABASE_URL`` when set, else the benchmarks' embedded server; the database is
 fresh and dropped afterwards.
@@ -68,7 +68,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--json")
+    parser.add_argument("--smoke", action="store_true", help="2,000 rows and 8 requests: checks that it runs, in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.requests = 2000, 8
     checkpoint = CACHE / "chronos2-tiny-random"
     if not (checkpoint / "config.json").exists():
         write_random_checkpoint(checkpoint, "tiny")

@@ -26,6 +26,8 @@ BACKFILL_WINDOWS = 30
 # Chronos-2 geometry that the token count depends on (config.json of amazon/chronos-2).
 PATCH_SIZE = 16
 PARAMETERS_FULL = 119_477_664
+# Bars a --smoke run reads: the fewest validation keeps (min_history_bars).
+SMOKE_CONTEXT = 64
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,29 @@ def tokens(inputs: list[dict], context_length: int, horizon: int) -> int:
 
 
 def script_arguments(description: str) -> tuple[argparse.Namespace, Workload]:
-    """The command line shared by the plain benchmark scripts: checkpoint, window, context, horizon, device."""
+    """The command line shared by the plain benchmark scripts: checkpoint, window, context, horizon, device, dtype.
+
+    ``--smoke`` fills in what is not given: the tiny checkpoint and the daily window at a 64-bar context.
+    """
+    from common import SMOKE_HELP, checkpoint
+
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--cadence", required=True)
-    parser.add_argument("--window", required=True)
-    parser.add_argument("--context", type=int, required=True)
-    parser.add_argument("--horizon", type=int, required=True)
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--cadence", choices=sorted(CADENCES))
+    parser.add_argument("--window")
+    parser.add_argument("--context", type=int)
+    parser.add_argument("--horizon", type=int)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.cadence = args.cadence or "1d"
+        args.checkpoint = args.checkpoint or str(checkpoint("tiny"))
+        args.window = args.window or WINDOWS[args.cadence]
+        args.context = args.context or SMOKE_CONTEXT
+        args.horizon = args.horizon or CADENCES[args.cadence].horizon
+    missing = [name for name in ("checkpoint", "cadence", "window", "context", "horizon") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"--{', --'.join(missing)} required (or --smoke)")
     return args, Workload(args.cadence, args.window, args.context, args.horizon)

@@ -176,8 +176,10 @@ class Settings(BaseModel):
     chronos2_device: Literal["auto", "cuda", "cpu"] = var(
         "CHRONOS2_DEVICE", "auto", "`auto`: the GPU when it is free and has the memory, else the CPU; `cuda`: the GPU "
         "(waits for the lock); `cpu`.", MODEL)
-    chronos2_dtype: Literal["float32", "bfloat16"] = var(
-        "CHRONOS2_DTYPE", "float32", "The model's precision.", MODEL)
+    chronos2_dtype: Literal["auto", "float32", "bfloat16"] = var(
+        "CHRONOS2_DTYPE", "auto", "The model's precision: `auto` is `bfloat16` on CPUs with AMX or AVX512-BF16 and "
+        "on GPUs of compute capability 8.0 or later, `float32` elsewhere; `float32` or `bfloat16` force one. Each "
+        "row's `model_version` records the precision it was computed in.", MODEL)
     min_free_gpu_gb: NonNegativeNumber = var(
         "CHRONOS2_MIN_FREE_GPU_GB", 1.5, "GiB the GPU must have free for `auto` to use it.", MODEL)
     gpu_lock_timeout_s: NonNegativeNumber = var(
@@ -186,6 +188,10 @@ class Settings(BaseModel):
     gpu_lock_scope: Literal["shared", "per-gpu"] = var(
         "CHRONOS2_GPU_LOCK", "shared", "`shared`: the one GPU lock key Kronos also takes; `per-gpu`: a key per GPU "
         "(Kubernetes).", MODEL)
+    gpu_resident: bool = var(
+        "CHRONOS2_GPU_RESIDENT", False, "true: the weights stay on the GPU between calls instead of being copied "
+        "there from pinned host memory for each call; only for a card no other process needs, since the GPU lock "
+        "no longer frees their memory.", MODEL)
     model_server_socket: str | None = var(
         "CHRONOS2_SERVER", None, "Unix socket of `forecasting-pipeline serve`: runs forecast through that process, "
         "which keeps the model loaded.", MODEL)
@@ -550,6 +556,7 @@ def _chronos2_fields(settings: Settings) -> dict[str, object]:
         min_free_memory_gb=settings.min_free_gpu_gb,
         lock_timeout_s=settings.gpu_lock_timeout_s,
         lock_scope=settings.gpu_lock_scope,
+        gpu_resident=settings.gpu_resident,
     )
 
 

@@ -12,11 +12,14 @@ from forecasting_pipeline.forecasting.model import (
 )
 
 
-def test_when_a_local_checkpoint_loads_then_model_version_names_package_path_revision_and_random_weights(tiny_checkpoint):
-    loaded = load_chronos2(str(tiny_checkpoint), revision="v-test")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_when_a_local_checkpoint_loads_then_model_version_names_package_path_revision_dtype_and_random_weights(
+    dtype, tiny_checkpoint
+):
+    loaded = load_chronos2(str(tiny_checkpoint), revision="v-test", dtype=dtype)
 
-    assert loaded.version == f"chronos-forecasting==2.3.2 {tiny_checkpoint.resolve()}@v-test RANDOM-WEIGHTS"
-    assert loaded.device == "cpu" and loaded.dtype == "float32"
+    assert loaded.version == f"chronos-forecasting==2.3.2 {tiny_checkpoint.resolve()}@v-test {dtype} RANDOM-WEIGHTS"
+    assert loaded.device == "cpu" and loaded.dtype == dtype
 
 
 def test_when_no_revision_is_pinned_for_a_local_checkpoint_then_a_hash_of_its_weights_is_recorded(tiny_checkpoint):

@@ -5,9 +5,11 @@ lock is real PostgreSQL, the model is the real tiny Chronos-2, and the pool is r
 real Dagster instance built from the repository's dagster.yaml.
 """
 
+import shutil
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +29,7 @@ from forecasting_pipeline.forecasting.device import (
     lock_key_for,
     run_on_device,
 )
-from forecasting_pipeline.forecasting.runner import _MODEL_CACHE
+from forecasting_pipeline.forecasting.runner import _MODEL_CACHE, Chronos2Runner
 from forecasting_pipeline.market.cadences import DAILY, HOURLY
 from forecasting_pipeline.orchestration.chain import build_chain
 from forecasting_pipeline.orchestration.pools import GPU_POOL, ensure_gpu_pool_limit
@@ -44,17 +46,31 @@ GPU_B = "e07d21c4-13aa-4b6f-8e90-77f1a2b3c4d5"
 
 
 class FakeCuda:
-    """A CUDA device that is only numbers, for machines without one; optionally OOMs on its first run."""
+    """A CUDA device that is only numbers, for machines without one.
+
+    Its "device memory" is host memory: ``to_device`` returns a copy of the tensor, so the real
+    model runs through the GPU path on the CPU. It counts the calls that on a real device create
+    a CUDA context (``context_calls``), keeps the device copies it made (``held_by``), and can fail: ``fail_run`` is raised by the first ``run``, ``fail_copy_at`` makes that many-th
+    ``to_device`` raise torch's out-of-memory error.
+    """
 
     def __init__(
-        self, available: bool = True, free_gb: float = 8.0, oom_on_first_run: bool = False, uuid: str | None = None
+        self, available: bool = True, free_gb: float = 8.0, oom_on_first_run: bool = False, uuid: str | None = None,
+        capability: tuple[int, int] = (9, 0), fail_run: BaseException | None = None, fail_copy_at: int | None = None,
     ) -> None:
         self.available = available
         self.device_uuid = uuid
         self.free_bytes = int(free_gb * GIB)
-        self.oom_on_first_run = oom_on_first_run
+        self.fail_run = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") \
+            if oom_on_first_run else fail_run
+        self.cc = capability
+        self.fail_copy_at = fail_copy_at
         self.runs = 0
         self.emptied = 0
+        self.pinned = 0
+        self.copied = 0
+        self.context_calls = 0
+        self.device_copies: list[torch.Tensor] = []
 
     def is_available(self) -> bool:
         return self.available
@@ -63,25 +79,52 @@ class FakeCuda:
         return self.device_uuid
 
     def mem_get_info(self) -> tuple[int, int]:
-        return self.free_bytes, 8 * GIB
+        return self.free_bytes, 8 * GIB  # as NVML reads it: no context
+
+    def capability(self) -> tuple[int, int]:
+        return self.cc
 
     def processes(self) -> list[GpuProcess] | None:
         return [GpuProcess(pid=4242, used_memory_bytes=3 * GIB)]
 
     def reset_peak_memory_stats(self) -> None:
-        pass
+        self.context_calls += 1
 
     def max_memory_allocated(self) -> int:
+        self.context_calls += 1
         return 700 * 1024**2
 
     def empty_cache(self) -> None:
+        self.context_calls += 1
         self.emptied += 1
 
+    def pin_memory(self, tensor):
+        self.context_calls += 1
+        self.pinned += 1
+        return tensor.clone()
+
+    def to_device(self, tensor):
+        self.context_calls += 1
+        self.copied += 1
+        if self.copied == self.fail_copy_at:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 MiB")
+        copy = tensor.clone()
+        self.device_copies.append(copy)  # held, so no other tensor takes its address
+        return copy
+
+    def held_by(self, tensors) -> int:
+        """How many of ``tensors`` point at a device copy this fake made."""
+        on_device = {c.data_ptr() for c in self.device_copies}
+        return sum(t.data_ptr() in on_device for t in tensors)
+
     def run(self, work):
+        self.context_calls += 1
         self.runs += 1
-        if self.oom_on_first_run and self.runs == 1:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return work()
+        result = work()
+        # As torch.cuda.synchronize surfaces the asynchronous kernels' errors: after the work.
+        if self.fail_run is not None and self.runs == 1:
+            raise self.fail_run
+        return result
 
 
 def _lock_is_free(url: str) -> bool:
@@ -281,10 +324,10 @@ def test_when_cuda_runs_out_of_memory_then_the_same_batch_runs_on_cpu_and_the_ru
     assert loaded.device == "cpu"
     np.testing.assert_array_equal(quantiles, expected)
     assert (record.device, record.fell_back) == ("cpu", True)
-    assert record.reason == "CUDA out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert record.reason == "GPU allocation failed: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert record.peak_gpu_memory_bytes == 700 * 1024**2
     assert cuda.emptied == 1
-    assert not any(key[2] == "cuda" for key in _MODEL_CACHE)
+    assert not any(host.on_device for _loaded, host in _MODEL_CACHE.values())
     assert _lock_is_free(empty_database_url)
 
 
@@ -382,3 +425,142 @@ def test_when_the_instance_sets_no_limit_then_the_gpu_pool_gets_one_slot(project
         assert ensure_gpu_pool_limit(instance) == (1, "set now: the instance had no limit for it")
         assert explicit_limits(instance) == {GPU_POOL: 1}
         assert ensure_gpu_pool_limit(instance) == (1, "set on the instance")
+
+
+def _gpu_runner(checkpoint: Path, database_url: str, **settings) -> Chronos2Runner:
+    return Chronos2Runner(model=str(checkpoint), device="auto", dtype="float32", lock_database_url=database_url, **settings)
+
+
+def _host(checkpoint: Path, dtype: str = "float32"):
+    """The host copy of ``checkpoint`` in this process, and its tensors (parameters and buffers)."""
+    loaded, host = _MODEL_CACHE[(str(checkpoint), None, dtype)]
+    return host, [*loaded.pipeline.model.parameters(), *loaded.pipeline.model.buffers()]
+
+
+@pytest.fixture
+def own_checkpoint(tiny_checkpoint, tmp_path) -> Path:
+    """The tiny checkpoint under a path of its own, so that its host copy in this process starts fresh."""
+    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "chronos2-tiny"))
+
+
+def test_when_batches_run_on_the_gpu_then_the_checkpoint_loads_once_and_its_pinned_weights_are_lent_per_call(
+    own_checkpoint, daily_inputs, empty_database_url
+):
+    cuda = FakeCuda(True)
+    runner = _gpu_runner(own_checkpoint, empty_database_url)
+    expected = replace(runner, device="cpu").predict(daily_inputs, HORIZON, CONTEXT).quantiles
+
+    first = runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+    host, tensors = _host(own_checkpoint)
+    pointers = [t.data_ptr() for t in tensors]
+    second = runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+
+    assert [(d.device_run.device, d.model.device) for d in (first, second)] == [("cuda", "cuda")] * 2
+    np.testing.assert_array_equal(first.quantiles, expected)
+    np.testing.assert_array_equal(second.quantiles, expected)
+    assert [key for key in _MODEL_CACHE if key[0] == str(own_checkpoint)] == [(str(own_checkpoint), None, "float32")]
+    assert (cuda.pinned, cuda.copied) == (len(tensors), 2 * len(tensors))
+    assert host.pinned and not host.on_device
+    assert [t.data_ptr() for t in tensors] == pointers
+    assert cuda.held_by(tensors) == 0
+    assert _lock_is_free(empty_database_url)
+
+
+def test_when_the_weights_are_resident_then_later_gpu_calls_copy_nothing_and_a_cpu_call_takes_them_back(
+    own_checkpoint, daily_inputs, empty_database_url
+):
+    cuda = FakeCuda(True)
+    runner = _gpu_runner(own_checkpoint, empty_database_url, gpu_resident=True)
+
+    runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+    runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+    host, tensors = _host(own_checkpoint)
+    resident = (cuda.copied, cuda.held_by(tensors), host.on_device, _lock_is_free(empty_database_url))
+    on_cpu = replace(runner, device="cpu").predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+
+    assert resident == (len(tensors), len(tensors), True, True)
+    assert on_cpu.device_run.device == "cpu"
+    assert (host.on_device, cuda.held_by(tensors)) == (False, 0)
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    torch.AcceleratorError("CUDA error: out of memory"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+], ids=["torch-oom", "cuda-runtime", "cublas", "cudnn"])
+def test_when_the_gpu_cannot_allocate_then_the_batch_runs_on_the_cpu_with_the_weights_back_on_the_host(
+    error, own_checkpoint, daily_inputs, empty_database_url
+):
+    cuda = FakeCuda(True, fail_run=error)
+    runner = _gpu_runner(own_checkpoint, empty_database_url)
+
+    done = runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+    expected = replace(runner, device="cpu").predict(daily_inputs, HORIZON, CONTEXT).quantiles
+
+    np.testing.assert_array_equal(done.quantiles, expected)
+    assert (done.device_run.device, done.device_run.fell_back, done.model.device) == ("cpu", True, "cpu")
+    assert done.device_run.reason == f"GPU allocation failed: {str(error).splitlines()[0]}"
+    host, tensors = _host(own_checkpoint)
+    assert (host.on_device, cuda.held_by(tensors), cuda.emptied) == (False, 0, 1)
+    assert _lock_is_free(empty_database_url)
+
+
+def test_when_copying_the_weights_to_the_gpu_fails_half_way_then_every_tensor_is_back_on_the_host(
+    own_checkpoint, daily_inputs, empty_database_url
+):
+    cuda = FakeCuda(True, fail_copy_at=5)
+    runner = _gpu_runner(own_checkpoint, empty_database_url)
+    expected = replace(runner, device="cpu").predict(daily_inputs, HORIZON, CONTEXT).quantiles
+    host, tensors = _host(own_checkpoint)
+
+    done = runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+
+    assert (done.device_run.device, done.device_run.reason) == ("cpu", "GPU allocation failed: CUDA out of memory. Tried to allocate 9.00 MiB")
+    np.testing.assert_array_equal(done.quantiles, expected)
+    assert (host.on_device, cuda.held_by(tensors)) == (False, 0)
+
+
+def test_when_a_gpu_call_fails_for_another_reason_then_the_error_propagates_after_the_weights_go_back(
+    own_checkpoint, daily_inputs, empty_database_url
+):
+    cuda = FakeCuda(True, fail_run=RuntimeError("CUDA error: an illegal memory access was encountered"))
+    runner = _gpu_runner(own_checkpoint, empty_database_url, gpu_resident=True)
+
+    with pytest.raises(RuntimeError, match="an illegal memory access"):
+        runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+
+    host, tensors = _host(own_checkpoint)
+    assert (host.on_device, cuda.held_by(tensors)) == (False, 0)
+    assert _lock_is_free(empty_database_url)
+
+
+@pytest.mark.parametrize("case", ["device cpu", "no CUDA", "GPU lock busy", "too little free memory"])
+def test_when_a_call_goes_to_the_cpu_then_nothing_that_creates_a_cuda_context_is_called(
+    case, tiny_checkpoint, daily_inputs, empty_database_url
+):
+    cuda = FakeCuda(available=case != "no CUDA", free_gb=0.5 if case == "too little free memory" else 8.0)
+    runner = Chronos2Runner(
+        model=str(tiny_checkpoint), device="cpu" if case == "device cpu" else "auto",
+        lock_database_url=empty_database_url, lock_timeout_s=0.2,
+    )
+
+    with psycopg.connect(empty_database_url, autocommit=True) as other:
+        if case == "GPU lock busy":
+            other.execute("SELECT pg_advisory_lock(%s)", (GPU_LOCK_KEY,))
+        done = runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=cuda)
+
+    assert done.device_run.device == "cpu"
+    assert cuda.context_calls == 0
+
+
+@pytest.mark.parametrize(("capability", "dtype"), [((8, 0), "bfloat16"), ((7, 5), "float32")])
+def test_when_dtype_is_auto_then_a_gpu_call_runs_in_bfloat16_from_compute_capability_8(
+    capability, dtype, tiny_checkpoint, daily_inputs, empty_database_url
+):
+    runner = replace(_gpu_runner(tiny_checkpoint, empty_database_url), dtype="auto")
+
+    done = runner.predict(daily_inputs, HORIZON, CONTEXT, cuda=FakeCuda(True, capability=capability))
+
+    assert (done.device_run.device, done.model.dtype) == ("cuda", dtype)
+    assert f" {dtype} RANDOM-WEIGHTS" in done.model.version

@@ -5,7 +5,13 @@ from datetime import datetime, timedelta, timezone
 
 import polars as pl
 
-from forecasting_pipeline.storage.ml_predictions import PredictionRow, read_predictions, upsert_window
+from forecasting_pipeline.storage.ml_predictions import (
+    PredictionRow,
+    encoded_rows,
+    prediction_rows,
+    read_predictions,
+    upsert_window,
+)
 
 AS_OF = datetime(2026, 3, 2, 15, 0, 0, 123456, tzinfo=timezone.utc)
 # Digits a float32 round trip or a short text format would lose.
@@ -137,3 +143,22 @@ def test_when_a_window_is_given_no_rows_or_rows_of_no_window_are_written_then_no
     upsert_window(conn, [chronos_row("NVDA", AS_OF)])
 
     assert stored(conn) == [("AAPL", AS_OF), ("MSFT", AS_OF), ("NVDA", AS_OF)]
+
+
+def test_when_forecast_rows_are_encoded_column_wise_then_the_text_is_json_dumps_of_the_steps_exactly():
+    as_of = [AS_OF, AS_OF.replace(microsecond=0)]
+    frame = pl.DataFrame({
+        "symbol": ["MSFT"] * 3 + ["AAPL"] * 3,
+        "as_of": [as_of[1]] * 3 + [as_of[0]] * 3,
+        "step": [2, 1, 3, 1, 2, 3],
+        "ts": [as_of[1] + timedelta(hours=h) for h in (2, 1, 3)] + [as_of[0] + timedelta(hours=h) for h in (1, 2, 3)],
+        "p10": [P50 - 1, 0.1, 1e-7, 1e20, 2.5e-300, -0.0],
+        "p50": [P50, 1 / 3, 12345678901234567.0, 100.0, float("nan"), 5e-324],
+        "p90": [P50 + 1, 0.3, None, 1e16, 7.0, 1.5],
+    }, schema_overrides={"as_of": pl.Datetime("us", "UTC"), "ts": pl.Datetime("us", "UTC")})
+
+    encoded = encoded_rows(frame, "1h", VERSION)
+    plain = prediction_rows(frame, "1h", VERSION)
+
+    assert [r.predictions_json for r in encoded] == [json.dumps(r.predictions) for r in plain]
+    assert [r.params()[:5] for r in encoded] == [r.params()[:5] for r in plain]

@@ -118,7 +118,7 @@ def test_when_the_service_runs_another_model_then_the_run_fails_naming_both_and_
 ):
     wants_bf16 = Chronos2Resource(model=str(tiny_checkpoint), device="cpu", dtype="bfloat16", server_socket=service.socket)
 
-    with pytest.raises(ServiceRefused, match=r"\(409\): this service runs .*'float32'.*the run asked for .*'bfloat16'"):
+    with pytest.raises(ServiceRefused, match=r"\(409\): this service runs .*'auto'.*the run asked for .*'bfloat16'"):
         wants_bf16.runner().predict(daily_inputs, HORIZON, CONTEXT)
 
     assert readiness(service.socket)["pid"] == service.process.pid
@@ -138,7 +138,7 @@ def test_when_a_batch_is_malformed_then_400_says_what_and_the_service_goes_on(se
 
 
 def test_when_a_batch_waits_then_its_answer_starts_with_heartbeats_and_ends_with_the_quantiles(service, tiny_checkpoint):
-    key = model_key(str(tiny_checkpoint), None, "float32")
+    key = model_key(str(tiny_checkpoint), None, "auto")
     body = encode_npz({**key, "horizon": 3, "context_length": 8, "covariates": []},
                       {"lengths": np.array([8]), "target": np.linspace(1, 2, 8)})
 

@@ -28,11 +28,12 @@ def test_when_nothing_is_set_then_the_defaults_hold():
 
     hourly, daily = settings.windows()
     assert (hourly.cadence.name, hourly.partitions_def.get_first_partition_key(), hourly.per_backfill_run) == (
-        "1h", "2026-01-01-00:00", 240)
+        "1h", "2026-01-01-00:00", 480)
     assert (daily.cadence.name, daily.partitions_def.get_first_partition_key(), daily.per_backfill_run) == (
-        "1d", "2024-01-01", 120)
+        "1d", "2024-01-01", 480)
     assert settings.market_data_source == "sample" and settings.chronos2_model == "amazon/chronos-2"
     assert not settings.model_configured and not settings.embedded_database
+    assert (settings.chronos2_dtype, settings.gpu_resident) == ("auto", False)
     assert settings.frames_retention_days == 7
 
 
@@ -44,14 +45,14 @@ def test_when_a_frame_retention_is_set_then_the_frames_io_manager_keeps_leftover
 
 def test_when_the_first_windows_move_back_then_every_default_window_key_stays_valid():
     settings = Settings.from_env({"FIRST_WINDOW_1H": "2017-01-01-00:00", "FIRST_WINDOW_1D": "2004-01-01",
-                                  "WINDOWS_PER_BACKFILL_RUN_1D": "240"})
+                                  "WINDOWS_PER_BACKFILL_RUN_1D": "120"})
     defaults = Settings.from_env({}).windows()
 
     for moved, default in zip(settings.windows(), defaults, strict=True):
         some_default_keys = default.partitions_def.get_partition_keys()[:50]
         assert all(moved.partitions_def.has_partition_key(key) for key in some_default_keys)
     assert settings.windows()[1].partitions_def.get_first_partition_key() == "2004-01-01"
-    assert settings.windows()[1].per_backfill_run == 240
+    assert settings.windows()[1].per_backfill_run == 120
 
 
 @pytest.mark.parametrize(("env", "said"), [
@@ -63,6 +64,8 @@ def test_when_the_first_windows_move_back_then_every_default_window_key_stays_va
     ({"ENSEMBLE_SCHEME": "median"}, "ENSEMBLE_SCHEME must be one of grid, inverse, sqrt-inverse, got 'median'"),
     ({"ENSEMBLE_KRONOS_WAIT_MINUTES": "soon"}, "ENSEMBLE_KRONOS_WAIT_MINUTES must be a non-negative number, got 'soon'"),
     ({"ENSEMBLE_LOOKBACK": "-5"}, "ENSEMBLE_LOOKBACK must be a positive whole number, got '-5'"),
+    ({"CHRONOS2_DTYPE": "float16"}, "CHRONOS2_DTYPE must be one of auto, float32, bfloat16, got 'float16'"),
+    ({"CHRONOS2_GPU_RESIDENT": "sometimes"}, "CHRONOS2_GPU_RESIDENT must be true or false, got 'sometimes'"),
     ({"FRAMES_RETENTION_DAYS": "0"}, "FRAMES_RETENTION_DAYS must be a positive whole number, got '0'"),
     ({"PREDICT_DEADLINE_S": "0"}, "PREDICT_DEADLINE_S must be a positive number, got '0'"),
     ({"PREDICT_MAX_QUEUED": "lots"}, "PREDICT_MAX_QUEUED must be a positive whole number, got 'lots'"),

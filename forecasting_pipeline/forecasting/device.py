@@ -13,8 +13,14 @@ This module owns the device decision and its record:
   serialised with us; see the README for the SQL. With ``lock_scope="per-gpu"`` the key is derived
   from the UUID of the device the work runs on (``gpu_lock_key``), so users of different GPUs (pods
   on several GPU nodes) do not wait for each other, while two users of one GPU still do.
-- A CUDA out-of-memory error during the work frees GPU memory, logs a warning and reruns the same
-  work on the CPU: a run never fails because the GPU was full.
+- A GPU allocation failure during the work (torch's out-of-memory error, or a cuBLAS/cuDNN handle
+  or workspace that could not be allocated, which torch raises as a plain ``RuntimeError``) frees
+  GPU memory, logs a warning and reruns the same work on the CPU: a run never fails because the GPU
+  was full. ``is_gpu_allocation_failure`` says which errors those are.
+- A call that goes to the CPU never creates a CUDA context (which alone holds hundreds of MB of the
+  card): it asks only whether CUDA exists, the GPU's UUID, and free memory through NVML. Without
+  ``nvidia-ml-py`` the free-memory test of ``device="auto"`` reads ``torch.cuda.mem_get_info``,
+  which does create the context.
 
 CUDA is reached only through the small ``Cuda`` interface (``TorchCuda`` is the real one), so the
 decision can be tested on machines without a GPU.
@@ -25,6 +31,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -50,6 +57,27 @@ GPU_LOCK_KEY = 5138701042620253003
 PER_GPU_KEY_NAMESPACE = b"forecasting_pipeline GPU lock "
 
 GIB = 1024**3
+
+# GPU allocation failures that torch raises as a plain RuntimeError (or its AcceleratorError
+# subclass) rather than OutOfMemoryError: the CUDA runtime's own "out of memory" (a context or a
+# pinned buffer it could not make), and cuBLAS, cuDNN, cuFFT, cuSOLVER or cuSPARSE failing to
+# allocate a handle or workspace. cuBLAS reports a handle it could not create for want of memory
+# as NOT_INITIALIZED. Rerunning on the CPU is safe whatever the cause.
+_GPU_ALLOCATION_FAILURE = re.compile(r"out of memory|_ALLOC_FAILED|CUBLAS_STATUS_NOT_INITIALIZED", re.IGNORECASE)
+
+
+def is_gpu_allocation_failure(error: BaseException) -> bool:
+    """Whether ``error`` says the GPU could not allocate memory (the CPU fallback's trigger)."""
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and bool(_GPU_ALLOCATION_FAILURE.search(str(error)))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -93,7 +121,19 @@ class Cuda(Protocol):
         ...
 
     def mem_get_info(self) -> tuple[int, int]:
-        """Free and total device memory in bytes, over all processes."""
+        """Free and total device memory in bytes, over all processes (without a CUDA context where NVML answers)."""
+        ...
+
+    def capability(self) -> tuple[int, int]:
+        """The device's compute capability, (major, minor)."""
+        ...
+
+    def pin_memory(self, tensor):
+        """A page-locked host copy of a CPU tensor, which the GPU reads at full bus speed."""
+        ...
+
+    def to_device(self, tensor):
+        """A copy of a host tensor on the device (asynchronous from pinned memory)."""
         ...
 
     def processes(self) -> list[GpuProcess] | None:
@@ -132,10 +172,47 @@ class TorchCuda:
         return None if uuid is None else str(uuid)
 
     def mem_get_info(self) -> tuple[int, int]:
+        read = self._nvml_memory()
+        if read is not None:
+            return read
         import torch
 
+        # cudaMemGetInfo creates this process's CUDA context: only without NVML.
         free, total = torch.cuda.mem_get_info(self.index)
         return int(free), int(total)
+
+    def _nvml_memory(self) -> tuple[int, int] | None:
+        """Free and total memory from NVML, found by the CUDA device's UUID (NVML's indices may differ)."""
+        try:
+            import pynvml
+        except ImportError:
+            return None
+        uuid = self.uuid()
+        if uuid is None:
+            return None
+        try:
+            pynvml.nvmlInit()
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                return int(memory.free), int(memory.total)
+            finally:
+                pynvml.nvmlShutdown()
+        except pynvml.NVMLError as exc:
+            logger.info("NVML could not read GPU memory: %s", exc)
+            return None
+
+    def capability(self) -> tuple[int, int]:
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(self.index)
+        return int(major), int(minor)
+
+    def pin_memory(self, tensor):
+        return tensor.pin_memory()
+
+    def to_device(self, tensor):
+        return tensor.to(f"cuda:{self.index}", non_blocking=True)
 
     def processes(self) -> list[GpuProcess] | None:
         try:
@@ -335,7 +412,13 @@ def _plan(settings: GpuSettings, cuda: Cuda, database_url: str | None, stack: Ex
             busy = "busy; on-demand work does not wait for it" if lock == "try" else f"busy for {timeout:g}s"
             return _Plan("cpu", True, f"GPU lock {key} {busy}", lock_wait, lock_key=key)
 
-    free, _total = cuda.mem_get_info()
+    try:
+        free, _total = cuda.mem_get_info()
+    except RuntimeError as exc:
+        if not is_gpu_allocation_failure(exc):
+            raise
+        stack.close()
+        return _Plan("cpu", True, f"GPU allocation failed: {_first_line(exc)}", lock_wait, lock_key=key)
     processes = cuda.processes()
     needed = int(settings.min_free_memory_gb * GIB)
     if settings.device == "auto" and free < needed:
@@ -357,27 +440,28 @@ def run_on_device(
     release_cuda: Callable[[], None] | None = None,
     lock: LockMode = "wait",
 ) -> tuple[T, DeviceRun]:
-    """Run ``work(device)`` on the device the settings choose, falling back to the CPU on CUDA OOM.
+    """Run ``work(device)`` on the device the settings choose, falling back to the CPU when the GPU cannot allocate.
 
     Parameters
     ----------
     work
         Does the whole job on the given torch device (``"cuda"`` or ``"cpu"``): placing the model
-        and predicting. It may be called twice (CUDA, then CPU after an out-of-memory error), so
+        and predicting. It may be called twice (CUDA, then CPU after an allocation failure), so
         it must be safe to repeat.
     database_url
         The database of the GPU advisory lock; without it the GPU is used uncoordinated.
     release_cuda
         Drops this process's references to GPU tensors (cached model weights), so that the GPU
-        memory is given back before the lock is; called after any CUDA attempt, except under a
-        ``held`` lock, whose holder releases it with the lock (``GpuLease.release``).
+        memory is given back before the lock is; called after a CUDA attempt that raised. What a
+        successful attempt keeps on the GPU is its owner's to give back (``runner``: unless resident,
+        or under a ``held`` lock, whose holder releases it with the lock: ``GpuLease.release``).
     lock
         ``wait``, ``try`` or ``held`` (``LockMode``).
 
     Returns
     -------
     result, record
-        What ``work`` returned and where it ran (peak GPU memory when CUDA ran to the end or OOMed).
+        What ``work`` returned and where it ran (peak GPU memory when CUDA ran to the end or failed to allocate).
     """
     cuda = cuda or TorchCuda()
     started = time.perf_counter()
@@ -385,11 +469,11 @@ def run_on_device(
         plan = _plan(settings, cuda, database_url, stack, lock)
         peak = None
         if plan.device == "cuda":
-            result, peak, oom = _run_on_cuda(work, cuda, release_cuda, keep=lock == "held")
-            if oom is None:
+            result, peak, failure = _run_on_cuda(work, cuda, release_cuda, keep=lock == "held")
+            if failure is None:
                 return result, _device_run(settings, plan, started, peak)
-            logger.warning("CUDA out of memory (%s); retrying the same batch on the CPU", oom)
-            plan = replace(plan, device="cpu", fell_back=True, reason=f"CUDA out of memory: {oom}")
+            logger.warning("GPU allocation failed (%s); retrying the same batch on the CPU", failure)
+            plan = replace(plan, device="cpu", fell_back=True, reason=f"GPU allocation failed: {failure}")
         # The CPU does not need the GPU lock: release it before the (long) CPU work.
         stack.close()
         result = work("cpu")
@@ -400,32 +484,48 @@ def run_on_device(
 
 def _run_on_cuda(
     work: Callable[[str], T], cuda: Cuda, release_cuda: Callable[[], None] | None, keep: bool = False
-) -> tuple[T | None, int, str | None]:
-    """Run ``work("cuda")`` and give its GPU memory back, whatever happens (``keep``: only after an OOM).
+) -> tuple[T | None, int | None, str | None]:
+    """Run ``work("cuda")`` and give its GPU memory back, whatever happens (``keep``: only after a failure).
 
-    Returns what ``work`` returned (None after an out-of-memory error), the peak GPU memory in
-    bytes, and the out-of-memory error's first line, or None when there was none. Any other
-    error propagates, after the memory is given back.
+    Returns what ``work`` returned (None after an allocation failure), the peak GPU memory in
+    bytes (None when it could not be read), and the allocation failure's first line, or None when
+    there was none (``is_gpu_allocation_failure``). Any other error propagates, after the memory
+    is given back.
     """
-    import torch
-
-    cuda.reset_peak_memory_stats()
     result = None
-    oom: str | None = None
+    failure: str | None = None
+    succeeded = False
     try:
+        cuda.reset_peak_memory_stats()
         result = cuda.run(lambda: work("cuda"))
-    except torch.cuda.OutOfMemoryError as exc:
-        oom = str(exc).splitlines()[0][:200] if str(exc) else "CUDA out of memory"
+        succeeded = True
+    except RuntimeError as exc:  # torch's OutOfMemoryError and AcceleratorError are RuntimeErrors
+        if not is_gpu_allocation_failure(exc):
+            raise
+        failure = _first_line(exc)
     finally:
-        # After the except block, so an OOM traceback's frames (and their GPU tensors) are
+        # After the except block, so a failure's traceback frames (and their GPU tensors) are
         # gone; on any other error too, so no model stays on the GPU once the lock is released.
-        peak = cuda.max_memory_allocated()
-        if not keep or oom is not None:
+        peak = _peak_memory(cuda)
+        if not succeeded:
             _give_back(cuda, release_cuda)
-    return result, peak, oom
+        elif not keep:
+            # The weights went back to the host with the call (runner), unless resident: what the
+            # call left in torch's cache goes back to the card, for the next holder of the lock.
+            _give_back(cuda, None)
+    return result, peak, failure
+
+
+def _peak_memory(cuda: Cuda) -> int | None:
+    try:
+        return cuda.max_memory_allocated()
+    except RuntimeError as exc:  # a context that could not even be created has no statistics
+        logger.info("peak GPU memory not read: %s", _first_line(exc))
+        return None
 
 
 def _give_back(cuda: Cuda, release_cuda: Callable[[], None] | None) -> None:
+    """Drop this process's GPU tensors (``release_cuda``), collect what referred to them, empty torch's cache."""
     if release_cuda is not None:
         release_cuda()
     gc.collect()

@@ -8,6 +8,7 @@ call, because one bad series would spoil the whole batch (``Rejection`` says whi
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from forecasting_pipeline.market.features import COVARIATE_COLUMNS
+from forecasting_pipeline.market.window_frames import WindowFrames
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +90,66 @@ def usable_model_inputs(
     inputs: list[dict] = []
     rejected: list[Rejection] = []
     for frame in sorted(covariates.partition_by("symbol", maintain_order=True), key=lambda f: f["symbol"][0]):
-        frame = (frame if frame["ts"].is_sorted() else frame.sort("ts")).tail(context_length)
-        symbol = frame["symbol"][0]
-        wide = {name: frame[name].to_numpy() for name in ("close", *COVARIATE_COLUMNS)}
-        with np.errstate(over="ignore", invalid="ignore"):
-            narrow = {name: values.astype(np.float32) for name, values in wide.items()}
-        problem = _input_problem(frame, wide, narrow)
-        if problem is not None:
-            rejected.append(Rejection(window, symbol, "model_input", problem))
-            continue
-        keys.append(SeriesKey(window, symbol, frame["ts"][-1]))
-        inputs.append({"target": narrow["close"], "past_covariates": {name: narrow[name] for name in COVARIATE_COLUMNS}})
+        _collect(window, _instrument_input(frame, context_length), keys, inputs, rejected)
+    return keys, inputs, rejected
+
+
+# An instrument's context as the model takes it: (symbol, as_of, input), or (symbol, problem) when it cannot.
+_Input = tuple[str, datetime, dict] | tuple[str, str]
+
+
+def _instrument_input(frame: pl.DataFrame, context_length: int) -> _Input:
+    """One instrument's covariates (any order) as a model input, or why they cannot be one."""
+    frame = (frame if frame["ts"].is_sorted() else frame.sort("ts")).tail(context_length)
+    symbol = frame["symbol"][0]
+    wide = {name: frame[name].to_numpy() for name in ("close", *COVARIATE_COLUMNS)}
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = {name: values.astype(np.float32) for name, values in wide.items()}
+    problem = _input_problem(frame, wide, narrow)
+    if problem is not None:
+        return symbol, problem
+    return symbol, frame["ts"][-1], {"target": narrow["close"], "past_covariates": {n: narrow[n] for n in COVARIATE_COLUMNS}}
+
+
+def _collect(window: str, made: _Input, keys: list, inputs: list, rejected: list) -> None:
+    if len(made) == 2:
+        rejected.append(Rejection(window, made[0], "model_input", made[1]))
+    else:
+        keys.append(SeriesKey(window, made[0], made[1]))
+        inputs.append(made[2])
+
+
+def window_model_inputs(
+    covariates: Mapping[str, pl.DataFrame], context_length: int
+) -> tuple[list[SeriesKey], list[dict], list[Rejection]]:
+    """``usable_model_inputs`` of every window, in window order.
+
+    When the windows share their instruments' rows (``WindowFrames`` by instrument), each
+    instrument's context is built once per distinct slice of rows, and windows holding the same
+    slice (a night's or a weekend's windows: same bars, same ``as_of``) share one input object,
+    so the model can forecast it once.
+    """
+    if context_length < 1:
+        raise ValueError(f"context_length must be positive, got {context_length}")
+    keys: list[SeriesKey] = []
+    inputs: list[dict] = []
+    rejected: list[Rejection] = []
+    if not (isinstance(covariates, WindowFrames) and covariates.by_instrument):
+        for window, frame in covariates.items():
+            k, x, r = usable_model_inputs(frame, window, context_length)
+            keys += k
+            inputs += x
+            rejected += r
+        return keys, inputs, rejected
+    made: dict[tuple[int, int, int], _Input] = {}
+    for window, parts in covariates.slices.items():
+        for block, offset, length in sorted(parts, key=lambda p: covariates.blocks[p[0]]["symbol"][0]):
+            # Only the last context_length rows reach the model: a longer slice ending at the same row is the same input.
+            start = max(offset, offset + length - context_length)
+            key = (block, start, offset + length - start)
+            if key not in made:
+                made[key] = _instrument_input(covariates.blocks[block].slice(*key[1:]), context_length)
+            _collect(window, made[key], keys, inputs, rejected)
     return keys, inputs, rejected
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import platformdirs
 
+from forecasting_pipeline.forecasting.precision import DtypeSetting, resolve_dtype
 from forecasting_pipeline.forecasting.predict import MODEL_QUANTILE_LEVELS
 from forecasting_pipeline.heap import imports_without_collection
 
@@ -48,7 +49,6 @@ GEOMETRIES: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 6, "d_kv": 4, "d_ff": 8, "num_layers": 2, "num_heads": 4},
 }
 
-Dtype = Literal["float32", "bfloat16"]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -75,9 +75,9 @@ class LoadedModel:
 
     @property
     def version(self) -> str:
-        """What ``model_version`` records: package version, model id and revision."""
+        """What ``model_version`` records: package version, model id, revision and the precision it ran in."""
         tag = " RANDOM-WEIGHTS" if self.random_weights else ""
-        return f"chronos-forecasting=={version('chronos-forecasting')} {self.model_id}@{self.revision}{tag}"
+        return f"chronos-forecasting=={version('chronos-forecasting')} {self.model_id}@{self.revision} {self.dtype}{tag}"
 
     @property
     def identity(self) -> ModelIdentity:
@@ -170,8 +170,8 @@ def _check_local_checkpoint(path: Path) -> bool:
 
 
 @functools.cache
-def _model_modules():
-    """torch and chronos, imported on first use: they stay for the life of the process (heap.py)."""
+def model_modules():
+    """torch and chronos, the model's own imports, imported on first use: they stay for the process's life (heap.py)."""
     with imports_without_collection():
         import torch
         from chronos import Chronos2Pipeline
@@ -182,7 +182,7 @@ def load_chronos2(
     model: str = DEFAULT_MODEL_ID,
     revision: str | None = None,
     device: str = "cpu",
-    dtype: Dtype = "float32",
+    dtype: DtypeSetting = "auto",
 ) -> LoadedModel:
     """Load a Chronos-2 pipeline from a local directory or the model hub.
 
@@ -193,8 +193,14 @@ def load_chronos2(
     revision
         Hub revision (commit, tag or branch) to pin; recorded in ``model_version``. For a local
         directory it is recorded as given, or else as a hash of the weights.
+    dtype
+        ``float32``, ``bfloat16``, or ``auto``: what ``precision.resolve_dtype`` picks for ``device``,
+        as a run on that device would. The precision is recorded in ``model_version``.
     """
-    torch, Chronos2Pipeline = _model_modules()
+    from forecasting_pipeline.forecasting.device import TorchCuda
+
+    torch, Chronos2Pipeline = model_modules()
+    dtype = resolve_dtype(dtype, device, TorchCuda() if device == "cuda" else None)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     path = Path(model).expanduser()
     if path.is_dir():

@@ -1,8 +1,11 @@
 """Running Chronos-2 on a batch of inputs: through the forecast service when one answers, else in this process.
 
-In this process the checkpoint loads once per process and device, and the device follows the
-placement rules of ``device`` (GPU advisory lock, free-memory test, CPU fallback). A CUDA copy of
-the model is never kept between batches: its memory goes back to the GPU before the lock does.
+In this process the checkpoint loads once per process and precision, into host memory, and the
+device follows the placement rules of ``device`` (GPU advisory lock, free-memory test, CPU
+fallback). A GPU call borrows that host copy (``host_model``): the weights are copied to the card
+for the call and its memory goes back to the GPU before the lock does, unless ``gpu_resident``
+keeps them there. The precision follows ``precision.resolve_dtype`` for the device that runs the
+call.
 """
 
 from __future__ import annotations
@@ -22,14 +25,24 @@ from forecasting_pipeline.forecasting.device import (
     GpuSettings,
     LockMode,
     LockScope,
+    TorchCuda,
     run_on_device,
 )
-from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID, LoadedModel, ModelIdentity, load_chronos2
+from forecasting_pipeline.forecasting.host_model import HostModel
+from forecasting_pipeline.forecasting.model import (
+    DEFAULT_MODEL_ID,
+    LoadedModel,
+    ModelIdentity,
+    load_chronos2,
+    model_modules,
+)
+from forecasting_pipeline.forecasting.precision import resolve_dtype
 from forecasting_pipeline.forecasting.predict import QUANTILE_LEVELS, predict_quantiles
 
 logger = logging.getLogger(__name__)
 
-_MODEL_CACHE: dict[tuple, LoadedModel] = {}
+# (model, revision, dtype) -> the checkpoint in host memory, and its weights' lending to the GPU.
+_MODEL_CACHE: dict[tuple, tuple[LoadedModel, HostModel]] = {}
 _MODEL_LOCK = threading.Lock()
 
 # Series (targets + covariates) per forward pass. On the 2-core CPU the same series cost more per
@@ -60,7 +73,7 @@ class Chronos2Runner:
     model: str = DEFAULT_MODEL_ID
     revision: str | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     batch_size: int | None = None
     num_threads: int | None = None
     min_free_memory_gb: float = 1.5
@@ -70,6 +83,7 @@ class Chronos2Runner:
     lock_database_url: str | None = None
     server_socket: str | None = None
     server_timeout_s: float = 30.0
+    gpu_resident: bool = False
 
     def batch_size_for(self, device: str) -> int:
         return self.batch_size or (CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE)
@@ -79,22 +93,34 @@ class Chronos2Runner:
             self.device, self.min_free_memory_gb, self.lock_timeout_s, lock_key=self.lock_key, lock_scope=self.lock_scope
         )
 
-    def load(self, device: str = "cpu") -> LoadedModel:
-        """The checkpoint on ``device``, loaded once per process; later batches in the same process reuse it."""
+    def load(self, device: str = "cpu", cuda: Cuda | None = None) -> LoadedModel:
+        """The checkpoint in host memory, in the precision ``dtype`` gives on ``device``; loaded once per process.
+
+        ``cuda`` is read only to resolve ``dtype="auto"`` for a GPU call.
+        """
+        return self._cached(resolve_dtype(self.dtype, device, cuda))[0]
+
+    def _cached(self, dtype: str) -> tuple[LoadedModel, HostModel]:
         if self.num_threads:
             import torch
 
             torch.set_num_threads(self.num_threads)
-        key = (self.model, self.revision, device, self.dtype)
+        key = (self.model, self.revision, dtype)
         with _MODEL_LOCK:
             if key not in _MODEL_CACHE:
-                _MODEL_CACHE[key] = load_chronos2(self.model, self.revision, device, self.dtype)
+                loaded = load_chronos2(self.model, self.revision, "cpu", dtype)
+                _MODEL_CACHE[key] = (loaded, HostModel(loaded.pipeline.model))
             return _MODEL_CACHE[key]
 
     def release(self, device: str) -> None:
-        """Drop this checkpoint's cached model on ``device`` (on CUDA: so its memory can be freed)."""
+        """Give back what this checkpoint holds on ``device``: on CUDA its weights go back to the host; on the CPU it is dropped."""
         with _MODEL_LOCK:
-            _MODEL_CACHE.pop((self.model, self.revision, device, self.dtype), None)
+            keys = [key for key in _MODEL_CACHE if key[:2] == (self.model, self.revision)]
+            for key in keys:
+                if device == "cuda":
+                    _MODEL_CACHE[key][1].return_to_host()
+                else:
+                    del _MODEL_CACHE[key]
 
     def predict(self, inputs: list[dict], horizon: int, context_length: int, cuda: Cuda | None = None) -> Prediction:
         """Forecast in the forecast service when one is configured and answers in time, else in this process.
@@ -131,19 +157,42 @@ class Chronos2Runner:
         ``quantile_levels`` and ``sort`` are those of ``predict.predict_quantiles``; ``lock`` says how
         the GPU lock is taken (``device.LockMode``).
         """
+        cuda = cuda or TorchCuda()
+        batch = (inputs, horizon, context_length, quantile_levels, sort)
+        # torch and chronos are the model's own imports (seconds, once per process): imported
+        # here, before the device is chosen (which asks torch), they count as loading the model.
+        started, cpu_started = time.perf_counter(), time.process_time()
+        model_modules()
+        imported = {
+            "model_load_seconds": time.perf_counter() - started, "model_cpu_seconds": time.process_time() - cpu_started,
+        }
+        # A GPU call hands the weights back to the host itself (HostModel.lent), unless resident or
+        # under a held lock (whose holder gives them back with it); release_cuda covers a failure
+        # that surfaces after the call (the device's synchronize).
+        (quantiles, identity, timings), record = run_on_device(
+            lambda device: self._predict_on(device, cuda, *batch, keep=lock == "held"), self.gpu_settings(),
+            database_url=self.lock_database_url, cuda=cuda, release_cuda=lambda: self.release("cuda"), lock=lock,
+        )
+        timings = {**timings, **{key: timings[key] + seconds for key, seconds in imported.items()}}
+        return Prediction(quantiles, identity, timings, record)
 
-        def work(device: str) -> tuple[np.ndarray, LoadedModel, dict[str, float]]:
-            started = time.perf_counter()
-            loaded = self.load(device)
+    def _predict_on(
+        self, device: str, cuda: Cuda, inputs, horizon, context_length, quantile_levels, sort, keep: bool = False
+    ) -> tuple[np.ndarray, ModelIdentity, dict[str, float]]:
+        """One batch on ``device`` with the host copy: lent to the GPU for the call (kept there with ``keep``
+        or ``gpu_resident``), or used in place on the CPU."""
+        started, cpu_started = time.perf_counter(), time.process_time()
+        loaded, host = self._cached(resolve_dtype(self.dtype, device, cuda))
+        placement = host.lent(cuda, self.gpu_resident or keep) if device == "cuda" else host.on_host()
+        with placement:
             loaded_at = time.perf_counter()
             quantiles = predict_quantiles(
                 loaded.pipeline, inputs, horizon, context_length, self.batch_size_for(device), quantile_levels, sort
             )
-            timings = {"model_load_seconds": loaded_at - started, "predict_seconds": time.perf_counter() - loaded_at}
-            return quantiles, loaded, timings
-
-        (quantiles, loaded, timings), record = run_on_device(
-            work, self.gpu_settings(), database_url=self.lock_database_url, cuda=cuda,
-            release_cuda=lambda: self.release("cuda"), lock=lock,
-        )
-        return Prediction(quantiles, loaded.identity, timings, record)
+        timings = {
+            "model_load_seconds": loaded_at - started, "predict_seconds": time.perf_counter() - loaded_at,
+            # CPU seconds of every thread of the process that ran the call (load and predict): on a
+            # shared machine, what the call cost regardless of who else was running.
+            "model_cpu_seconds": time.process_time() - cpu_started,
+        }
+        return quantiles, replace(loaded.identity, device=device), timings

@@ -8,13 +8,13 @@ window with no instrument left has nothing to forecast; the caller decides wheth
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
 import polars as pl
 
-from forecasting_pipeline.forecasting.inputs import Rejection, SeriesKey, usable_model_inputs
+from forecasting_pipeline.forecasting.inputs import Rejection, SeriesKey, window_model_inputs
 from forecasting_pipeline.forecasting.predict import check_horizon
 from forecasting_pipeline.forecasting.runner import Chronos2Runner, Prediction
 from forecasting_pipeline.forecasting.shaping import drop_rejected, shape_forecasts, unfit_forecasts
@@ -39,7 +39,8 @@ class WindowForecasts:
     prediction
         The model call (quantiles, model, timings, device), or None when no window had an input.
     series, horizon, context_length
-        What the model was asked for.
+        What the model was asked for: ``series`` forecasts, of which ``distinct_series`` had contexts
+        of their own (the rest repeat another window's, and share its forecast).
     """
 
     forecasts: dict[str, pl.DataFrame]
@@ -48,6 +49,7 @@ class WindowForecasts:
     series: int
     horizon: int
     context_length: int
+    distinct_series: int = 0
 
     @property
     def empty(self) -> dict[str, str]:
@@ -94,20 +96,20 @@ def forecast_windows(
         ``(symbol, as_of, n) -> n`` bar close times after ``as_of`` on that instrument's calendar.
     """
     check_horizon(horizon)
-    keys: list[SeriesKey] = []
-    inputs: list[dict] = []
-    rejected: list[Rejection] = []
-    for window, frame in covariates.items():
-        k, x, r = usable_model_inputs(frame, window, context_length)
-        keys += k
-        inputs += x
-        rejected += r
-    prediction = runner.predict(inputs, horizon, context_length) if inputs else None
+    keys, inputs, rejected = window_model_inputs(covariates, context_length)
+    # Windows that hold the same context (window_model_inputs shares the object) are forecast once:
+    # the model is deterministic and each series is forecast independently of the rest of its batch.
+    distinct: dict[int, int] = {}
+    at = np.array([distinct.setdefault(id(x), len(distinct)) for x in inputs], dtype=np.int64)
+    unique = list({id(x): x for x in inputs}.values())
+    prediction = runner.predict(unique, horizon, context_length) if unique else None
+    if prediction is not None:
+        prediction = replace(prediction, quantiles=prediction.quantiles[at])
     rows = _shaped(keys, prediction, forecast_times, horizon)
     unfit = unfit_forecasts(rows, horizon)
     rows = drop_rejected(rows, unfit)
     by_window = {window: rows.filter(pl.col("window") == window).drop("window") for window in covariates}
-    return WindowForecasts(by_window, rejected + unfit, prediction, len(inputs), horizon, context_length)
+    return WindowForecasts(by_window, rejected + unfit, prediction, len(inputs), horizon, context_length, len(unique))
 
 
 def _shaped(

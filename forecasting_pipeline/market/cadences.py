@@ -28,9 +28,11 @@ class Cadence:
     horizon: int
     window_key_format: str
     first_window: str
-    # Each backfill run pays one process start-up and one model load, spread over its windows, and
-    # holds every window's frames in memory: hourly runs take more windows, since a year holds 24
-    # times as many, at the price of a larger peak memory.
+    # Each backfill run pays one process start-up (about 2 s: Python, Dagster, the definitions, the
+    # instance) and one model load, spread over its windows. Its windows share their instruments'
+    # bars (WindowFrames), so a window adds about 1 MB of memory, mostly its model inputs: 480
+    # windows (20 days hourly, 16 months daily) keep the start-up's share of each window at about
+    # 4 ms, for a peak of about 1.1 GB beside the model (docs/performance.md).
     windows_per_backfill_run: int
 
     def is_window_key(self, key: str) -> bool:
@@ -51,7 +53,7 @@ HOURLY = Cadence(
     horizon=24,
     window_key_format="%Y-%m-%d-%H:%M",
     first_window="2026-01-01-00:00",
-    windows_per_backfill_run=240,
+    windows_per_backfill_run=480,
 )
 
 DAILY = Cadence(
@@ -63,7 +65,7 @@ DAILY = Cadence(
     horizon=10,
     window_key_format="%Y-%m-%d",
     first_window="2024-01-01",
-    windows_per_backfill_run=120,
+    windows_per_backfill_run=480,
 )
 
 CADENCES: dict[str, Cadence] = {c.name: c for c in (HOURLY, DAILY)}

@@ -406,23 +406,37 @@ def calendar_rules(
 
     ``actual``: the close times (``datetime64[us]``, UTC), ascending, at least one.
     """
-    symbol, calendar = instrument.symbol, instrument.calendar
+    stale = stale_rule(actual, instrument, cadence, end, config, closes)
+    if stale and stale[0].ts is None:  # the calendar could not place the end: nothing else is checked
+        return stale
+    return stale + span_rules(actual, instrument, cadence, config, closes)
+
+
+def stale_rule(
+    actual: np.ndarray, instrument: Instrument, cadence: str, end: datetime, config: ValidationConfig,
+    closes: CalendarCloses,
+) -> list[Finding]:
+    """The staleness part of ``calendar_rules``: it alone depends on the window's end, not only on its bars."""
     last = datetimes(actual[-1:])[0]
     try:
         expected_last = closes.last_at_or_before(end)
         behind = len(closes.between(last, end))
     except ValueError as error:
-        return [Finding(symbol, None, "stale", EXCLUDED, f"the {calendar} calendar cannot place the window end: {error}")]
-    findings = _stale(instrument, cadence, end, config, last, expected_last, behind)
+        return [Finding(instrument.symbol, None, "stale", EXCLUDED,
+                        f"the {instrument.calendar} calendar cannot place the window end: {error}")]
+    return _stale(instrument, cadence, end, config, last, expected_last, behind)
 
-    first = datetimes(actual[:1])[0]
+
+def span_rules(
+    actual: np.ndarray, instrument: Instrument, cadence: str, config: ValidationConfig, closes: CalendarCloses
+) -> list[Finding]:
+    """Off-calendar bars and calendar gaps: the part of ``calendar_rules`` that depends on the bars alone."""
+    first, last = datetimes(actual[:1])[0], datetimes(actual[-1:])[0]
     try:
         expected = closes.between(first - timedelta(microseconds=1), last)
     except ValueError as error:
-        return findings + [Finding(symbol, None, "calendar_gap", WARNED, f"gaps not checked: {error}")]
-    findings += _off_calendar(instrument, cadence, actual, expected)
-    findings += _calendar_gaps(instrument, config, actual, expected)
-    return findings
+        return [Finding(instrument.symbol, None, "calendar_gap", WARNED, f"gaps not checked: {error}")]
+    return _off_calendar(instrument, cadence, actual, expected) + _calendar_gaps(instrument, config, actual, expected)
 
 
 def _stale(
@@ -447,7 +461,7 @@ def _stale(
 
 def _off_calendar(instrument: Instrument, cadence: str, actual: np.ndarray, expected: np.ndarray) -> list[Finding]:
     """One warning counting the bars whose close is not one of the calendar's ``expected`` closes."""
-    off = actual[~_sorted_isin(actual, expected)]
+    off = actual[~sorted_isin(actual, expected)]
     if not len(off):
         return []
     off_ts = datetimes(off)
@@ -462,7 +476,7 @@ def _calendar_gaps(
     instrument: Instrument, config: ValidationConfig, actual: np.ndarray, expected: np.ndarray
 ) -> list[Finding]:
     """A warning per run of ``expected`` closes missing from ``actual``, and an exclusion when too many are."""
-    missing_mask = ~_sorted_isin(expected, actual)
+    missing_mask = ~sorted_isin(expected, actual)
     if not missing_mask.any():
         return []
     symbol = instrument.symbol
@@ -491,7 +505,7 @@ def close_times(bars: pl.DataFrame) -> np.ndarray:
     return bars["ts"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
 
 
-def _sorted_isin(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
+def sorted_isin(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
     """``np.isin(values, sorted_pool)`` for an ascending pool, by binary search instead of hashing both."""
     if not len(sorted_pool):
         return np.zeros(len(values), dtype=bool)

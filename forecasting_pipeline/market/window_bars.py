@@ -10,6 +10,9 @@ with no bad value and no duplicate is validated from those: the same rule functi
 ``validation.validate_instrument``, fed precomputed calendar answers. Any other slice goes
 through ``validate_instrument`` itself. Either way a window gets exactly the bars and findings a
 run of that window alone would get.
+
+The windows' bars come back as ``WindowFrames``: a clean slice is a range of rows of its
+instrument's history, held once for every window; a repaired slice is a block of its own.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ from forecasting_pipeline.market.validation import (
     Finding,
     ValidatedWindow,
     ValidationConfig,
-    calendar_rules,
     findings_frame,
     jump_findings,
     nothing_to_forecast,
+    sorted_isin,
+    span_rules,
+    stale_rule,
     validate_instrument,
 )
+from forecasting_pipeline.market.window_frames import Slice, WindowFrames
 from forecasting_pipeline.times import epoch_us, from_epoch_us
 
 FINDING_COLUMNS = ("window", "symbol", "ts", "rule", "action", "message")
@@ -62,10 +68,12 @@ class WindowBars:
     findings: pl.DataFrame
     excluded: dict[str, list[str]] = field(default_factory=dict)
     empty: dict[str, str] = field(default_factory=dict)
+    frames: WindowFrames = field(default_factory=lambda: WindowFrames([], {}, empty_bars()))
 
     @property
-    def bars(self) -> dict[str, pl.DataFrame]:
-        return {key: validated.bars for key, validated in self.windows.items()}
+    def bars(self) -> WindowFrames:
+        """Window key -> its validated bars (each window's ``ValidatedWindow.bars``), sharing rows between windows."""
+        return self.frames
 
     def excluded_by_rule(self) -> dict[str, dict[str, list[str]]]:
         """Rule -> symbol -> the windows that rule excluded it from (its first excluding rule per window)."""
@@ -94,48 +102,73 @@ def read_window_bars(
         i.symbol: _InstrumentHistory.of(i, by_symbol.get(i.symbol, empty_bars()), cadence, max(ends.values()))
         for i in universe if i.symbol not in errors
     }
+    blocks = _Blocks(histories)
     windows: dict[str, ValidatedWindow] = {}
+    slices: dict[str, list[Slice]] = {}
     excluded: dict[str, list[str]] = {}
     empty: dict[str, str] = {}
     for key, end in ends.items():
-        validated = _validate(universe, histories, errors, cadence, end, n_bars, rules)
+        validated, slices[key] = _validate(universe, histories, blocks, errors, cadence, end, n_bars, rules)
         windows[key] = validated
         for symbol in validated.excluded:
             excluded.setdefault(symbol, []).append(key)
         reason = nothing_to_forecast(key, validated)
         if reason is not None:
             empty[key] = reason
-    return WindowBars(windows, _findings(list(windows.items())), excluded, empty)
+    frames = WindowFrames(blocks.frames, slices, empty_bars(), by_instrument=True)
+    return WindowBars(windows, _findings(list(windows.items())), excluded, empty, frames)
+
+
+class _Blocks:
+    """The blocks of a run's ``WindowFrames``: each instrument's history, then each repaired window slice."""
+
+    def __init__(self, histories: Mapping[str, _InstrumentHistory]) -> None:
+        self.frames = [h.bars for h in histories.values()]
+        self.of_symbol = {symbol: i for i, symbol in enumerate(histories)}
+        self._block_of: dict[int, int] = {}  # id of a repaired frame (held in frames) -> its block
+
+    def slice_of(self, symbol: str, bars: pl.DataFrame, span: tuple[int, int] | None) -> Slice:
+        """Where ``bars`` lie: rows ``span`` of the symbol's history, or (repaired) a block of their own."""
+        if span is not None:
+            return self.of_symbol[symbol], span[0], span[1]
+        if id(bars) not in self._block_of:
+            self.frames.append(bars)
+            self._block_of[id(bars)] = len(self.frames) - 1
+        return self._block_of[id(bars)], 0, len(bars)
 
 
 def _validate(
     universe: Sequence[Instrument],
     histories: Mapping[str, _InstrumentHistory],
+    blocks: _Blocks,
     errors: Mapping[str, str],
     cadence: str,
     end: datetime,
     n_bars: int,
     rules: ValidationConfig,
-) -> ValidatedWindow:
-    """One window, as ``validation.validate_window`` would validate the source's bars for it."""
+) -> tuple[ValidatedWindow, list[Slice]]:
+    """One window, as ``validation.validate_window`` would validate the source's bars for it, and its bars' slices."""
     findings: list[Finding] = []
-    kept: dict[str, pl.DataFrame] = {}
+    kept: dict[str, tuple[pl.DataFrame, Slice]] = {}
     excluded: list[str] = []
     for instrument in universe:
-        if instrument.symbol in errors:
-            found = [Finding(instrument.symbol, None, "unreadable", EXCLUDED, errors[instrument.symbol])]
-            bars = empty_bars()
+        symbol = instrument.symbol
+        if symbol in errors:
+            found = [Finding(symbol, None, "unreadable", EXCLUDED, errors[symbol])]
+            bars, span = empty_bars(), None
         else:
-            bars, found = histories[instrument.symbol].validate(end, n_bars, cadence, rules)
+            bars, found, span = histories[symbol].validate(end, n_bars, cadence, rules)
         findings += found
         if any(f.action == EXCLUDED for f in found):
-            excluded.append(instrument.symbol)
+            excluded.append(symbol)
         else:
-            kept[instrument.symbol] = bars
+            kept[symbol] = bars, blocks.slice_of(symbol, bars, span)
     # Concatenated in symbol order, each slice already in time order: the (symbol, ts) order
     # validate_window sorts into, without copying the slices.
-    out = pl.concat([kept[s] for s in sorted(kept)], rechunk=False) if kept else empty_bars()
-    return ValidatedWindow(out, findings, excluded, [i.symbol for i in universe if i.symbol in kept])
+    order = sorted(kept)
+    out = pl.concat([kept[s][0] for s in order], rechunk=False) if kept else empty_bars()
+    validated = ValidatedWindow(out, findings, excluded, [i.symbol for i in universe if i.symbol in kept])
+    return validated, [kept[s][1] for s in order]
 
 
 def _findings(windows: list[tuple[str, ValidatedWindow]]) -> pl.DataFrame:
@@ -152,6 +185,11 @@ class PrecomputedCloses(CalendarCloses):
         self._lo, self._hi = epoch_us(lo), epoch_us(hi)
         self._closes = bar_close_array(calendar, cadence, lo, hi)
         self._us = self._closes.astype(np.int64)
+
+    @property
+    def us(self) -> np.ndarray:
+        """Every close of the span, microseconds since the epoch, ascending."""
+        return self._us
 
     def between(self, start: datetime, end: datetime) -> np.ndarray:
         s, e = epoch_us(start), epoch_us(end)
@@ -180,6 +218,15 @@ class _InstrumentHistory:
     log_close: np.ndarray
     closes: CalendarCloses
     in_order: bool
+    # With the calendar's closes over the whole history: cumulative counts (length n + 1) of bars off
+    # the calendar, and (per expected close, length m + 1) of expected closes with no bar.
+    off_before: np.ndarray | None = None
+    missing_before: np.ndarray | None = None
+    # (a, b) -> findings of rows [a, b) that do not depend on the window's end: the windows of a
+    # backfill that end between two bars (a night, a weekend) hold the same rows.
+    span_findings: dict[tuple[int, int], list[Finding]] = field(default_factory=dict, compare=False)
+    # (a, b) -> the repaired bars of rows [a, b).
+    repaired: dict[tuple[int, int], pl.DataFrame] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, instrument: Instrument, bars: pl.DataFrame, cadence: str, last_end: datetime) -> _InstrumentHistory:
@@ -196,37 +243,71 @@ class _InstrumentHistory:
                 pass  # the calendar cannot place this span: each window asks it and reports why
         with np.errstate(divide="ignore", invalid="ignore"):
             log_close = np.log(bars["close"].to_numpy())
+        calendar_counts = {}
+        if isinstance(closes, PrecomputedCloses):
+            calendar_counts = dict(
+                off_before=np.concatenate(([0], np.cumsum(~sorted_isin(ts_us, closes.us)))),
+                missing_before=np.concatenate(([0], np.cumsum(~sorted_isin(closes.us, ts_us)))),
+            )
         return cls(
             instrument, bars, ts_us,
             np.concatenate(([0], np.cumsum(_bad_values(bars)))),
             np.concatenate(([0, 0], np.cumsum(ts_us[1:] == ts_us[:-1]))) if len(bars) else np.zeros(1, np.int64),
-            log_close, closes, in_order,
+            log_close, closes, in_order, **calendar_counts,
         )
 
     def validate(
         self, end: datetime, n_bars: int, cadence: str, config: ValidationConfig
-    ) -> tuple[pl.DataFrame, list[Finding]]:
-        """The window ending at ``end``: its last ``n_bars`` bars, validated."""
+    ) -> tuple[pl.DataFrame, list[Finding], tuple[int, int] | None]:
+        """The window ending at ``end``: its last ``n_bars`` bars, validated, and (offset, length) in ``bars``
+        when they are a slice of it unchanged (None when validation repaired them)."""
         if not self.in_order:
             window = self.bars.filter(pl.col("ts") <= end).tail(n_bars)
-            return validate_instrument(window, self.instrument, cadence, end, config, self.closes)
+            return *validate_instrument(window, self.instrument, cadence, end, config, self.closes), None
         b = int(np.searchsorted(self.ts_us, epoch_us(end), "right"))
         a = max(0, b - n_bars)
         window = self.bars.slice(a, b - a)
         clean = b > a and self.bad_before[b] == self.bad_before[a] and self.repeat_before[b] == self.repeat_before[a + 1]
         if not clean:
-            return validate_instrument(window, self.instrument, cadence, end, config, self.closes)
+            bars, findings = validate_instrument(window, self.instrument, cadence, end, config, self.closes)
+            # The same rows repair the same way: windows that hold them share one repaired frame.
+            return self.repaired.setdefault((a, b), bars), findings, None
         symbol = self.instrument.symbol
         findings = []
         if b - a < config.min_history_bars:
             findings.append(Finding(symbol, None, "short_history", EXCLUDED,
                                     f"{b - a} bars, fewer than min_history_bars={config.min_history_bars}"))
-        findings += calendar_rules(self.ts_us[a:b].astype("datetime64[us]"), self.instrument, cadence, end, config,
-                                   self.closes)
-        if b - a >= 3:
-            ts = window["ts"]
-            findings += jump_findings(symbol, np.diff(self.log_close[a:b]), lambda i: ts[int(i)], config)
-        return window, findings
+        # calendar_rules, then the jumps, as validate_instrument orders them.
+        actual = self.ts_us[a:b].astype("datetime64[us]")
+        stale = stale_rule(actual, self.instrument, cadence, end, config, self.closes)
+        findings += stale
+        if not (stale and stale[0].ts is None):
+            findings += self._span_findings(a, b, window, cadence, config)
+        elif b - a >= 3:
+            findings += self._jumps(a, b, window, config)
+        return window, findings, (a, b - a)
+
+    def _span_findings(self, a: int, b: int, window: pl.DataFrame, cadence: str, config: ValidationConfig) -> list[Finding]:
+        """``span_rules`` and the jumps of rows [a, b), computed once per span."""
+        if (a, b) not in self.span_findings:
+            found = [] if self._on_calendar(a, b) else span_rules(
+                self.ts_us[a:b].astype("datetime64[us]"), self.instrument, cadence, config, self.closes
+            )
+            self.span_findings[a, b] = found + (self._jumps(a, b, window, config) if b - a >= 3 else [])
+        return self.span_findings[a, b]
+
+    def _on_calendar(self, a: int, b: int) -> bool:
+        """Whether rows [a, b) are calendar closes with none of the calendar's closes between them missing."""
+        if self.off_before is None or self.off_before[b] != self.off_before[a]:
+            return False
+        expected = self.closes.us
+        first = int(np.searchsorted(expected, self.ts_us[a], "left"))
+        last = int(np.searchsorted(expected, self.ts_us[b - 1], "right"))
+        return self.missing_before[last] == self.missing_before[first]
+
+    def _jumps(self, a: int, b: int, window: pl.DataFrame, config: ValidationConfig) -> list[Finding]:
+        ts = window["ts"]
+        return jump_findings(self.instrument.symbol, np.diff(self.log_close[a:b]), lambda i: ts[int(i)], config)
 
 
 def _bad_values(bars: pl.DataFrame) -> np.ndarray:

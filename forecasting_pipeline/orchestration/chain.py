@@ -14,7 +14,7 @@ import polars as pl
 from forecasting_pipeline.forecasting.shaping import AllForecastsRejectedError
 from forecasting_pipeline.forecasting.window_forecasts import forecast_windows
 from forecasting_pipeline.market.calendars import UpcomingCloses
-from forecasting_pipeline.market.features import engineer_covariates
+from forecasting_pipeline.market.features import window_covariates
 from forecasting_pipeline.market.validation import AllInstrumentsExcludedError, check_names
 from forecasting_pipeline.market.window_bars import read_window_bars
 from forecasting_pipeline.orchestration.io_manager import PartitionedFramesIOManager
@@ -45,6 +45,12 @@ from forecasting_pipeline.serving.fan_charts import fan_chart_metadata
 from forecasting_pipeline.storage.ml_predictions import write_windows
 
 FRAMES_IO_MANAGER = "frames_io_manager"
+# What the chain's assets pass each other: window key -> polars frame (a dict, or WindowFrames, whose
+# windows share their rows); Dagster's inferred Dict type would refuse the latter.
+WINDOW_FRAMES = dg.DagsterType(
+    name="WindowFrames", description="Window key -> polars DataFrame, one per window of the run.",
+    type_check_fn=lambda _context, value: isinstance(value, Mapping),
+)
 # A write that fails (server restarting, connection killed) rolls back its window and is retried
 # after 2 s, then 4 s; each window's upsert is idempotent, so a retry writes the full set once.
 WRITE_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
@@ -83,7 +89,7 @@ def ohlcv_asset(windows: Windows, symbols: list[str]) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=name,
         outs={name: dg.AssetOut(
-            io_manager_key=FRAMES_IO_MANAGER, kinds={"polars"},
+            io_manager_key=FRAMES_IO_MANAGER, kinds={"polars"}, dagster_type=WINDOW_FRAMES,
             description="Validated OHLCV bars per instrument that closed at or before the window's end.",
         )},
         # Not blocking: one instrument's bad bars must not stop the other instruments' forecasts.
@@ -130,15 +136,16 @@ def covariates_asset(windows: Windows) -> dg.AssetsDefinition:
 
     @dg.asset(
         name=f"covariates_{cadence}",
-        ins={"ohlcv": dg.AssetIn(f"ohlcv_{cadence}")},
+        ins={"ohlcv": dg.AssetIn(f"ohlcv_{cadence}", dagster_type=WINDOW_FRAMES)},
         io_manager_key=FRAMES_IO_MANAGER,
+        dagster_type=WINDOW_FRAMES,
         kinds={"polars"},
         **_common(windows),
     )
-    def covariates(ohlcv: dict[str, pl.DataFrame]) -> dg.Output[dict[str, pl.DataFrame]]:
+    def covariates(ohlcv: Mapping[str, pl.DataFrame]) -> dg.Output[Mapping[str, pl.DataFrame]]:
         """Per-bar model inputs: close (target), log1p volume and relative high-low spread."""
-        out = {key: engineer_covariates(bars) for key, bars in ohlcv.items()}
-        return dg.Output(out, metadata={"windows": len(out), "rows": sum(len(f) for f in out.values())})
+        out = window_covariates(ohlcv)
+        return dg.Output(out, metadata={"windows": len(out), "rows": out.rows()})
 
     return covariates
 
@@ -149,8 +156,9 @@ def forecasts_asset(windows: Windows, op_tags: Mapping[str, object] | None = Non
 
     @dg.asset(
         name=name,
-        ins={"covariates": dg.AssetIn(f"covariates_{cadence.name}")},
+        ins={"covariates": dg.AssetIn(f"covariates_{cadence.name}", dagster_type=WINDOW_FRAMES)},
         io_manager_key=FRAMES_IO_MANAGER,
+        dagster_type=WINDOW_FRAMES,
         kinds={"pytorch"},
         pool=GPU_POOL,
         op_tags=op_tags,
@@ -162,7 +170,7 @@ def forecasts_asset(windows: Windows, op_tags: Mapping[str, object] | None = Non
     def chronos2_forecasts(
         context: dg.AssetExecutionContext,
         config: ForecastConfig,
-        covariates: dict[str, pl.DataFrame],
+        covariates: Mapping[str, pl.DataFrame],
         instruments: InstrumentsResource,
         chronos2: Chronos2Resource,
     ):
@@ -203,7 +211,7 @@ def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
 
     @dg.asset(
         name=name,
-        ins={"forecasts": dg.AssetIn(f"chronos2_forecasts_{cadence}")},
+        ins={"forecasts": dg.AssetIn(f"chronos2_forecasts_{cadence}", dagster_type=WINDOW_FRAMES)},
         # A single-window run draws its fan over the window's history, read from covariates_<cadence>.
         deps=[dg.AssetKey(f"covariates_{cadence}")],
         kinds={"postgres"},
@@ -218,22 +226,33 @@ def ml_predictions_asset(windows: Windows) -> dg.AssetsDefinition:
     )
     def ml_predictions(
         context: dg.AssetExecutionContext,
-        forecasts: dict[str, pl.DataFrame],
+        forecasts: Mapping[str, pl.DataFrame],
         database: PostgresResource,
         frames_io_manager: dg.ResourceParam[PartitionedFramesIOManager],
     ):
         """Chronos-2 rows in ml_predictions (model_name 'chronos-2'), upserted in one transaction for the run's windows."""
         to_write = {window: frame for window, frame in sorted(forecasts.items()) if not frame.is_empty()}
+        metadata_of = {}
         with database.connection() as conn:
             # Every window in one transaction: all of the run's rows are visible at once, or none.
             written = write_windows(conn, to_write, cadence)
             for done, (window, frame) in enumerate(to_write.items(), start=1):
-                metadata = written_window_metadata(frame, written[window], done, len(to_write), database.describe())
+                metadata_of[window] = written_window_metadata(frame, written[window], done, len(to_write), database.describe())
                 if len(forecasts) == 1:
-                    metadata |= _fan(context, conn, cadence, window, frame, frames_io_manager)
-                context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=window, metadata=metadata))
+                    metadata_of[window] |= _fan(context, conn, cadence, window, frame, frames_io_manager)
         context.log.info(f"wrote {len(to_write)} of {len(forecasts)} windows")
         _release_frames(context, cadence, list(forecasts), frames_io_manager)
+        if set(to_write) == set(context.partition_keys):
+            # Every window of the run is written: the step's own materialisation (one per window,
+            # each with its window's metadata), which Dagster stores as one batch of events.
+            for window, metadata in metadata_of.items():
+                context.add_asset_metadata(metadata, partition_key=window)
+            yield dg.MaterializeResult(check_results=[windows_written_check(forecasts, to_write, {})])
+            return
+        # Some windows had nothing to forecast: only the written ones are materialised, so the
+        # others stay missing (and the check below names them, with what the earlier steps recorded).
+        for window, metadata in metadata_of.items():
+            context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=window, metadata=metadata))
         yield windows_written_check(forecasts, to_write, nothing_to_forecast_reasons(context, cadence))
 
     return ml_predictions

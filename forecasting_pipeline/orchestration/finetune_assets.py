@@ -16,6 +16,7 @@
 # No `from __future__ import annotations` here: Dagster reads these annotations (config, resources) at decoration time.
 import json
 import shutil
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Literal
 
@@ -37,7 +38,7 @@ from forecasting_pipeline.market.calendars import UpcomingCloses
 from forecasting_pipeline.market.features import engineer_covariates
 from forecasting_pipeline.market.validation import ValidationConfig
 from forecasting_pipeline.market.window_bars import read_window_bars
-from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER
+from forecasting_pipeline.orchestration.chain import FRAMES_IO_MANAGER, WINDOW_FRAMES
 from forecasting_pipeline.orchestration.metadata import exclusion_messages, markdown_table, rejection_messages
 from forecasting_pipeline.orchestration.partitions import Windows
 from forecasting_pipeline.orchestration.pools import GPU_POOL
@@ -141,7 +142,8 @@ def finetuned_asset(windows: Windows) -> dg.AssetsDefinition:
             path = store_checkpoint(done.path, model_registry.directory, cadence.name)
         finally:
             shutil.rmtree(staged.parent, ignore_errors=True)  # what a failed run left half-written
-        version = load_chronos2(str(path)).version  # loads as every run will, and names its rows
+        # Loads as every run will (in the precision the runs' setting gives on the CPU), and names its rows.
+        version = load_chronos2(str(path), dtype=chronos2.dtype).version
         with database.connection() as conn:
             checkpoint, added = registry.register(conn, NewCheckpoint(
                 cadence.name, done.content_hash, version, str(path), done.base_model, done.base_revision,
@@ -178,7 +180,9 @@ def challenger_forecasts_asset(windows: Windows) -> dg.AssetsDefinition:
         name=f"chronos2_challenger_forecasts_{cadence.name}",
         partitions_def=windows.partitions_def,
         group_name=challenger_group(windows),
-        ins={"covariates": dg.AssetIn(f"covariates_{cadence.name}", input_manager_key=FRAMES_IO_MANAGER)},
+        ins={"covariates": dg.AssetIn(
+            f"covariates_{cadence.name}", input_manager_key=FRAMES_IO_MANAGER, dagster_type=WINDOW_FRAMES,
+        )},
         kinds={"pytorch", "postgres"},
         pool=GPU_POOL,
         backfill_policy=dg.BackfillPolicy.multi_run(windows.per_backfill_run),
@@ -187,7 +191,7 @@ def challenger_forecasts_asset(windows: Windows) -> dg.AssetsDefinition:
     def chronos2_challenger_forecasts(
         context: dg.AssetExecutionContext,
         config: ForecastConfig,
-        covariates: dict[str, pl.DataFrame],
+        covariates: Mapping[str, pl.DataFrame],
         instruments: InstrumentsResource,
         chronos2: Chronos2Resource,
         database: PostgresResource,
@@ -199,6 +203,8 @@ def challenger_forecasts_asset(windows: Windows) -> dg.AssetsDefinition:
             return dg.MaterializeResult(metadata={"challenger": "none", "windows_written": 0})
         checkpoint, runner = found
         after = {w: frame for w, frame in covariates.items() if windows.end_of(w) > checkpoint.training_to}
+        if len(after) == len(covariates):
+            after = covariates  # every window: the run's shared blocks as they are (WindowFrames)
         if len(after) < len(covariates):
             context.log.info(f"{len(covariates) - len(after)} window(s) end at or before the challenger's cutoff "
                              f"{checkpoint.training_to.isoformat()}: not out of sample, not forecast")

@@ -1,47 +1,61 @@
-"""An IO manager for per-window polars frames: one Arrow IPC file per asset, partition and run.
+"""An IO manager for per-window polars frames: each run's own files, with the rows a run's windows share stored once.
 
 Assets in the chain return ``{partition_key: DataFrame}`` so that a run covering a range of
 windows (a backfill) stores each window separately, and a later run of one window reads
-exactly that window back. Neighbouring windows' contexts overlap almost entirely, so a backfill
-writes and reads many similar frames: uncompressed Arrow IPC costs little more than a memory
-copy to write and is memory-mapped to read. Files written before (Parquet, one per window) are
-still read.
+exactly that window back. Uncompressed Arrow IPC costs little more than a memory copy to write
+and is memory-mapped to read. Files written before (Parquet, one per window) are still read.
 
-Each run writes its own file of a window (``{asset}/{window}/{run_id}.arrow``), under a temporary
-name of its own that is renamed into place when complete: two runs of one window at once (a
-scheduled run and a retry or a backfill) never read each other's half-written file or each
-other's frames, and a re-execution reads the frames of the run it re-executes.
+Each run writes files of its own:
+
+- one window: ``{asset}/{window}/{run_id}.arrow``, the window's frame whole;
+- several windows (``WindowFrames``, or any mapping of several): their contexts overlap almost
+  entirely, so the run's rows go once to ``{asset}/_shared/{run_id}.{id}.arrow``, with
+  ``{run_id}.{id}.json`` listing its blocks and windows, and each window gets a pointer,
+  ``{asset}/{window}/{run_id}.rows.json``: the shared file and the window's ``[block, offset,
+  length]`` slices in order. A run's input of many windows that point into one shared file comes
+  back as ``WindowFrames`` over it, read once.
+
+Every file is written under a temporary name of its own and renamed into place when complete:
+two runs of one window at once (a scheduled run and a retry or a backfill) never read each
+other's half-written file or each other's frames, and a re-execution reads the frames of the run
+it re-executes.
 
 Frames only carry a window from one step to the next. Retention: once the write step of a run
 has committed a window's rows (or found nothing to write for it), it deletes that window's
-frames of the run and of the runs it re-executes (``release``); frames no write step released (a
-run that failed before writing, or whose window is never re-run) are deleted after
-``retention_days`` by the next write step (``sweep``).
+frames of the run and of the runs it re-executes, and a shared file once none of its windows
+points at it (``release``); files no write step released (a run that failed before writing, or
+whose window is never re-run) are deleted after ``retention_days`` by the next write step (``sweep``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from forecasting_pipeline.market.window_frames import WindowFrames, window_frames_of
+
 logger = logging.getLogger(__name__)
 
 _LEGACY_FORMATS = (".arrow", ".parquet")
 _FRAME = ".arrow"
+_SLICES = ".rows.json"
+_LAYOUT = ".json"
+_SHARED = "_shared"
 _TEMPORARY = ".tmp"
 DEFAULT_RETENTION_DAYS = 7
 
 
 class PartitionedFramesIOManager(dg.ConfigurableIOManager):
-    """Stores ``dict[partition_key, polars.DataFrame]`` outputs as Arrow IPC files, one per run."""
+    """Stores ``dict[partition_key, polars.DataFrame]`` outputs as Arrow IPC files of each run."""
 
     base_dir: str = Field(description="Folder for the frame files.")
     retention_days: int = Field(
@@ -57,45 +71,62 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
     def _path(self, asset_key: dg.AssetKey, partition_key: str, run_id: str) -> Path:
         return self._window_dir(asset_key, partition_key) / f"{run_id}{_FRAME}"
 
+    def _pointer_path(self, asset_key: dg.AssetKey, partition_key: str, run_id: str) -> Path:
+        return self._window_dir(asset_key, partition_key) / f"{run_id}{_SLICES}"
+
+    def _shared_dir(self, asset_key: dg.AssetKey) -> Path:
+        return Path(self.base_dir, *asset_key.path, _SHARED)
+
     def _legacy_paths(self, asset_key: dg.AssetKey, partition_key: str) -> list[Path]:
         folder = self._window_dir(asset_key, partition_key)
         return [folder.with_name(folder.name + suffix) for suffix in _LEGACY_FORMATS]
 
-    def handle_output(self, context: dg.OutputContext, obj: dict[str, pl.DataFrame]) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: Mapping[str, pl.DataFrame]) -> None:
         expected = set(context.asset_partition_keys)
         if set(obj) != expected:
             raise ValueError(
                 f"{context.asset_key.to_user_string()}: output holds windows {sorted(obj)[:3]}..., "
                 f"expected {sorted(expected)[:3]}... ({len(expected)} windows)"
             )
-        for key, frame in obj.items():
-            self.write_window(context.asset_key, key, context.run_id, frame)
+        if len(obj) == 1:
+            for key, frame in obj.items():
+                self.write_window(context.asset_key, key, context.run_id, frame)
+        else:
+            self.write_windows(context.asset_key, context.run_id, window_frames_of(obj))
 
     def write_window(self, asset_key: dg.AssetKey, partition_key: str, run_id: str, frame: pl.DataFrame) -> Path:
         """Publish one window's frame of a run whole: written under a unique temporary name, then renamed."""
-        path = self._path(asset_key, partition_key, run_id)
-        # Unique per writer: a retry or a second process writing the same file never shares its temporary.
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TEMPORARY}")
-        for attempt in range(3):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                frame.write_ipc(tmp, compression="uncompressed")
-                os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a part
-                return path
-            except FileNotFoundError:
-                # Another run's release or sweep removed the folder, empty a moment ago: make it again.
-                if attempt == 2:
-                    raise
-            finally:
-                tmp.unlink(missing_ok=True)
-        return path
+        return _publish(
+            self._path(asset_key, partition_key, run_id), lambda tmp: frame.write_ipc(tmp, compression="uncompressed")
+        )
 
-    def load_input(self, context: dg.InputContext) -> dict[str, pl.DataFrame]:
+    def write_windows(self, asset_key: dg.AssetKey, run_id: str, frames: WindowFrames) -> Path:
+        """Publish a run's windows: their shared rows once, then each window's pointer into them; the shared file."""
+        name = f"{run_id}.{uuid.uuid4().hex}"
+        folder = self._shared_dir(asset_key)
+        rows = pl.concat(frames.blocks, rechunk=False) if frames.blocks else frames.empty
+        layout = {"blocks": [len(b) for b in frames.blocks], "by_instrument": frames.by_instrument,
+                  "windows": list(frames.slices)}
+        # The rows and their layout first, then the pointers: a pointer never names a missing file.
+        shared = _publish(folder / f"{name}{_FRAME}", lambda tmp: rows.write_ipc(tmp, compression="uncompressed"))
+        _publish(folder / f"{name}{_LAYOUT}", lambda tmp: tmp.write_text(json.dumps(layout)))
+        for key, parts in frames.slices.items():
+            pointer = json.dumps({"file": name, "slices": [list(p) for p in parts]})
+            _publish(self._pointer_path(asset_key, key, run_id), lambda tmp, text=pointer: tmp.write_text(text))
+        return shared
+
+    def load_input(self, context: dg.InputContext) -> Mapping[str, pl.DataFrame]:
         upstream = context.upstream_output
         # The run that produced the input: this run, or in a re-execution the run re-executed. For an
         # input materialised by an unrelated run, Dagster names this run, and the newest frame is read.
         runs = [upstream.run_id] if upstream is not None else []
-        return {key: self.load_window(context.asset_key, key, runs) for key in context.asset_partition_keys}
+        keys = list(context.asset_partition_keys)
+        found = {key: self._locate(context.asset_key, key, runs) for key in keys}
+        files = {p["file"] for p in found.values() if isinstance(p, dict)}
+        if len(keys) > 1 and len(files) == 1 and all(isinstance(p, dict) for p in found.values()):
+            blocks, empty, by_instrument = self._blocks(context.asset_key, files.pop())
+            return WindowFrames(blocks, {key: found[key]["slices"] for key in keys}, empty, by_instrument)
+        return {key: self._read(context.asset_key, key, where) for key, where in found.items()}
 
     def load_window(self, asset_key: dg.AssetKey, partition_key: str, run_ids: Iterable[str] = ()) -> pl.DataFrame:
         """One window's frame of ``asset_key``: that of the first of ``run_ids`` that has one, else the newest.
@@ -103,37 +134,80 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
         Raises FileNotFoundError when the window has no frame: never materialised, or released
         once its rows were committed (materialise the chain from its first asset again).
         """
+        return self._read(asset_key, partition_key, self._locate(asset_key, partition_key, run_ids))
+
+    def _locate(self, asset_key: dg.AssetKey, partition_key: str, run_ids: Iterable[str]) -> Path | dict:
+        """Where the window's frame is: a whole file, or a pointer (``{"file", "slices"}``) into a shared one."""
         for run_id in run_ids:
-            path = self._path(asset_key, partition_key, run_id)
-            if path.exists():
-                return pl.read_ipc(path)
+            for path in (self._path(asset_key, partition_key, run_id), self._pointer_path(asset_key, partition_key, run_id)):
+                where = _located(path)
+                if where is not None:
+                    return where
         folder = self._window_dir(asset_key, partition_key)
-        found = sorted(folder.glob(f"*{_FRAME}"), key=_mtime, reverse=True) if folder.is_dir() else []
-        for path in found + [p for p in self._legacy_paths(asset_key, partition_key) if p.exists()]:
-            return pl.read_ipc(path) if path.suffix == _FRAME else pl.read_parquet(path)
+        found = [*folder.glob(f"*{_FRAME}"), *folder.glob(f"*{_SLICES}")] if folder.is_dir() else []
+        for path in sorted(found, key=_mtime, reverse=True) + [p for p in self._legacy_paths(asset_key, partition_key)]:
+            where = _located(path)
+            if where is not None:
+                return where
         raise FileNotFoundError(
             f"{asset_key.to_user_string()} has no frame for window {partition_key} in {folder}: it was never "
             "materialised there, or its frames were deleted once the window's rows were committed. Materialise "
             "the window's chain from its first asset."
         )
 
+    def _read(self, asset_key: dg.AssetKey, partition_key: str, where: Path | dict) -> pl.DataFrame:
+        if isinstance(where, dict):
+            blocks, empty, _by_instrument = self._blocks(asset_key, where["file"])
+            return WindowFrames(blocks, {partition_key: where["slices"]}, empty)[partition_key]
+        return pl.read_ipc(where) if where.suffix == _FRAME else pl.read_parquet(where)
+
+    def _blocks(self, asset_key: dg.AssetKey, name: str) -> tuple[list[pl.DataFrame], pl.DataFrame, bool]:
+        """A shared file's blocks, an empty frame of their schema, and whether each holds one instrument."""
+        folder = self._shared_dir(asset_key)
+        rows = pl.read_ipc(folder / f"{name}{_FRAME}")
+        layout = json.loads((folder / f"{name}{_LAYOUT}").read_text())
+        blocks, start = [], 0
+        for length in layout["blocks"]:
+            blocks.append(rows.slice(start, length))
+            start += length
+        return blocks, rows.clear(), layout["by_instrument"]
+
     def release(self, asset_keys: Iterable[dg.AssetKey], partition_keys: Iterable[str], run_ids: Iterable[str]) -> int:
-        """Delete these windows' frames written by ``run_ids`` (a run and the runs it re-executes), and
-        frames of the layout before (one file per window); the number of files deleted.
+        """Delete these windows' frames written by ``run_ids`` (a run and the runs it re-executes), the
+        shared files none of whose windows points at them any more, and frames of the layout before
+        (one file per window); the number of files deleted.
 
         Another run's frames of the same windows are left alone: that run may still be reading them.
         """
         runs = {r for r in run_ids if r}
+        keys = list(partition_keys)
         deleted = 0
         for asset_key in asset_keys:
-            for key in partition_keys:
-                paths = [self._path(asset_key, key, r) for r in runs] + self._legacy_paths(asset_key, key)
-                deleted += sum(_unlink(path) for path in paths)
+            for key in keys:
+                paths = [self._path(asset_key, key, r) for r in runs] + [self._pointer_path(asset_key, key, r) for r in runs]
+                deleted += sum(_unlink(path) for path in paths + self._legacy_paths(asset_key, key))
                 _remove_if_empty(self._window_dir(asset_key, key))
+            deleted += self._release_shared(asset_key, runs)
+        return deleted
+
+    def _release_shared(self, asset_key: dg.AssetKey, runs: set[str]) -> int:
+        folder = self._shared_dir(asset_key)
+        deleted = 0
+        for run_id in runs:
+            for layout_path in folder.glob(f"{run_id}.*{_LAYOUT}") if folder.is_dir() else []:
+                try:
+                    windows = json.loads(layout_path.read_text())["windows"]
+                except FileNotFoundError:
+                    continue  # released by another step meanwhile
+                if any(self._pointer_path(asset_key, w, run_id).exists() for w in windows):
+                    continue
+                name = layout_path.name.removesuffix(_LAYOUT)
+                deleted += _unlink(folder / f"{name}{_FRAME}") + _unlink(layout_path)
+        _remove_if_empty(folder)
         return deleted
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete every frame (and abandoned temporary file) older than ``retention_days``; the number deleted."""
+        """Delete every frame file (and abandoned temporary file) older than ``retention_days``; the number deleted."""
         root = Path(self.base_dir)
         if not root.is_dir():
             return 0
@@ -142,13 +216,42 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
         for folder, _subdirs, files in os.walk(root, topdown=False):
             for name in files:
                 path = Path(folder, name)
-                if name.endswith((_FRAME, _TEMPORARY, ".parquet")) and _mtime(path) < cutoff:
+                if name.endswith((_FRAME, _TEMPORARY, ".parquet", _LAYOUT)) and _mtime(path) < cutoff:
                     deleted += _unlink(path)
             if Path(folder) != root:
                 _remove_if_empty(Path(folder))
         if deleted:
             logger.info("deleted %d frame files older than %d days under %s", deleted, self.retention_days, root)
         return deleted
+
+
+def _publish(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write`` a file under a unique temporary name beside ``path``, then rename it into place (atomic)."""
+    # Unique per writer: a retry or a second process writing the same file never shares its temporary.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TEMPORARY}")
+    for attempt in range(3):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write(tmp)
+            os.replace(tmp, path)  # readers see the old file or the new one, never a part
+            return path
+        except FileNotFoundError:
+            # Another run's release or sweep removed the folder, empty a moment ago: make it again.
+            if attempt == 2:
+                raise
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def _located(path: Path) -> Path | dict | None:
+    """A whole frame file, or a pointer file's contents, when ``path`` exists (None when it does not)."""
+    if not path.name.endswith(_SLICES):
+        return path if path.exists() else None
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
 
 
 def _mtime(path: Path) -> float:

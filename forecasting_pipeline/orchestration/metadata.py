@@ -4,6 +4,7 @@ tables, JSON and pictures a person reads in the UI, and where results become ass
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -68,7 +69,7 @@ def window_bars_metadata(result: WindowBars, source: str, synthetic: bool, instr
         "synthetic": synthetic,
         "windows": len(result.windows),
         "instruments": instruments,
-        "rows": sum(len(f) for f in result.bars.values()),
+        "rows": result.bars.rows(),
         "excluded": dg.MetadataValue.json(result.excluded),
         "excluded_by_rule": dg.MetadataValue.json(result.excluded_by_rule()),
         "nothing_to_forecast": dg.MetadataValue.json(result.empty),
@@ -124,18 +125,22 @@ def nothing_to_forecast_reasons(context: dg.AssetExecutionContext, cadence: str)
 
 
 def written_window_metadata(frame: pl.DataFrame, rows: int, done: int, total: int, database: str) -> dict[str, object]:
-    """Metadata of one window of ``ml_predictions_<cadence>``, logged when its rows are committed."""
-    return {
-        "rows": rows,
-        "windows_done": done,
-        "windows_total": total,
-        "database": database,
-        "preview": markdown_table(frame.filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")),
-    }
+    """Metadata of one window of ``ml_predictions_<cadence>``, logged when its rows are committed.
+
+    A run of one window previews its first step's rows; a backfill run's windows do not, as they
+    draw no fan chart: one window's table among hundreds says little, and building each is work
+    in every window.
+    """
+    out: dict[str, object] = {"rows": rows, "windows_done": done, "windows_total": total, "database": database}
+    if total == 1:
+        out["preview"] = markdown_table(
+            frame.filter(pl.col("step") == 1).select("symbol", "as_of", "ts", "p10", "p50", "p90")
+        )
+    return out
 
 
 def windows_written_check(
-    forecasts: dict[str, pl.DataFrame], written: dict[str, pl.DataFrame], reasons: dict[str, str]
+    forecasts: Mapping[str, pl.DataFrame], written: dict[str, pl.DataFrame], reasons: dict[str, str]
 ) -> dg.AssetCheckResult:
     """Fails, naming them and why, when windows of the run had nothing to forecast and so no rows."""
     missing = {window: reasons.get(window, "nothing to forecast") for window in sorted(forecasts) if window not in written}
@@ -181,6 +186,7 @@ def forecast_metadata(result: WindowForecasts) -> dict[str, object]:
         "horizon": result.horizon,
         "quantiles": dg.MetadataValue.json(list(QUANTILE_LEVELS)),
         "series": result.series,
+        "distinct_series": result.distinct_series,
         "windows": len(result.forecasts),
         "rejected": dg.MetadataValue.json(result.left_out()),
         "nothing_to_forecast": dg.MetadataValue.json(result.empty),
@@ -194,6 +200,7 @@ def forecast_metadata(result: WindowForecasts) -> dict[str, object]:
             "dtype": done.model.dtype,
             "model_load_seconds": round(done.timings["model_load_seconds"], 3),
             "predict_seconds": round(done.timings["predict_seconds"], 3),
+            "model_cpu_seconds": round(done.timings["model_cpu_seconds"], 3),
             **done.device_run.metadata(),
         }
     last = max(result.forecasts, default=None)

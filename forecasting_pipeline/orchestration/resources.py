@@ -101,7 +101,11 @@ class Chronos2Resource(dg.ConfigurableResource):
         description="auto: CUDA when available, the GPU lock is free and enough memory is free, else CPU; "
         "cuda: CUDA without the free-memory test; cpu: never the GPU (CHRONOS2_DEVICE).",
     )
-    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Weights precision; bfloat16 is opt-in (CHRONOS2_DTYPE).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Weights precision: auto is bfloat16 on CPUs with AMX or AVX512-BF16 and GPUs of compute capability "
+        ">= 8.0, float32 elsewhere; float32 or bfloat16 force one (CHRONOS2_DTYPE). Recorded in model_version.",
+    )
     batch_size: int | None = Field(
         default=None, description="Series (targets + covariates) per forward pass; unset: 256 on CUDA, 69 on the CPU.",
     )
@@ -120,6 +124,11 @@ class Chronos2Resource(dg.ConfigurableResource):
     )
     lock_database_url: str | None = Field(
         default=None, description="Database of the GPU advisory lock, the ml_predictions one (a secret; EnvVar DATABASE_URL)."
+    )
+    gpu_resident: bool = Field(
+        default=False,
+        description="Keep the weights on the GPU between calls instead of copying them from host memory for each "
+        "call; only for a card no other process needs (CHRONOS2_GPU_RESIDENT).",
     )
     server_socket: str | None = Field(
         default=None,
@@ -145,7 +154,7 @@ class Chronos2Resource(dg.ConfigurableResource):
             batch_size=self.batch_size, num_threads=self.num_threads, min_free_memory_gb=self.min_free_memory_gb,
             lock_timeout_s=self.lock_timeout_s, lock_key=self.lock_key, lock_scope=self.lock_scope,
             lock_database_url=self.lock_database_url,
-            server_socket=self.server_socket, server_timeout_s=self.server_timeout_s,
+            server_socket=self.server_socket, server_timeout_s=self.server_timeout_s, gpu_resident=self.gpu_resident,
         )
 
     def runner(self, timeframe: str | None = None) -> Chronos2Runner:

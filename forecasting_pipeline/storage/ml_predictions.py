@@ -77,8 +77,64 @@ def prediction_rows(
     ]
 
 
+@dataclass(frozen=True)
+class EncodedRow:
+    """A ``PredictionRow`` whose predictions are already the JSON text stored (``encoded_rows``)."""
+
+    symbol: str
+    timeframe: str
+    model_name: str
+    model_version: str
+    as_of: datetime
+    predictions_json: str
+
+    def params(self) -> tuple:
+        return (self.symbol, self.timeframe, self.model_name, self.model_version, self.as_of, self.predictions_json)
+
+
+def _json_number(column: str) -> pl.Expr:
+    # polars writes a float's shortest round-trip digits, as json.dumps does (NaN as NaN, None as
+    # null); Python writes an exponent with two digits at least (1e-07, not 1e-7).
+    return pl.col(column).cast(pl.String).str.replace(r"e([+-])(\d)$", "e${1}0${2}").fill_null("null")
+
+
+def _json_instant(column: str) -> pl.Expr:
+    # datetime.isoformat: seconds, then microseconds only when there are any, then the UTC offset.
+    ts = pl.col(column)
+    return pl.when(ts.dt.microsecond() == 0).then(ts.dt.to_string("%Y-%m-%dT%H:%M:%S%:z")).otherwise(
+        ts.dt.to_string("%Y-%m-%dT%H:%M:%S%.6f%:z")
+    )
+
+
+def encoded_rows(
+    forecasts: pl.DataFrame, timeframe: str, model_version: str, model_name: str = MODEL_NAME
+) -> list[EncodedRow]:
+    """``prediction_rows`` with each row's steps encoded as JSON text column-wise, for a run's thousands of rows.
+
+    The text is what ``json.dumps`` makes of ``prediction_rows``'s steps, character for character.
+    """
+    if timeframe not in TIMEFRAMES:
+        raise ValueError(f"timeframe must be one of {TIMEFRAMES}, got {timeframe!r}")
+    if forecasts["ts"].null_count():
+        raise ValueError(f"forecast steps without a time (ts): {forecasts.filter(pl.col('ts').is_null()).head(3)}")
+    step = pl.concat_str(
+        pl.lit('{"step": '), pl.col("step").cast(pl.String), pl.lit(', "ts": "'), _json_instant("ts"),
+        pl.lit('", "p10": '), _json_number("p10"), pl.lit(', "p50": '), _json_number("p50"),
+        pl.lit(', "p90": '), _json_number("p90"), pl.lit(', "close": '), _json_number("p50"), pl.lit("}"),
+    )
+    rows = (
+        forecasts.sort("symbol", "as_of", "step")
+        .group_by("symbol", "as_of", maintain_order=True)
+        .agg(pl.concat_str(pl.lit("["), step.str.join(", "), pl.lit("]")).alias("predictions"))
+    )
+    return [
+        EncodedRow(symbol, timeframe, model_name, model_version, as_of, text)
+        for symbol, as_of, text in rows.iter_rows()
+    ]
+
+
 def upsert_window(
-    conn: psycopg.Connection, rows: Sequence[PredictionRow], window: str | None = None, model_name: str = MODEL_NAME
+    conn: psycopg.Connection, rows: Sequence[PredictionRow | EncodedRow], window: str | None = None, model_name: str = MODEL_NAME
 ) -> int:
     """Write one window's rows of ``model_name`` in one transaction: all of them, or none if anything fails.
 
@@ -102,7 +158,8 @@ def upsert_window(
 
 
 def upsert_windows(
-    conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow]], model_name: str = MODEL_NAME
+    conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow | EncodedRow]],
+    model_name: str = MODEL_NAME,
 ) -> dict[str | None, int]:
     """Write several windows' rows in one transaction (see ``upsert_window``): all windows, or none; rows per window.
 
@@ -121,7 +178,8 @@ class WindowsWritten:
 
 
 def replace_windows(
-    conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow]], model_name: str = MODEL_NAME
+    conn: psycopg.Connection, rows_of: Mapping[str | None, Sequence[PredictionRow | EncodedRow]],
+    model_name: str = MODEL_NAME,
 ) -> WindowsWritten:
     """``upsert_windows``, also saying which rows left: those no window's latest run claims any more."""
     if model_name not in WRITABLE_MODELS:
@@ -223,12 +281,12 @@ def write_windows(
     return upsert_windows(conn, rows_of, model_name)
 
 
-def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str, model_name: str = MODEL_NAME) -> list[PredictionRow]:
+def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str, model_name: str = MODEL_NAME) -> list[EncodedRow]:
     """One window's long forecast rows (one ``model_version``) as rows of ``ml_predictions``."""
     versions = forecasts["model_version"].unique().to_list()
     if len(versions) != 1:
         raise ValueError(f"window {window}: forecasts of {len(versions)} model versions ({versions}); expected one")
-    return prediction_rows(forecasts, timeframe, versions[0], model_name)
+    return encoded_rows(forecasts, timeframe, versions[0], model_name)
 
 
 def window_lock_name(timeframe: str, window: str | None, model_name: str = MODEL_NAME) -> str:
