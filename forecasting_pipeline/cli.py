@@ -555,9 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     # pgserver logs every initdb/pg_ctl command line, and alembic (Dagster's storage) each plugin, at INFO.
     for chatty in ("pgserver", "alembic"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    # BackfillPolicy is marked beta in Dagster 1.13; the policy is deliberate (README: Backfills).
+    # BackfillPolicy is marked beta in Dagster 1.13; the policy is deliberate (docs/backfills.md).
     warnings.filterwarnings("ignore", message=".*backfill_policy.*beta", category=Warning)
-    # So is multi_observable_source_asset, which makes Kronos's rows an observed asset (README: The ensemble).
+    # So is multi_observable_source_asset, which makes Kronos's rows an observed asset (docs/ensemble.md).
     warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*beta", category=Warning)
     args = build_parser().parse_args(argv)
     from forecasting_pipeline.settings import Settings, SettingsError
