@@ -489,7 +489,7 @@ def dagster_floor(env: dict, home: Path, instance) -> dict:
 
 
 @contextmanager
-def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: Path):
+def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: Path, profile: Path | None = None):
     """A ``forecasting-pipeline serve`` (the model server of runs) on the checkpoint, warmed by one batch per cadence.
 
     The warm-up batch is the one the bare model's untimed first call is: a server that has served
@@ -499,9 +499,12 @@ def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: 
     from forecasting_pipeline.forecasting.service_client import ServiceUnavailable, readiness, service_forecast
 
     socket_path = str(home / "chronos2.sock")
+    argv = [command("forecasting-pipeline"), "serve", "--port", str(_free_port()), "--socket", socket_path]
+    if profile is not None:  # written when the service exits (terminate below)
+        argv = [sys.executable, "-m", "cProfile", "-o", str(profile), *argv]
     with (home / "model_server.log").open("w") as log_file:
         server = subprocess.Popen(
-            [command("forecasting-pipeline"), "serve", "--port", str(_free_port()), "--socket", socket_path],
+            argv,
             env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
         )
     info: dict = {}
@@ -627,8 +630,9 @@ def overhead_stage(env: dict, home: Path, instance, plan: Plan) -> dict:
             log(f"backfill overhead {cadence}: {out[cadence]['overhead_per_window_s']:.4f}s per window")
     served_cadences = [c for c, served in plan.overhead_runs if served]
     if served_cadences:
+        profile = plan.profile_dir / "service.prof" if plan.profile_dir is not None else None
         with model_server({**env, "CHRONOS2_MODEL": str(TINY_CHECKPOINT)}, home,
-                          {c: plan.works[c] for c in served_cadences}, TINY_CHECKPOINT) as (socket_path, _):
+                          {c: plan.works[c] for c in served_cadences}, TINY_CHECKPOINT, profile) as (socket_path, _):
             for cadence in served_cadences:
                 done = overhead_run({**env, "CHRONOS2_SERVER": socket_path}, home, instance, plan, cadence, served=True)
                 out[f"{cadence}_served"] = done

@@ -4,6 +4,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
+import pytest
 
 from forecasting_pipeline.storage.ml_predictions import (
     PredictionRow,
@@ -11,6 +12,7 @@ from forecasting_pipeline.storage.ml_predictions import (
     prediction_rows,
     read_predictions,
     upsert_window,
+    windows_rows,
 )
 
 AS_OF = datetime(2026, 3, 2, 15, 0, 0, 123456, tzinfo=timezone.utc)
@@ -162,3 +164,21 @@ def test_when_forecast_rows_are_encoded_column_wise_then_the_text_is_json_dumps_
 
     assert [r.predictions_json for r in encoded] == [json.dumps(r.predictions) for r in plain]
     assert [r.params()[:5] for r in encoded] == [r.params()[:5] for r in plain]
+
+
+def test_when_a_runs_windows_are_encoded_together_then_each_gets_the_rows_it_gets_alone_and_mixed_versions_are_refused():
+    def window(hours: int, version: str) -> pl.DataFrame:
+        as_of = AS_OF + timedelta(hours=hours)
+        return pl.DataFrame({
+            "symbol": ["MSFT", "AAPL", "AAPL"], "as_of": [as_of] * 3, "step": [1, 2, 1],
+            "ts": [as_of + timedelta(hours=h) for h in (1, 2, 1)], "p10": [1.0, 2.0, 3.0], "p50": [1.5, 2.5, 3.5],
+            "p90": [2.0, 3.0, 4.0], "model_version": [version] * 3,
+        }, schema_overrides={"as_of": pl.Datetime("us", "UTC"), "ts": pl.Datetime("us", "UTC")})
+
+    forecasts = {"w2": window(2, "b"), "w1": window(1, "a"), "empty": window(0, "a").clear()}
+
+    together = windows_rows(forecasts, "1h")
+
+    assert together == {w: encoded_rows(f, "1h", f["model_version"][0]) if len(f) else [] for w, f in forecasts.items()}
+    with pytest.raises(ValueError, match=r"window w1: forecasts of 2 model versions"):
+        windows_rows({"w1": pl.concat([window(1, "a"), window(3, "b")])}, "1h")

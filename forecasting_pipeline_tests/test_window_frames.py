@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from forecasting_pipeline.forecasting.batch_wire import WireError, decode_inputs, decode_npz, encode_inputs, encode_npz
 from forecasting_pipeline.forecasting.inputs import usable_model_inputs, window_model_inputs
 from forecasting_pipeline.market.cadences import CADENCES
 from forecasting_pipeline.market.features import engineer_covariates, window_covariates
@@ -112,6 +113,32 @@ def test_when_covariates_and_model_inputs_are_built_once_per_block_then_each_win
     assert len({id(x) for x in inputs}) == len({(k.symbol, k.as_of) for k in keys})
     if not faulty:
         assert len({id(x) for x in inputs}) < len(inputs) / 2
+
+
+def test_when_a_ranges_inputs_go_to_the_service_then_each_block_is_sent_once_and_every_series_arrives_whole(some_source):
+    cadence, source, faulty = some_source
+    bars = read_window_bars(source, [INSTRUMENTS[cadence]], cadence, _ends(cadence), CONTEXT[cadence], ValidationConfig()).bars
+    _keys, inputs, _rejected = window_model_inputs(window_covariates(bars), CONTEXT[cadence])
+
+    names, arrays = encode_inputs(inputs)
+    header, received = decode_npz(encode_npz({"covariates": names}, arrays))
+    arrived = decode_inputs(header["covariates"], received)
+
+    for got, sent in zip(arrived, inputs, strict=True):
+        np.testing.assert_array_equal(got["target"], sent["target"])
+        for name in sent["past_covariates"]:
+            np.testing.assert_array_equal(got["past_covariates"][name], sent["past_covariates"][name])
+    # The windows' contexts are views of their blocks' rows: the body holds those rows, not a copy per window.
+    assert len(arrays["target"]) <= sum(len(b) for b in bars.blocks)
+    if not faulty:
+        assert len(arrays["target"]) < sum(len(x["target"]) for x in inputs) / 4
+
+
+def test_when_a_body_places_a_series_outside_its_values_then_it_is_refused_naming_the_variate():
+    arrays = {"lengths": np.array([3, 3]), "target": np.arange(4.0), "target_starts": np.array([0, 2])}
+
+    with pytest.raises(WireError, match=r"target_starts places a series outside the 4 values of target"):
+        decode_inputs([], arrays)
 
 
 def test_when_a_range_is_stored_and_read_back_then_each_window_and_the_whole_range_are_what_was_stored(

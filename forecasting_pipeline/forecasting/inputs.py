@@ -102,9 +102,7 @@ def _instrument_input(frame: pl.DataFrame, context_length: int) -> _Input:
     """One instrument's covariates (any order) as a model input, or why they cannot be one."""
     frame = (frame if frame["ts"].is_sorted() else frame.sort("ts")).tail(context_length)
     symbol = frame["symbol"][0]
-    wide = {name: frame[name].to_numpy() for name in ("close", *COVARIATE_COLUMNS)}
-    with np.errstate(over="ignore", invalid="ignore"):
-        narrow = {name: values.astype(np.float32) for name, values in wide.items()}
+    wide, narrow = _columns(frame)
     problem = _input_problem(frame, wide, narrow)
     if problem is not None:
         return symbol, problem
@@ -142,15 +140,46 @@ def window_model_inputs(
             rejected += r
         return keys, inputs, rejected
     made: dict[tuple[int, int, int], _Input] = {}
+    columns: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
     for window, parts in covariates.slices.items():
         for block, offset, length in sorted(parts, key=lambda p: covariates.blocks[p[0]]["symbol"][0]):
             # Only the last context_length rows reach the model: a longer slice ending at the same row is the same input.
             start = max(offset, offset + length - context_length)
             key = (block, start, offset + length - start)
             if key not in made:
-                made[key] = _instrument_input(covariates.blocks[block].slice(*key[1:]), context_length)
+                if block not in columns:
+                    columns[block] = _columns(covariates.blocks[block])
+                made[key] = _slice_input(covariates.blocks[block], *columns[block], *key[1:])
             _collect(window, made[key], keys, inputs, rejected)
     return keys, inputs, rejected
+
+
+def _columns(frame: pl.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A frame's model columns as stored (float64) and as the model reads them (float32)."""
+    wide = {name: frame[name].to_numpy() for name in ("close", *COVARIATE_COLUMNS)}
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = {name: values.astype(np.float32) for name, values in wide.items()}
+    return wide, narrow
+
+
+def _slice_input(
+    block: pl.DataFrame, wide: dict[str, np.ndarray], narrow: dict[str, np.ndarray], start: int, length: int
+) -> _Input:
+    """``_instrument_input`` of rows [start, start + length) of one instrument's block (in time order).
+
+    Its arrays are views of the block's: the windows of a run share their memory, and a service
+    they are sent to receives each block once (``batch_wire.encode_inputs``).
+    """
+    end = start + length
+    frame = block.slice(start, length)
+    wide = {name: values[start:end] for name, values in wide.items()}
+    narrow = {name: values[start:end] for name, values in narrow.items()}
+    problem = _input_problem(frame, wide, narrow)
+    if problem is not None:
+        return frame["symbol"][0], problem
+    return frame["symbol"][0], frame["ts"][-1], {
+        "target": narrow["close"], "past_covariates": {n: narrow[n] for n in COVARIATE_COLUMNS}
+    }
 
 
 def model_inputs(covariates: pl.DataFrame, window: str, context_length: int) -> tuple[list[SeriesKey], list[dict]]:

@@ -77,11 +77,18 @@ class LoadedModel:
     def version(self) -> str:
         """What ``model_version`` records: package version, model id, revision and the precision it ran in."""
         tag = " RANDOM-WEIGHTS" if self.random_weights else ""
-        return f"chronos-forecasting=={version('chronos-forecasting')} {self.model_id}@{self.revision} {self.dtype}{tag}"
+        return f"chronos-forecasting=={_chronos_version()} {self.model_id}@{self.revision} {self.dtype}{tag}"
 
     @property
     def identity(self) -> ModelIdentity:
         return ModelIdentity(self.version, self.device, self.dtype)
+
+
+@functools.cache
+def _chronos_version() -> str:
+    # Read once: importlib.metadata scans the installed distributions, about a millisecond a call,
+    # and every model call (each slice of a run's batch in the service) names its version.
+    return version("chronos-forecasting")
 
 
 def write_random_checkpoint(directory: str | Path, size: Literal["tiny", "full"], seed: int = 0) -> Path:

@@ -115,6 +115,14 @@ def encoded_rows(
     """
     if timeframe not in TIMEFRAMES:
         raise ValueError(f"timeframe must be one of {TIMEFRAMES}, got {timeframe!r}")
+    return [
+        EncodedRow(symbol, timeframe, model_name, model_version, as_of, text)
+        for symbol, as_of, text in _encoded(forecasts, ()).iter_rows()
+    ]
+
+
+def _encoded(forecasts: pl.DataFrame, by: tuple[str, ...]) -> pl.DataFrame:
+    """``by`` columns, symbol, as_of and the JSON text of that forecast's steps, one row per forecast, in that order."""
     if forecasts["ts"].null_count():
         raise ValueError(f"forecast steps without a time (ts): {forecasts.filter(pl.col('ts').is_null()).head(3)}")
     step = pl.concat_str(
@@ -122,15 +130,12 @@ def encoded_rows(
         pl.lit('", "p10": '), _json_number("p10"), pl.lit(', "p50": '), _json_number("p50"),
         pl.lit(', "p90": '), _json_number("p90"), pl.lit(', "close": '), _json_number("p50"), pl.lit("}"),
     )
-    rows = (
-        forecasts.sort("symbol", "as_of", "step")
-        .group_by("symbol", "as_of", maintain_order=True)
+    keys = [*by, "symbol", "as_of"]
+    return (
+        forecasts.sort(*keys, "step")
+        .group_by(keys, maintain_order=True)
         .agg(pl.concat_str(pl.lit("["), step.str.join(", "), pl.lit("]")).alias("predictions"))
     )
-    return [
-        EncodedRow(symbol, timeframe, model_name, model_version, as_of, text)
-        for symbol, as_of, text in rows.iter_rows()
-    ]
 
 
 def upsert_window(
@@ -277,16 +282,34 @@ def write_windows(
     conn: psycopg.Connection, forecasts: Mapping[str, pl.DataFrame], timeframe: str, model_name: str = MODEL_NAME
 ) -> dict[str, int]:
     """Upsert every window's long forecast rows as rows of ``ml_predictions``, in one transaction; rows per window."""
-    rows_of = {window: window_rows(window, frame, timeframe, model_name) for window, frame in forecasts.items()}
-    return upsert_windows(conn, rows_of, model_name)
+    return upsert_windows(conn, windows_rows(forecasts, timeframe, model_name), model_name)
 
 
-def window_rows(window: str, forecasts: pl.DataFrame, timeframe: str, model_name: str = MODEL_NAME) -> list[EncodedRow]:
-    """One window's long forecast rows (one ``model_version``) as rows of ``ml_predictions``."""
-    versions = forecasts["model_version"].unique().to_list()
-    if len(versions) != 1:
-        raise ValueError(f"window {window}: forecasts of {len(versions)} model versions ({versions}); expected one")
-    return encoded_rows(forecasts, timeframe, versions[0], model_name)
+def windows_rows(
+    forecasts: Mapping[str, pl.DataFrame], timeframe: str, model_name: str = MODEL_NAME
+) -> dict[str, list[EncodedRow]]:
+    """Each window's long forecast rows (one ``model_version`` per window) as rows of ``ml_predictions``.
+
+    The run's windows are encoded in one pass: a few polars operations for all of them rather than
+    for each of hundreds.
+    """
+    if timeframe not in TIMEFRAMES:
+        raise ValueError(f"timeframe must be one of {TIMEFRAMES}, got {timeframe!r}")
+    columns = ("symbol", "as_of", "step", "ts", "p10", "p50", "p90", "model_version")
+    tagged = [frame.select(columns).with_columns(pl.lit(window).alias("window"))
+              for window, frame in forecasts.items() if not frame.is_empty()]
+    rows_of: dict[str, list[EncodedRow]] = {window: [] for window in forecasts}
+    if not tagged:
+        return rows_of
+    every = pl.concat(tagged, rechunk=False)
+    versions = every.group_by("window", maintain_order=True).agg(pl.col("model_version").unique())
+    for window, found in versions.iter_rows():
+        if len(found) != 1:
+            raise ValueError(f"window {window}: forecasts of {len(found)} model versions ({found}); expected one")
+    version_of = {window: found[0] for window, found in versions.iter_rows()}
+    for window, symbol, as_of, text in _encoded(every, ("window",)).iter_rows():
+        rows_of[window].append(EncodedRow(symbol, timeframe, model_name, version_of[window], as_of, text))
+    return rows_of
 
 
 def window_lock_name(timeframe: str, window: str | None, model_name: str = MODEL_NAME) -> str:
