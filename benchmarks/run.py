@@ -8,7 +8,7 @@ Measures in one run, on one machine, with one full-size random-weight Chronos-2 
 2. pipeline: one daily and one hourly window through Dagster's CLI against real PostgreSQL,
    process start to rows committed (the median of --reps runs), split into start-up, data, features,
    model and write; once with the model loaded in the run (as ``make run``), once through a warm
-   model server (the socket of ``forecasting-pipeline serve``), and Dagster's own floor (one no-op asset,
+   forecast service (the socket of ``forecasting-pipeline serve``), and Dagster's own floor (one no-op asset,
    same CLI);
 3. naive peer: ``benchmarks/naive.py``, one model call per symbol and one INSERT per row;
 4. backfill: 30 daily windows in one run, as ``BackfillPolicy.multi_run(30)`` groups them, held
@@ -20,7 +20,7 @@ Measures in one run, on one machine, with one full-size random-weight Chronos-2 
 7. peak RSS of the pipeline and backfill processes.
 
     python benchmarks/run.py [--quick] [--json FILE] [--device cpu|cuda]
-    python benchmarks/run.py --only overhead [--json FILE] [--profile DIR]  # stage 6 alone (minutes)
+    python benchmarks/run.py --only overhead [--json FILE] [--windows N] [--profile DIR]  # stage 6 alone
     python benchmarks/run.py --only model [--quick] [--json FILE]  # stages 1 and 5: model per dtype, peak
     python benchmarks/run.py --year [--json FILE]              # a year of hourly windows, estimated
     python benchmarks/run.py --smoke                           # tiny model, few windows: checks it runs
@@ -129,10 +129,10 @@ class Plan:
     backfill_windows: int
     overhead_windows: dict[str, int]
     matmul_s: float
-    # Cadences with an in-run pipeline and a fresh-process model; cadences through the model server.
+    # Cadences with an in-run pipeline and a fresh-process model; cadences through the forecast service.
     in_run: tuple[str, ...] = ("1d", "1h")
     served: tuple[str, ...] = ("1d", "1h")
-    # Overhead runs: (cadence, through the model server).
+    # Overhead runs: (cadence, through the forecast service).
     overhead_runs: tuple[tuple[str, bool], ...] = (("1d", False), ("1h", False), ("1d", True), ("1h", True))
     year_passes: int = 2
     # Where the overhead runs write their cProfile statistics (``--profile``); None: not profiled.
@@ -326,8 +326,9 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
     """The model's series per second at the batch size a backfill run uses on this device (hourly windows).
 
     A backfill run's call holds every window's series and runs them in passes of
-    ``Chronos2Runner.batch_size_for(device)``; this times ``plan.year_passes`` such passes of
-    hourly windows (the first window repeated), after one warm-up pass.
+    ``Chronos2Runner.batch_size_for(device)`` series; this times ``plan.year_passes`` such passes of
+    hourly windows (the first window repeated), after one warm-up pass. A series is one variate
+    (a target or a covariate): each instrument's input holds three.
     """
     from forecasting_pipeline.forecasting.model import load_chronos2
     from forecasting_pipeline.forecasting.runner import Chronos2Runner
@@ -336,15 +337,18 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
     batch = Chronos2Runner().batch_size_for(plan.device)
     work = Workload("1h", WINDOWS["1h"], context_length, horizon)
     window = window_inputs(work)[1]
-    inputs = (window * (batch * plan.year_passes // len(window) + 1))[: batch * plan.year_passes]
+    per_input = 1 + len(window[0]["past_covariates"])
+    count = max(1, batch * plan.year_passes // per_input)  # instrument inputs filling the passes
+    inputs = (window * (count // len(window) + 1))[:count]
     loaded = load_chronos2(str(plan.checkpoint), revision="benchmark", device=plan.device, dtype=dtype)
-    loaded.pipeline.predict_quantiles(inputs[:batch], prediction_length=horizon, quantile_levels=[0.1, 0.5, 0.9],
-                                      context_length=context_length, batch_size=batch)  # warm-up: one pass
+    loaded.pipeline.predict_quantiles(inputs[: max(1, batch // per_input)], prediction_length=horizon,
+                                      quantile_levels=[0.1, 0.5, 0.9], context_length=context_length,
+                                      batch_size=batch)  # warm-up: one pass
     seconds, _times, _out = timed_predict(loaded.pipeline, inputs, work, plan.device, 1, batch, warm_up=False)
     params = sum(p.numel() for p in loaded.pipeline.model.parameters())
     n_tokens = tokens(inputs, context_length, horizon)
-    return {"dtype": dtype, "batch_size": batch, "series": len(inputs), "seconds": seconds,
-            "series_per_s": len(inputs) / seconds, "context_length": context_length, "horizon": horizon,
+    return {"dtype": dtype, "batch_size": batch, "series": len(inputs) * per_input, "seconds": seconds,
+            "series_per_s": len(inputs) * per_input / seconds, "context_length": context_length, "horizon": horizon,
             "gflops": 2 * params * n_tokens / seconds / 1e9}
 
 
@@ -490,7 +494,7 @@ def dagster_floor(env: dict, home: Path, instance) -> dict:
 
 @contextmanager
 def model_server(env: dict, home: Path, works: dict[str, Workload], checkpoint: Path, profile: Path | None = None):
-    """A ``forecasting-pipeline serve`` (the model server of runs) on the checkpoint, warmed by one batch per cadence.
+    """A ``forecasting-pipeline serve`` (the forecast service runs use) on the checkpoint, warmed by one batch per cadence.
 
     The warm-up batch is the one the bare model's untimed first call is: a server that has served
     the previous hourly or daily run has seen these shapes.
@@ -573,7 +577,7 @@ def overhead_run(env: dict, home: Path, instance, plan: Plan, cadence: str, serv
     The tiny model keeps the run short; what it measures is everything else a backfill run does
     per window (reading, validating, shaping, writing, Dagster's events), at the cadence's context.
     Model seconds are the forecast step's load and predict seconds; load includes importing torch
-    and chronos, which only the model needs. Through the model server, a run imports neither.
+    and chronos, which only the model needs. Through the forecast service, a run imports neither.
     """
     context_length = plan.works[cadence].context_length
     first, last = plan.overhead_range(cadence)
@@ -636,7 +640,7 @@ def overhead_stage(env: dict, home: Path, instance, plan: Plan) -> dict:
             for cadence in served_cadences:
                 done = overhead_run({**env, "CHRONOS2_SERVER": socket_path}, home, instance, plan, cadence, served=True)
                 out[f"{cadence}_served"] = done
-                log(f"backfill overhead {cadence} through the model server: {done['overhead_per_window_s']:.4f}s per window")
+                log(f"backfill overhead {cadence} through the forecast service: {done['overhead_per_window_s']:.4f}s per window")
     return out
 
 
@@ -798,14 +802,14 @@ def overhead_report(r: dict) -> str:
     lines = [f"| backfill run (tiny model; windows: {windows}) | load average | wall s | model s (load + predict) "
              "| events | beyond the model, per window | its CPU seconds, per window |", "|---|---|---|---|---|---|---|"]
     for key, o in r["overhead"].items():
-        lines.append(f"| {key.replace('_served', ' through the model server')} | {o['load_average']:.1f} | {o['wall_s']:.2f} "
+        lines.append(f"| {key.replace('_served', ' through the forecast service')} | {o['load_average']:.1f} | {o['wall_s']:.2f} "
                      f"| {o['model_s']:.2f} | {o['events']} | {o['overhead_per_window_s']:.4f} "
                      f"| {o['overhead_cpu_per_window_s']:.4f} |")
     phases = next(iter(r["overhead"].values()))["per_window_ms"]
     lines += ["", "| ms per window beyond the model | " + " | ".join(phases) + " |",
               "|---|" + "---|" * len(phases)]
     for key, o in r["overhead"].items():
-        lines.append(f"| {key.replace('_served', ' through the model server')} | "
+        lines.append(f"| {key.replace('_served', ' through the forecast service')} | "
                      + " | ".join(f"{v:.1f}" for v in o["per_window_ms"].values()) + " |")
     return "\n".join(lines)
 
@@ -860,7 +864,7 @@ def model_lines(r: dict) -> list[str]:
 def report(r: dict) -> str:
     lines = machine_lines(r) + ratio_lines(r) + [""] + model_lines(r)[:-1]
     lines.append(f"| bare model 1d again, after the backfill | {r['bare_1d_after']:.2f} | |")
-    for kind, title in (("pipeline", ""), ("pipeline_served", " through the warm model server")):
+    for kind, title in (("pipeline", ""), ("pipeline_served", " through the warm forecast service")):
         for c, p in r[kind].items():
             lines.append(f"| pipeline {c}{title}, process start to exit ({p['rows']} rows) | {p['wall_s']:.2f} "
                          f"| {p['peak_rss_mb']:.0f} |")
@@ -869,7 +873,7 @@ def report(r: dict) -> str:
                 f"model {p['model_s']:.2f} (load {f2(p['model_load_s'])}, predict {f2(p['predict_s'])}, on {p['device']}) / "
                 f"write {p['write_s']:.2f} / rows committed at {p['committed_s']:.2f} | | |")
     ms = r["model_server"]
-    lines.append(f"| model server: start to ready (imports + load, once) | {ms['start_s']:.2f} | {f2(ms['peak_rss_mb'])} |")
+    lines.append(f"| forecast service: start to ready (imports + load, once) | {ms['start_s']:.2f} | {f2(ms['peak_rss_mb'])} |")
     fl = r["dagster_floor"]
     lines.append(f"| Dagster's floor: one no-op asset through the same CLI, process start to step done "
                  f"(exit {fl['wall_s']:.2f}) | {fl['step_done_s']:.2f} | {fl['peak_rss_mb']:.0f} |")
@@ -915,7 +919,7 @@ def pipeline_stages(results: dict, plan: Plan) -> None:
                 results["pipeline_served"][c] = median_run(
                     plan.reps, lambda: pipeline_run(works[c], served_env, home, instance, "pipeline_served")
                 )
-                log(f"pipeline {c} through the model server: {results['pipeline_served'][c]['wall_s']:.2f}s")
+                log(f"pipeline {c} through the forecast service: {results['pipeline_served'][c]['wall_s']:.2f}s")
         results["model_server"] = server_info
         if plan.peers:
             results["bare_process"] = {c: script_run("bare_process.py", works[c], env, home, plan) for c in plan.in_run}
@@ -940,6 +944,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--reps", type=int, help="timed repetitions of the bare model and of each pipeline run (default: quick 1, else 3)")
+    parser.add_argument("--windows", type=int, metavar="N",
+                        help="windows per backfill-overhead run, both cadences (default: what the backfill policy gives)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run each backfill-overhead run under cProfile, writing DIR/overhead_<cadence>[_served].prof "
                              "(profiling slows the runs: its per-window figures are not the measure)")
@@ -974,6 +980,8 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA device")
     plan = replace(make_plan(args), profile_dir=args.profile)
+    if args.windows:
+        plan = replace(plan, overhead_windows={c: args.windows for c in plan.overhead_windows})
     results: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(args.device),
