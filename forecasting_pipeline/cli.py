@@ -449,7 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="cmd", required=True)
     cadences = list(CADENCES)
+    _add_setup_commands(sub)
+    _add_run_commands(sub, cadences)
+    _add_model_commands(sub, cadences)
+    _add_service_commands(sub)
+    return parser
 
+
+def _add_setup_commands(sub) -> None:
     p = sub.add_parser("with-db", help="run a command with DATABASE_URL/DAGSTER_PG_URL set")
     p.add_argument("--pgdata", default=None,
                    help="embedded server data folder, used only when DATABASE_URL is unset (FORECASTING_PGDATA, else .pgdata)")
@@ -466,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("setup-instance", help="limit the Dagster instance's gpu pool to 1, unless the instance sets a limit")
     p.set_defaults(func=cmd_setup_instance)
 
+    p = sub.add_parser("config-reference", help="print the configuration reference (docs/configuration.md) from the settings")
+    p.set_defaults(func=cmd_config_reference)
+
+
+def _add_run_commands(sub, cadences: list[str]) -> None:
     p = sub.add_parser("run", help="migrate, then materialise one window of a cadence and print a summary")
     p.add_argument("--cadence", choices=cadences, default=DAILY.name)
     p.add_argument("--partition", help="window to run (default: the latest complete one)")
@@ -488,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="summarise now, even if runs are still going")
     p.set_defaults(func=cmd_backfill_summary)
 
+
+def _add_model_commands(sub, cadences: list[str]) -> None:
     p = sub.add_parser("init-model", help="write a random-initialised Chronos-2 checkpoint (weights are RANDOM)")
     p.add_argument("--size", choices=["tiny", "full"], required=True,
                    help="tiny: the chronos tests' geometry; full: the published 120M-parameter geometry")
@@ -503,18 +517,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="the fine-tuned checkpoints' registry: list, promote a challenger, roll back")
     models = p.add_subparsers(dest="action", required=True)
     q = models.add_parser("list", help="each cadence's checkpoints, the challenger's promotion test, the latest events")
-    q.add_argument("--cadence", choices=["1h", "1d"], help="one cadence (default: both)")
+    q.add_argument("--cadence", choices=cadences, help="one cadence (default: both)")
     q.add_argument("--events", type=int, default=10, help="events to show per cadence (default 10)")
     q = models.add_parser("promote", help="make the challenger the champion if it passes the promotion test")
-    q.add_argument("--cadence", choices=["1h", "1d"], required=True)
+    q.add_argument("--cadence", choices=cadences, required=True)
     q.add_argument("--checkpoint", type=int, help="a checkpoint id (default: the cadence's challenger)")
     q.add_argument("--force", action="store_true", help="promote even though the test does not pass (needs --reason)")
     q.add_argument("--reason", help="why, recorded in the event log")
     q = models.add_parser("rollback", help="undo the promotion of the current champion: the one before serves again")
-    q.add_argument("--cadence", choices=["1h", "1d"], required=True)
+    q.add_argument("--cadence", choices=cadences, required=True)
     q.add_argument("--reason", help="why, recorded in the event log")
     p.set_defaults(func=cmd_models)
 
+
+def _add_service_commands(sub) -> None:
     p = sub.add_parser("serve", help="keep Chronos-2 loaded; answer HTTP forecasts and the runs that set CHRONOS2_SERVER")
     p.add_argument("--host", help="address to bind (default SERVE_HOST, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default SERVE_PORT, else 8201)")
@@ -533,19 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=_positive_int, default=None, help="keep this many days instead (default FRAMES_RETENTION_DAYS)")
     p.set_defaults(func=cmd_frames_prune)
 
-    p = sub.add_parser("config-reference", help="print the configuration reference (docs/configuration.md) from the settings")
-    p.set_defaults(func=cmd_config_reference)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # pgserver logs every initdb/pg_ctl command line, and alembic (Dagster's storage) each plugin, at INFO.
     for chatty in ("pgserver", "alembic"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    # BackfillPolicy is marked beta in Dagster 1.13; the policy is deliberate (README: Backfills).
+    # BackfillPolicy is marked beta in Dagster 1.13; the policy is deliberate (docs/backfills.md).
     warnings.filterwarnings("ignore", message=".*backfill_policy.*beta", category=Warning)
-    # So is multi_observable_source_asset, which makes Kronos's rows an observed asset (README: The ensemble).
+    # So is multi_observable_source_asset, which makes Kronos's rows an observed asset (docs/ensemble.md).
     warnings.filterwarnings("ignore", message=".*multi_observable_source_asset.*beta", category=Warning)
     args = build_parser().parse_args(argv)
     from forecasting_pipeline.settings import Settings, SettingsError

@@ -3,8 +3,7 @@
 A run process imports Dagster, SQLAlchemy, polars, pandas and exchange_calendars, and, when it
 loads the model itself, torch, transformers and chronos: hundreds of thousands of objects that
 live until the process exits. The collector walks all of them in every full collection, and
-imports trigger many, a measurable share of what a run adds to the model call (README:
-Performance).
+imports trigger many, a measurable share of what a run adds to the model call (docs/performance.md).
 
 ``gc.freeze()`` moves every object that exists at that moment to a permanent generation that
 collections skip, and ``imports_without_collection`` also holds collections off while a block of

@@ -69,7 +69,7 @@ def test_when_the_service_runs_then_health_readiness_metrics_and_docs_answer(ser
     assert {PREDICT, BATCH, "/runs/forecast", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     defaults = {"forecast_batch_max_wait_seconds": 0.02, "forecast_batch_max_series": 32, "forecast_queue_max_series": 128,
                 "forecast_deadline_seconds": 5.0, "forecast_max_request_cost": 4_194_304,
-                "forecast_chunk_cost_gpu": 131_072, "forecast_chunk_cost_cpu": 4_096, "forecast_model_ready": 1}
+                "forecast_chunk_cost_gpu": 131_072, "forecast_chunk_cost_cpu": 1_024, "forecast_model_ready": 1}
     assert {name: _metric(service, name, name) for name in defaults} == defaults
 
 

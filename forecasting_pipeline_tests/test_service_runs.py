@@ -62,7 +62,7 @@ def test_when_a_run_forecasts_through_the_service_then_it_gets_what_the_model_gi
     service, tiny_checkpoint, daily_inputs
 ):
     here = Chronos2Resource(model=str(tiny_checkpoint), device="cpu")
-    inputs = daily_inputs * 7  # 161 series of 64 bars: chunks of 4096 // 64 = 64 series on the CPU
+    inputs = daily_inputs * 7  # 161 series of 64 bars: chunks of 1024 // 64 = 16 series on the CPU
     chunks_before = _bulk(service, "forecast_model_calls", "forecast_model_calls_total")
 
     done = _served(here, service.socket).runner().predict(inputs, HORIZON, CONTEXT)
@@ -74,7 +74,7 @@ def test_when_a_run_forecasts_through_the_service_then_it_gets_what_the_model_gi
     assert (done.device_run.device, done.device_run.reason) == ("cpu", "device=cpu configured")
     assert local.device_run.model_process == "this run"
     assert done.timings["predict_seconds"] > 0
-    assert _bulk(service, "forecast_model_calls", "forecast_model_calls_total") == chunks_before + 3
+    assert _bulk(service, "forecast_model_calls", "forecast_model_calls_total") == chunks_before + 11
 
 
 def test_when_the_chain_runs_with_the_service_then_its_rows_are_stored_and_say_where_the_model_ran(

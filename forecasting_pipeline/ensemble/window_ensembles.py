@@ -71,7 +71,7 @@ _FORECAST_SCHEMA = {"symbol": pl.Utf8, "as_of": UTC, "step": pl.Int32, "ts": UTC
 
 @dataclass(frozen=True)
 class EnsembleParams:
-    """How the ensemble weighs its members (README: "The ensemble").
+    """How the ensemble weighs its members (docs/ensemble.md).
 
     Attributes
     ----------

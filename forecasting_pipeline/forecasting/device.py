@@ -10,7 +10,7 @@ This module owns the device decision and its record:
 - The cross-process lock is a PostgreSQL session-level advisory lock, held on a connection of its
   own for as long as the GPU is in use. With ``lock_scope="shared"`` (the default) its key is
   ``GPU_LOCK_KEY``: any other GPU user (Kronos) that takes the same key in the same database is
-  serialised with us; see the README for the SQL. With ``lock_scope="per-gpu"`` the key is derived
+  serialised with us; docs/gpu-sharing.md gives the SQL. With ``lock_scope="per-gpu"`` the key is derived
   from the UUID of the device the work runs on (``gpu_lock_key``), so users of different GPUs (pods
   on several GPU nodes) do not wait for each other, while two users of one GPU still do.
 - A GPU allocation failure during the work (torch's out-of-memory error, or a cuBLAS/cuDNN handle
@@ -51,7 +51,7 @@ LockScope = Literal["shared", "per-gpu"]
 LockMode = Literal["wait", "try", "held"]
 
 # The advisory-lock key every GPU user on the shared card takes before using it: the ASCII bytes
-# of "GPU_LOCK" read as a big-endian bigint (0x4750555F4C4F434B). Documented in the README.
+# of "GPU_LOCK" read as a big-endian bigint (0x4750555F4C4F434B). Documented in docs/gpu-sharing.md.
 GPU_LOCK_KEY = 5138701042620253003
 # Hashed in front of a GPU's UUID, so per-GPU keys are apart from any other advisory-lock user's keys.
 PER_GPU_KEY_NAMESPACE = b"forecasting_pipeline GPU lock "

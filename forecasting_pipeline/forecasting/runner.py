@@ -46,7 +46,7 @@ _MODEL_CACHE: dict[tuple, tuple[LoadedModel, HostModel]] = {}
 _MODEL_LOCK = threading.Lock()
 
 # Series (targets + covariates) per forward pass. On the 2-core CPU the same series cost more per
-# token in bigger passes; a GPU wants the larger batch (README: Performance).
+# token in bigger passes; a GPU wants the larger batch (docs/performance.md).
 CPU_BATCH_SIZE = 69
 CUDA_BATCH_SIZE = 256
 

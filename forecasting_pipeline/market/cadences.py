@@ -4,7 +4,7 @@ A cadence's name (``"1h"``, ``"1d"``) is also the ``timeframe`` of its rows in `
 and of the gateway's API: one concept, spelt ``cadence`` in this code.
 
 Context lengths are explicit because Chronos-2 otherwise reads up to 8192 points, and its cost
-grows linearly with the context (README: Performance).
+grows linearly with the context (docs/performance.md).
 """
 
 from __future__ import annotations

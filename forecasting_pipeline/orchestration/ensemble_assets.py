@@ -38,7 +38,7 @@ DATA_VERSION_TAG = "dagster/data_version"
 
 
 class EnsembleResource(dg.ConfigurableResource):
-    """How the ensemble weighs its members, and how long it waits for Kronos (README: "The ensemble")."""
+    """How the ensemble weighs its members, and how long it waits for Kronos (docs/ensemble.md)."""
 
     lookback: int = Field(default=120, description="Scored forecasts per instrument behind its weights and band (ENSEMBLE_LOOKBACK).")
     warmup: int = Field(default=20, description="Scored forecasts before weights leave equal and the band is calibrated (ENSEMBLE_WARMUP).")

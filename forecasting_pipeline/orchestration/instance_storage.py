@@ -2,7 +2,7 @@
 
 Outside the webserver, dagster-postgres opens a new connection for every storage call. One run
 of a window writes every event and, for each asset check result, reads back the checked
-partition's materialisation: hundreds of connections per run (README: Performance).
+partition's materialisation: hundreds of connections per run (docs/performance.md).
 These classes give every process the pooled engine the webserver already gets
 (``optimize_for_webserver``): one held connection per storage, more only under concurrent use,
 and no statement timeout (a run's writes must not be cut off). ``dagster.yaml`` names them.

@@ -29,7 +29,7 @@ class KronosBatchResource(dg.ConfigurableResource):
     lock_database_url: str | None = Field(
         default=None, description="Database of the GPU advisory lock, the ml_predictions one (a secret; EnvVar DATABASE_URL)."
     )
-    lock_key: int = Field(default=GPU_LOCK_KEY, description="PostgreSQL advisory-lock key every GPU user takes (README).")
+    lock_key: int = Field(default=GPU_LOCK_KEY, description="PostgreSQL advisory-lock key every GPU user takes (docs/gpu-sharing.md).")
     lock_timeout_s: float = Field(
         default=60.0, description="Seconds to wait for the GPU lock; Kronos is then triggered anyway, as it would be without us."
     )

@@ -11,7 +11,7 @@ that UI and daemon backfills launch (they run the implicit asset job, whose tags
 job's) nor only the model step, so the GPU would be held while bars are read and rows written. An
 op tag reaches the model step's pod in every run, and the ``gpu`` pool's slot is claimed before that
 pod is created, so no GPU pod waits for a device. The steps then exchange frames through
-``FRAMES_DIR``, which must be a volume every pod mounts (README: Deploying on Kubernetes).
+``FRAMES_DIR``, which must be a volume every pod mounts (docs/kubernetes.md).
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class Chronos2Resource(dg.ConfigurableResource):
     lock_timeout_s: float = Field(
         default=60.0, description="Seconds to wait for the GPU advisory lock before running on the CPU (CHRONOS2_GPU_LOCK_TIMEOUT_S)."
     )
-    lock_key: int = Field(default=GPU_LOCK_KEY, description="PostgreSQL advisory-lock key every GPU user takes (README).")
+    lock_key: int = Field(default=GPU_LOCK_KEY, description="PostgreSQL advisory-lock key every GPU user takes (docs/gpu-sharing.md).")
     lock_scope: Literal["shared", "per-gpu"] = Field(
         default="shared",
         description="shared: take lock_key, as Kronos does on the shared card; per-gpu: a key per GPU UUID, so "

@@ -50,7 +50,7 @@ Losses are divided by the mean absolute one-bar change, so 0.05 is a difference 
 typical one-bar move. Smaller rolling differences are treated as "no model is better": they
 neither establish a sign nor confirm a flip, so noise around zero does not fire. Keep the
 deadband at about five times the rolling sd, ``5 * sd(diff) / sqrt(CANARY_WINDOW)``, and widen
-it if the observed per-date sd of ``diff`` is larger than that allows (README: Reading the scores,
+it if the observed per-date sd of ``diff`` is larger than that allows (docs/scores.md,
 for the false-alarm rates simulated at several noise levels).
 """
 

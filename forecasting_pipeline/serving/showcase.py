@@ -49,7 +49,7 @@ def model_scores(conn: psycopg.Connection, timeframe: str, symbol: str) -> list[
     One entry per model and number of levels scored (3: p10/p50/p90; 1: a central forecast only),
     with the scaled mean pinball loss, the p10-p90 coverage and the MAE relative to the random walk,
     each the mean over steps weighted by the forecasts scored at that step. A ``levels = 1`` pinball
-    is half the scaled absolute error, not comparable with a banded model's (README: Reading the scores).
+    is half the scaled absolute error, not comparable with a banded model's (docs/scores.md).
     """
     scores = read_scores(conn, timeframe).filter(pl.col("symbol") == symbol)
     if scores.is_empty():

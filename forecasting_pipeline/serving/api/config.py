@@ -47,7 +47,7 @@ class ServiceConfig:
     deadline_s: float = 5.0
     max_cost: int = 4_194_304
     chunk_cost_gpu: int = 131_072
-    chunk_cost_cpu: int = 4_096
+    chunk_cost_cpu: int = 1_024
     max_body_bytes: int = 8 * 1024 * 1024
     max_bars: int = 8192
     max_batch_items: int = 64
