@@ -244,11 +244,20 @@ def machine_limit(plan: Plan, before: dict | None = None) -> dict:
 # ---------------------------------------------------------------- bare model
 
 
-def timed_predict(pipeline, inputs, work: Workload, device: str, reps: int,
-                  batch_size: int = 256, warm_up: bool = True) -> tuple[float, list[float], object]:
-    """Median seconds of ``reps`` warm calls (after one warm-up call), all times, and the last output."""
+def timed_predict(pipeline, inputs, work: Workload, device: str, reps: int, batch_size: int | None = None,
+                  warm_up: bool = True, attention: str | None = None) -> tuple[float, list[float], object]:
+    """Median seconds of ``reps`` warm calls (after one warm-up call), all times, and the last output.
+
+    The calls run as a run's do on ``device``: its series per pass and its attention kernel, unless
+    ``batch_size`` or ``attention`` say otherwise.
+    """
     import torch
 
+    from forecasting_pipeline.forecasting.model import use_attention
+    from forecasting_pipeline.forecasting.runner import ATTENTION, Chronos2Runner
+
+    batch_size = batch_size or Chronos2Runner().batch_size_for(device)
+    use_attention(pipeline, attention or ATTENTION[device])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     kwargs = dict(prediction_length=work.horizon, quantile_levels=[0.1, 0.5, 0.9], context_length=work.context_length,
                   batch_size=batch_size)
@@ -287,11 +296,38 @@ def bare_model(plan: Plan) -> dict:
             outputs[dtype, cadence] = out
             log(f"bare model {cadence} {dtype}: {median:.2f}s for {len(inputs[cadence])} series at context "
                 f"{work.context_length}")
+        if plan.device == "cpu" and dtype == results["dtype_in_use"]:
+            results["cpu_passes"] = {c: cpu_passes(loaded.pipeline, inputs[c], w, plan.reps) for c, w in plan.works.items()}
         del loaded
     if set(DTYPES) <= set(plan.dtypes):
         results["bf16_change"] = {c: bf16_change(outputs["float32", c], outputs["bfloat16", c], inputs[c])
                                   for c in plan.works}
     return results
+
+
+def cpu_passes(pipeline, inputs: list[dict], work: Workload, reps: int) -> dict:
+    """A CPU run's passes (``CPU_BATCH_SIZE`` series, eager attention) against the whole window in one SDPA pass.
+
+    The two are timed in alternation, ``reps`` rounds after a warm-up of each, so that the
+    machine's drift over minutes falls on both alike; the ratio is the median of the rounds'.
+    """
+    import numpy as np
+
+    whole = 1 + sum(1 + len(x.get("past_covariates", {})) for x in inputs)
+    runs = {"one_sdpa_pass": dict(batch_size=whole, attention="sdpa"), "cpu_passes": {}}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outputs = {}
+    for name, how in runs.items():
+        timed_predict(pipeline, inputs, work, "cpu", 1, warm_up=False, **how)  # warm-up, not counted
+    for _ in range(max(1, reps)):
+        for name, how in runs.items():
+            seconds, _all, outputs[name] = timed_predict(pipeline, inputs, work, "cpu", 1, warm_up=False, **how)
+            times[name].append(seconds)
+    a, b = (np.stack([q[0].float().numpy() for q in outputs[n]]) for n in runs)
+    spread = np.array([np.std(np.asarray(x["target"], dtype=np.float64)) for x in inputs])[:, None, None]
+    return {**{f"{n}_s": statistics.median(t) for n, t in times.items()}, "all_seconds": times,
+            "speedup": statistics.median(o / c for o, c in zip(times["one_sdpa_pass"], times["cpu_passes"])),
+            "max_change_of_std": float((np.abs(a - b) / spread).max())}
 
 
 def bf16_change(fp32, bf16, inputs: list[dict]) -> dict:
@@ -330,8 +366,8 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
     hourly windows (the first window repeated), after one warm-up pass. A series is one variate
     (a target or a covariate): each instrument's input holds three.
     """
-    from forecasting_pipeline.forecasting.model import load_chronos2
-    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+    from forecasting_pipeline.forecasting.model import load_chronos2, use_attention
+    from forecasting_pipeline.forecasting.runner import ATTENTION, Chronos2Runner
 
     dtype = dtype_in_use(plan.device)
     batch = Chronos2Runner().batch_size_for(plan.device)
@@ -341,6 +377,7 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
     count = max(1, batch * plan.year_passes // per_input)  # instrument inputs filling the passes
     inputs = (window * (count // len(window) + 1))[:count]
     loaded = load_chronos2(str(plan.checkpoint), revision="benchmark", device=plan.device, dtype=dtype)
+    use_attention(loaded.pipeline, ATTENTION[plan.device])
     loaded.pipeline.predict_quantiles(inputs[: max(1, batch // per_input)], prediction_length=horizon,
                                       quantile_levels=[0.1, 0.5, 0.9], context_length=context_length,
                                       batch_size=batch)  # warm-up: one pass
@@ -756,6 +793,9 @@ def model_keys(r: dict) -> dict:
     used = bare["dtype_in_use"]
     out["model_over_dtype_peak"] = out[f"model_over_{used}_peak"]
     out["model_over_dtype_peak_1h"] = out[f"model_over_{used}_peak_1h"]
+    for c, passes in bare.get("cpu_passes", {}).items():
+        out[f"cpu_passes_speedup_{c}"] = passes["speedup"]
+        out[f"cpu_passes_max_change_of_std_{c}"] = passes["max_change_of_std"]
     for c, change in bare.get("bf16_change", {}).items():
         out[f"bf16_speedup_{c}"] = bare["float32"][c]["seconds"] / bare["bfloat16"][c]["seconds"]
         out[f"bf16_max_change_of_std_{c}"] = change["max_of_std"]
@@ -856,6 +896,9 @@ def model_lines(r: dict) -> list[str]:
             b = r["bare"][dtype][c]
             lines.append(f"| bare model {c} {dtype} ({b['series']} series, context {b['context_length']}, "
                          f"{b['tokens']} tokens, {b['gflops']:.0f} GFLOP/s) | {b['seconds']:.2f} | |")
+    for c, passes in r["bare"].get("cpu_passes", {}).items():
+        lines.append(f"| bare model {c} {r['bare']['dtype_in_use']}, alternated: whole window in one SDPA pass "
+                     f"{passes['one_sdpa_pass_s']:.2f} s / CPU passes (eager) {passes['cpu_passes_s']:.2f} s | | |")
     ml = r["machine_limit"]
     lines.append(f"| matmul peak: fp32 {ml['float32_gflops']:.0f} GFLOP/s, bf16 {ml['bfloat16_gflops']:.0f} GFLOP/s | | |")
     return lines

@@ -305,6 +305,13 @@ def _real_bars(name: str) -> pl.DataFrame:
     )
 
 
+def real_origins(bars: pl.DataFrame, context: int, count: int) -> list[dict]:
+    """Model inputs of ``count`` windows spread over real bars, each the ``context`` bars up to its origin."""
+    covariates = engineer_covariates(bars)
+    ends = np.linspace(context, len(covariates), count, dtype=int)
+    return [model_inputs(covariates.slice(end - context, context), "w", context)[1][0] for end in ends]
+
+
 @pytest.fixture(scope="session")
 def real_bars():
     """``real_bars(name)``: real OHLCV of ``GOOG`` (daily) or ``EURUSD`` (hourly) as a bars frame."""

@@ -7,13 +7,11 @@ file written in the kernel's format); the model is the real tiny Chronos-2 on re
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 
-from forecasting_pipeline.forecasting.inputs import model_inputs
 from forecasting_pipeline.forecasting.precision import cpu_flags, cpu_has_native_bf16, resolve_dtype
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
-from forecasting_pipeline.market.features import engineer_covariates
+from forecasting_pipeline_tests.conftest import real_origins
 
 # Lines of /proc/cpuinfo as Linux writes them (flags cut down): a 4th-generation Xeon with AMX,
 # an EPYC with AVX512-BF16 and no AMX, and an older Xeon with neither.
@@ -55,18 +53,11 @@ def test_when_the_dtype_is_unknown_then_it_is_refused():
         resolve_dtype("float16", "cpu")
 
 
-def _origins(bars: pl.DataFrame, context: int, count: int) -> list[dict]:
-    """Model inputs of ``count`` windows spread over the bars, each the ``context`` bars up to its origin."""
-    covariates = engineer_covariates(bars)
-    ends = np.linspace(context, len(covariates), count, dtype=int)
-    return [model_inputs(covariates.slice(end - context, context), "w", context)[1][0] for end in ends]
-
-
 @pytest.mark.parametrize(("name", "context", "horizon"), [("GOOG", 512, 10), ("EURUSD", 1024, 24)])
 def test_when_one_checkpoint_runs_in_bfloat16_and_float32_then_forecasts_of_real_bars_agree_within_a_hundredth_of_the_std(
     name, context, horizon, real_bars, tiny_checkpoint
 ):
-    inputs = _origins(real_bars(name), context, 12)
+    inputs = real_origins(real_bars(name), context, 12)
     runs = {
         dtype: Chronos2Runner(model=str(tiny_checkpoint), device="cpu", dtype=dtype).predict(inputs, horizon, context)
         for dtype in ("float32", "bfloat16")

@@ -185,6 +185,18 @@ def model_modules():
     return torch, Chronos2Pipeline
 
 
+def use_attention(pipeline, implementation: Literal["eager", "sdpa"]) -> None:
+    """Run ``pipeline``'s attention layers with ``implementation`` from its next call on.
+
+    Chronos-2's layers read the choice from their config at each call (``_attn_implementation``,
+    transformers' config property); ``set_attn_implementation`` does not reach them, as they predate
+    transformers' attention interface.
+    """
+    for config in {id(m.config): m.config for m in pipeline.model.modules() if hasattr(m, "config")}.values():
+        if getattr(config, "_attn_implementation", None) not in (None, implementation):
+            config._attn_implementation = implementation
+
+
 def load_chronos2(
     model: str = DEFAULT_MODEL_ID,
     revision: str | None = None,

@@ -35,6 +35,7 @@ from forecasting_pipeline.forecasting.model import (
     ModelIdentity,
     load_chronos2,
     model_modules,
+    use_attention,
 )
 from forecasting_pipeline.forecasting.precision import resolve_dtype
 from forecasting_pipeline.forecasting.predict import QUANTILE_LEVELS, predict_quantiles
@@ -45,10 +46,14 @@ logger = logging.getLogger(__name__)
 _MODEL_CACHE: dict[tuple, tuple[LoadedModel, HostModel]] = {}
 _MODEL_LOCK = threading.Lock()
 
-# Series (targets + covariates) per forward pass. On the 2-core CPU the same series cost more per
-# token in bigger passes; a GPU wants the larger batch (docs/performance.md).
-CPU_BATCH_SIZE = 69
+# Series (targets + covariates) per forward pass. Chronos-2's group attention spans the whole pass,
+# masked so that each instrument's three series see only each other, so its cost grows with the
+# square of the pass: a CPU does best with small passes, while a GPU wants the large batch.
+CPU_BATCH_SIZE = 24
 CUDA_BATCH_SIZE = 256
+# The attention kernel per device. Both compute the same attention; on the CPU the eager one (two
+# matmuls and a float32 softmax) is faster at these short sequences (docs/performance.md).
+ATTENTION = {"cpu": "eager", "cuda": "sdpa"}
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,7 @@ class Chronos2Runner:
         placement = host.lent(cuda, self.gpu_resident or keep) if device == "cuda" else host.on_host()
         with placement:
             loaded_at = time.perf_counter()
+            use_attention(loaded.pipeline, ATTENTION[device])
             quantiles = predict_quantiles(
                 loaded.pipeline, inputs, horizon, context_length, self.batch_size_for(device), quantile_levels, sort
             )

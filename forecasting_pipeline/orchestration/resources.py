@@ -107,7 +107,7 @@ class Chronos2Resource(dg.ConfigurableResource):
         ">= 8.0, float32 elsewhere; float32 or bfloat16 force one (CHRONOS2_DTYPE). Recorded in model_version.",
     )
     batch_size: int | None = Field(
-        default=None, description="Series (targets + covariates) per forward pass; unset: 256 on CUDA, 69 on the CPU.",
+        default=None, description="Series (targets + covariates) per forward pass; unset: 256 on CUDA, 24 on the CPU.",
     )
     num_threads: int | None = Field(default=None, description="torch CPU threads (torch's default when unset).")
     min_free_memory_gb: float = Field(
