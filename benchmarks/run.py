@@ -366,8 +366,8 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
     hourly windows (the first window repeated), after one warm-up pass. A series is one variate
     (a target or a covariate): each instrument's input holds three.
     """
-    from forecasting_pipeline.forecasting.model import load_chronos2, use_attention
-    from forecasting_pipeline.forecasting.runner import ATTENTION, Chronos2Runner
+    from forecasting_pipeline.forecasting.model import load_chronos2
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
 
     dtype = dtype_in_use(plan.device)
     batch = Chronos2Runner().batch_size_for(plan.device)
@@ -377,10 +377,8 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
     count = max(1, batch * plan.year_passes // per_input)  # instrument inputs filling the passes
     inputs = (window * (count // len(window) + 1))[:count]
     loaded = load_chronos2(str(plan.checkpoint), revision="benchmark", device=plan.device, dtype=dtype)
-    use_attention(loaded.pipeline, ATTENTION[plan.device])
-    loaded.pipeline.predict_quantiles(inputs[: max(1, batch // per_input)], prediction_length=horizon,
-                                      quantile_levels=[0.1, 0.5, 0.9], context_length=context_length,
-                                      batch_size=batch)  # warm-up: one pass
+    timed_predict(loaded.pipeline, inputs[: max(1, batch // per_input)], work, plan.device, 1, batch,
+                  warm_up=False)  # warm-up: one pass
     seconds, _times, _out = timed_predict(loaded.pipeline, inputs, work, plan.device, 1, batch, warm_up=False)
     params = sum(p.numel() for p in loaded.pipeline.model.parameters())
     n_tokens = tokens(inputs, context_length, horizon)
