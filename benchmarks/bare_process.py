@@ -18,7 +18,7 @@ import time
 from workload import script_arguments, window_inputs
 
 from forecasting_pipeline.forecasting.model import use_attention
-from forecasting_pipeline.forecasting.runner import ATTENTION, Chronos2Runner
+from forecasting_pipeline.forecasting.runner import Chronos2Runner, attention_for
 
 
 def main() -> int:
@@ -35,7 +35,7 @@ def main() -> int:
     pipeline = Chronos2Pipeline.from_pretrained(args.checkpoint, device_map=args.device, dtype=getattr(torch, args.dtype))
     loaded = time.perf_counter()
     # As a run calls it on this device: its series per pass and its attention kernel.
-    use_attention(pipeline, ATTENTION[args.device])
+    use_attention(pipeline, attention_for(args.device))
     pipeline.predict_quantiles(
         inputs, prediction_length=work.horizon, quantile_levels=[0.1, 0.5, 0.9], context_length=work.context_length,
         batch_size=Chronos2Runner().batch_size_for(args.device),

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from pydantic_core import core_schema
 
 from forecasting_pipeline.ensemble.calibration import MAX_BAND_GAMMA
+from forecasting_pipeline.forecasting.compilation import COMPILE_MIN_PASSES
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY, Cadence
 from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT
@@ -192,6 +193,11 @@ class Settings(BaseModel):
         "CHRONOS2_GPU_RESIDENT", False, "true: the weights stay on the GPU between calls instead of being copied "
         "there from pinned host memory for each call; only for a card no other process needs, since the GPU lock "
         "no longer frees their memory.", MODEL)
+    chronos2_compile: Literal["auto", "on", "off"] = var(
+        "CHRONOS2_COMPILE", "auto", "Compile the model with `torch.compile` for CPU calls: `auto` for calls of at "
+        f"least {COMPILE_MIN_PASSES} full passes (a backfill run's), where the fused passes repay the compilation; "
+        "`on` for every CPU call; `off` never. GPU calls run uncompiled. Forecasts agree with uncompiled ones "
+        "within the precision's rounding; a failed compilation is logged and the model runs uncompiled.", MODEL)
     model_server_socket: str | None = var(
         "CHRONOS2_SERVER", None, "Unix socket of `forecasting-pipeline serve`: runs forecast through that process, "
         "which keeps the model loaded.", MODEL)
@@ -558,6 +564,7 @@ def _chronos2_fields(settings: Settings) -> dict[str, object]:
         lock_timeout_s=settings.gpu_lock_timeout_s,
         lock_scope=settings.gpu_lock_scope,
         gpu_resident=settings.gpu_resident,
+        compile=settings.chronos2_compile,
     )
 
 

@@ -49,6 +49,15 @@ def cpu_has_native_bf16(cpuinfo_path: Path = CPUINFO) -> bool:
     return bool(cpu_flags(text) & CPU_BF16_FLAGS)
 
 
+@functools.cache
+def cpu_has_amx(cpuinfo_path: Path = CPUINFO) -> bool:
+    """Whether this machine's CPU has AMX tile units for bfloat16 (``amx_bf16``)."""
+    try:
+        return "amx_bf16" in cpu_flags(cpuinfo_path.read_text())
+    except OSError:
+        return False
+
+
 def resolve_dtype(setting: str, device: str, cuda: Cuda | None = None, cpuinfo: Path = CPUINFO) -> Dtype:
     """The precision to load the weights in, on ``device`` ("cpu" or "cuda"), for a ``CHRONOS2_DTYPE`` setting.
 

@@ -14,10 +14,14 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from forecasting_pipeline.forecasting.compilation import CompileSetting, compiled_passes, should_compile
 from forecasting_pipeline.forecasting.device import (
     GPU_LOCK_KEY,
     Cuda,
@@ -37,7 +41,7 @@ from forecasting_pipeline.forecasting.model import (
     model_modules,
     use_attention,
 )
-from forecasting_pipeline.forecasting.precision import resolve_dtype
+from forecasting_pipeline.forecasting.precision import CPUINFO, cpu_has_amx, resolve_dtype
 from forecasting_pipeline.forecasting.predict import QUANTILE_LEVELS, predict_quantiles
 
 logger = logging.getLogger(__name__)
@@ -51,9 +55,15 @@ _MODEL_LOCK = threading.Lock()
 # square of the pass: a CPU does best with small passes, while a GPU wants the large batch.
 CPU_BATCH_SIZE = 24
 CUDA_BATCH_SIZE = 256
-# The attention kernel per device. Both compute the same attention; on the CPU the eager one (two
-# matmuls and a float32 softmax) is faster at these short sequences (docs/performance.md).
-ATTENTION = {"cpu": "eager", "cuda": "sdpa"}
+
+
+def attention_for(device: str, cpuinfo: Path = CPUINFO) -> Literal["eager", "sdpa"]:
+    """The attention kernel of a call on ``device``: both compute the same attention, at different speeds.
+
+    GPUs and AMX CPUs run PyTorch's fused SDPA kernel faster; on other CPUs, at these short
+    sequences, the eager one (two matmuls and a float32 softmax) is faster (docs/performance.md).
+    """
+    return "sdpa" if device == "cuda" or cpu_has_amx(cpuinfo) else "eager"
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ class Chronos2Runner:
     server_socket: str | None = None
     server_timeout_s: float = 30.0
     gpu_resident: bool = False
+    compile: CompileSetting = "auto"
 
     def batch_size_for(self, device: str) -> int:
         return self.batch_size or (CUDA_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE)
@@ -191,10 +202,13 @@ class Chronos2Runner:
         placement = host.lent(cuda, self.gpu_resident or keep) if device == "cuda" else host.on_host()
         with placement:
             loaded_at = time.perf_counter()
-            use_attention(loaded.pipeline, ATTENTION[device])
-            quantiles = predict_quantiles(
-                loaded.pipeline, inputs, horizon, context_length, self.batch_size_for(device), quantile_levels, sort
-            )
+            use_attention(loaded.pipeline, attention_for(device))
+            pass_size = self.batch_size_for(device)
+            compiled = should_compile(self.compile, device, series_count(inputs), pass_size)
+            with compiled_passes(loaded.pipeline, pass_size) if compiled else nullcontext():
+                quantiles = predict_quantiles(
+                    loaded.pipeline, inputs, horizon, context_length, pass_size, quantile_levels, sort
+                )
         timings = {
             "model_load_seconds": loaded_at - started, "predict_seconds": time.perf_counter() - loaded_at,
             # CPU seconds of every thread of the process that ran the call (load and predict): on a
@@ -202,3 +216,8 @@ class Chronos2Runner:
             "model_cpu_seconds": time.process_time() - cpu_started,
         }
         return quantiles, replace(loaded.identity, device=device), timings
+
+
+def series_count(inputs: list[dict]) -> int:
+    """Series (each target and covariate) in a batch of model inputs: what a pass's size counts."""
+    return sum(1 + len(x.get("past_covariates") or {}) for x in inputs)

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from forecasting_pipeline.forecasting.champion import champion_runner
 from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
+from forecasting_pipeline.forecasting.compilation import COMPILE_MIN_PASSES
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
 from forecasting_pipeline.market.instruments import Instrument, load_instruments, select_instruments
@@ -130,6 +131,11 @@ class Chronos2Resource(dg.ConfigurableResource):
         description="Keep the weights on the GPU between calls instead of copying them from host memory for each "
         "call; only for a card no other process needs (CHRONOS2_GPU_RESIDENT).",
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=f"torch.compile for CPU calls: auto for calls of at least {COMPILE_MIN_PASSES} full passes "
+        "(backfill runs), on for every CPU call, off never (CHRONOS2_COMPILE).",
+    )
     server_socket: str | None = Field(
         default=None,
         description="Unix socket of a running `forecasting-pipeline serve` (CHRONOS2_SERVER): runs send their "
@@ -155,6 +161,7 @@ class Chronos2Resource(dg.ConfigurableResource):
             lock_timeout_s=self.lock_timeout_s, lock_key=self.lock_key, lock_scope=self.lock_scope,
             lock_database_url=self.lock_database_url,
             server_socket=self.server_socket, server_timeout_s=self.server_timeout_s, gpu_resident=self.gpu_resident,
+            compile=self.compile,
         )
 
     def runner(self, timeframe: str | None = None) -> Chronos2Runner:
