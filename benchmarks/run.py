@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -94,6 +95,9 @@ _OVERHEAD_FIRST = {"1d": datetime(2025, 1, 1), "1h": datetime(2026, 3, 2)}
 _KEY_FORMAT = {"1d": ("%Y-%m-%d", timedelta(days=1)), "1h": ("%Y-%m-%d-%H:%M", timedelta(hours=1))}
 HOURS_PER_YEAR = 8760
 INSTRUMENTS = 23
+# A year's hourly backfill goes in runs of the default size; each run's model call holds this many series.
+YEAR_RUN_WINDOWS = DEFAULT_WINDOWS_PER_BACKFILL_RUN["1h"]
+YEAR_RUN_SERIES = YEAR_RUN_WINDOWS * INSTRUMENTS * 3
 # Stored GPU figure for the year's estimate where no GPU runs this benchmark: the hourly window
 # (23 instruments, context 2048) in bfloat16 on one NVIDIA H200, one window per call
 # (benchmarks/gpu_check_h200.json, measured 2026-11-27).
@@ -111,6 +115,8 @@ TARGETS = {
     "backfill_over_model": ("<=", 1.1),
     "model_over_dtype_peak": (">=", 0.7),
     "model_over_dtype_peak_1h": (">=", 0.7),
+    "compiled_model_over_dtype_peak": (">=", 0.7),
+    "compiled_model_over_dtype_peak_1h": (">=", 0.7),
     "year_of_hourly_on_one_gpu_s": ("<", 300),
 }
 
@@ -135,6 +141,8 @@ class Plan:
     # Overhead runs: (cadence, through the forecast service).
     overhead_runs: tuple[tuple[str, bool], ...] = (("1d", False), ("1h", False), ("1d", True), ("1h", True))
     year_passes: int = 2
+    # Cadences whose model is also timed compiled (CHRONOS2_COMPILE), on the CPU.
+    compiled: tuple[str, ...] = ("1d", "1h")
     # Where the overhead runs write their cProfile statistics (``--profile``); None: not profiled.
     profile_dir: Path | None = None
     # The naive script and the model in a fresh process (each also runs alone in its own --smoke).
@@ -154,6 +162,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "smoke", args.device, 1, checkpoint("tiny"), works, Workload("1d", "2026-01-05", SMOKE_CONTEXT, 10),
             ("2026-01-05", "2026-01-07"), 3, {"1d": 3, "1h": 3}, 0.05,
             in_run=("1d",), served=("1d",), overhead_runs=(("1d", False), ("1h", True)), year_passes=1, peers=False,
+            compiled=("1d",),
         )
     quick = args.quick
     works = {
@@ -254,10 +263,10 @@ def timed_predict(pipeline, inputs, work: Workload, device: str, reps: int, batc
     import torch
 
     from forecasting_pipeline.forecasting.model import use_attention
-    from forecasting_pipeline.forecasting.runner import ATTENTION, Chronos2Runner
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner, attention_for
 
     batch_size = batch_size or Chronos2Runner().batch_size_for(device)
-    use_attention(pipeline, attention or ATTENTION[device])
+    use_attention(pipeline, attention or attention_for(device))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     kwargs = dict(prediction_length=work.horizon, quantile_levels=[0.1, 0.5, 0.9], context_length=work.context_length,
                   batch_size=batch_size)
@@ -298,6 +307,8 @@ def bare_model(plan: Plan) -> dict:
                 f"{work.context_length}")
         if plan.device == "cpu" and dtype == results["dtype_in_use"]:
             results["cpu_passes"] = {c: cpu_passes(loaded.pipeline, inputs[c], w, plan.reps) for c, w in plan.works.items()}
+            results["compiled"] = {c: compiled_model(loaded.pipeline, inputs[c], plan.works[c], plan.reps,
+                                                     cold=plan.mode != "smoke") for c in plan.compiled}
         del loaded
     if set(DTYPES) <= set(plan.dtypes):
         results["bf16_change"] = {c: bf16_change(outputs["float32", c], outputs["bfloat16", c], inputs[c])
@@ -306,15 +317,20 @@ def bare_model(plan: Plan) -> dict:
 
 
 def cpu_passes(pipeline, inputs: list[dict], work: Workload, reps: int) -> dict:
-    """A CPU run's passes (``CPU_BATCH_SIZE`` series, eager attention) against the whole window in one SDPA pass.
+    """A CPU run's passes (``CPU_BATCH_SIZE`` series) against the whole window in one SDPA pass, and the two kernels.
 
-    The two are timed in alternation, ``reps`` rounds after a warm-up of each, so that the
-    machine's drift over minutes falls on both alike; the ratio is the median of the rounds'.
+    The passes run once with each attention kernel; ``cpu_passes`` is the one this CPU's runs take
+    (``attention_for``). All three are timed in alternation, ``reps`` rounds after a warm-up of
+    each, so that the machine's drift over minutes falls on them alike; a ratio is the median of
+    the rounds'.
     """
     import numpy as np
 
+    from forecasting_pipeline.forecasting.runner import attention_for
+
     whole = 1 + sum(1 + len(x.get("past_covariates", {})) for x in inputs)
-    runs = {"one_sdpa_pass": dict(batch_size=whole, attention="sdpa"), "cpu_passes": {}}
+    runs = {"one_sdpa_pass": dict(batch_size=whole, attention="sdpa"),
+            "passes_eager": dict(attention="eager"), "passes_sdpa": dict(attention="sdpa")}
     times: dict[str, list[float]] = {name: [] for name in runs}
     outputs = {}
     for name, how in runs.items():
@@ -323,10 +339,75 @@ def cpu_passes(pipeline, inputs: list[dict], work: Workload, reps: int) -> dict:
         for name, how in runs.items():
             seconds, _all, outputs[name] = timed_predict(pipeline, inputs, work, "cpu", 1, warm_up=False, **how)
             times[name].append(seconds)
-    a, b = (np.stack([q[0].float().numpy() for q in outputs[n]]) for n in runs)
+    kernel = attention_for("cpu")
+    times["cpu_passes"] = times[f"passes_{kernel}"]
+    a, b = (np.stack([q[0].float().numpy() for q in outputs[n]]) for n in ("one_sdpa_pass", f"passes_{kernel}"))
     spread = np.array([np.std(np.asarray(x["target"], dtype=np.float64)) for x in inputs])[:, None, None]
-    return {**{f"{n}_s": statistics.median(t) for n, t in times.items()}, "all_seconds": times,
+    return {**{f"{n}_s": statistics.median(t) for n, t in times.items()}, "all_seconds": times, "kernel": kernel,
             "speedup": statistics.median(o / c for o, c in zip(times["one_sdpa_pass"], times["cpu_passes"])),
+            "sdpa_over_eager_speedup": statistics.median(e / f for e, f in zip(times["passes_eager"],
+                                                                                times["passes_sdpa"])),
+            "max_change_of_std": float((np.abs(a - b) / spread).max())}
+
+
+@contextmanager
+def compile_cache(cold: bool):
+    """With ``cold``, an empty compile cache for the block: a compiled model's first call is then a
+    cold compilation, the most a backfill run's first call costs. Without, the machine's cache."""
+    if not cold:
+        yield
+        return
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    CACHE.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE, prefix="inductor_") as folder, temporary_cache_dir(folder):
+        yield
+
+
+def full_passes(inputs: list[dict], batch: int) -> list[dict]:
+    """``inputs`` and the first of them again, up to whole passes of ``batch`` series (three per input)."""
+    per_input = 1 + len(inputs[0].get("past_covariates", {}))
+    count = -(-len(inputs) * per_input // batch) * batch // per_input
+    return (inputs * (count // len(inputs) + 1))[:count]
+
+
+def compiled_model(pipeline, inputs: list[dict], work: Workload, reps: int, cold: bool = True) -> dict:
+    """The model compiled (``CHRONOS2_COMPILE``) against eager, on the CPU, in whole passes as a backfill run's.
+
+    The window's inputs are topped up to whole passes (a run of many windows has a short pass only
+    at its end). The first compiled call, which compiles (from an empty cache with ``cold``), is timed
+    on its own; then eager and compiled calls alternate ``reps`` rounds, and the ratio is the median of the rounds'.
+    """
+    import numpy as np
+
+    from forecasting_pipeline.forecasting.compilation import compiled_passes
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+
+    batch = Chronos2Runner().batch_size_for("cpu")
+    full = full_passes(inputs, batch)
+    timed_predict(pipeline, full, work, "cpu", 1)  # the eager warm-up, not counted
+    with compile_cache(cold), compiled_passes(pipeline, batch) as encoder:
+        first_s, _all, _out = timed_predict(pipeline, full, work, "cpu", 1, warm_up=False)
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    outputs = {}
+    for _ in range(max(1, reps)):
+        times["eager"].append(timed_predict(pipeline, full, work, "cpu", 1, warm_up=False)[0])
+        with compiled_passes(pipeline, batch):
+            seconds, _all, outputs["compiled"] = timed_predict(pipeline, full, work, "cpu", 1, warm_up=False)
+        times["compiled"].append(seconds)
+    seconds, _all, outputs["eager"] = timed_predict(pipeline, full, work, "cpu", 1, warm_up=False)
+    a, b = (np.stack([q[0].float().numpy() for q in outputs[n]]) for n in ("eager", "compiled"))
+    spread = np.array([np.std(np.asarray(x["target"], dtype=np.float64)) for x in full])[:, None, None]
+    params = sum(p.numel() for p in pipeline.model.parameters())
+    compiled_s = statistics.median(times["compiled"])
+    passes = len(full) * (1 + len(full[0].get("past_covariates", {}))) // batch
+    log(f"compiled model {work.cadence}: {compiled_s:.2f}s against eager {statistics.median(times['eager']):.2f}s "
+        f"for {len(full)} inputs; first call {first_s:.1f}s" + (f"; FAILED: {encoder.failure}" if encoder.failure else ""))
+    return {"inputs": len(full), "passes": passes, "first_call_s": first_s, "failure": encoder.failure,
+            "compiled_passes": encoder.compiled_passes, "all_seconds": times,
+            "eager_s": statistics.median(times["eager"]), "compiled_s": compiled_s,
+            "speedup": statistics.median(e / c for e, c in zip(times["eager"], times["compiled"])),
+            "gflops": 2 * params * tokens(full, work.context_length, work.horizon) / compiled_s / 1e9,
             "max_change_of_std": float((np.abs(a - b) / spread).max())}
 
 
@@ -366,6 +447,7 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
     hourly windows (the first window repeated), after one warm-up pass. A series is one variate
     (a target or a covariate): each instrument's input holds three.
     """
+    from forecasting_pipeline.forecasting.compilation import compiled_passes, should_compile
     from forecasting_pipeline.forecasting.model import load_chronos2
     from forecasting_pipeline.forecasting.runner import Chronos2Runner
 
@@ -382,9 +464,20 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
     seconds, _times, _out = timed_predict(loaded.pipeline, inputs, work, plan.device, 1, batch, warm_up=False)
     params = sum(p.numel() for p in loaded.pipeline.model.parameters())
     n_tokens = tokens(inputs, context_length, horizon)
-    return {"dtype": dtype, "batch_size": batch, "series": len(inputs) * per_input, "seconds": seconds,
-            "series_per_s": len(inputs) * per_input / seconds, "context_length": context_length, "horizon": horizon,
-            "gflops": 2 * params * n_tokens / seconds / 1e9}
+    out = {"dtype": dtype, "batch_size": batch, "series": len(inputs) * per_input, "seconds": seconds,
+           "series_per_s": len(inputs) * per_input / seconds, "context_length": context_length, "horizon": horizon,
+           "gflops": 2 * params * n_tokens / seconds / 1e9}
+    if should_compile("auto", plan.device, YEAR_RUN_SERIES, batch):
+        # A year's backfill runs are long enough for ``auto`` to compile: their passes, compiled.
+        with compiled_passes(loaded.pipeline, batch) as encoder:
+            with compile_cache(cold=plan.mode != "smoke"):
+                first_s, _times, _out = timed_predict(loaded.pipeline, inputs, work, plan.device, 1, batch,
+                                                      warm_up=False)
+            seconds, _times, _out = timed_predict(loaded.pipeline, inputs, work, plan.device, 1, batch, warm_up=False)
+        if encoder.failure is None:
+            out["compiled"] = {"seconds": seconds, "series_per_s": len(inputs) * per_input / seconds,
+                               "first_call_s": first_s, "gflops": 2 * params * n_tokens / seconds / 1e9}
+    return out
 
 
 # ---------------------------------------------------------------- database and Dagster instance
@@ -629,7 +722,10 @@ def overhead_run(env: dict, home: Path, instance, plan: Plan, cadence: str, serv
     if plan.profile_dir is not None:
         plan.profile_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "cProfile", "-o", str(plan.profile_dir / f"{label}.prof"), *argv]
-    child = run_child(argv, {**env, "CHRONOS2_MODEL": str(TINY_CHECKPOINT)}, home / f"{label}.log")
+    # Uncompiled: compiling the tiny model would only add model time, and its compiler's processes'
+    # CPU would land beyond the model in the run's CPU seconds.
+    child = run_child(argv, {**env, "CHRONOS2_MODEL": str(TINY_CHECKPOINT), "CHRONOS2_COMPILE": "off"},
+                      home / f"{label}.log")
     if child["returncode"] != 0:
         raise failed(f"the {label} backfill run", home / f"{label}.log")
     timeline = run_timeline(instance, child["started_at"], cadence)
@@ -693,12 +789,20 @@ def year_estimates(r: dict) -> dict:
     overhead = r["overhead"].get("1h") or r["overhead"]["1h_served"]
     beyond = overhead["overhead_per_window_s"]
     rate = r["year_model"]
-    here_model = 3 * INSTRUMENTS / rate["series_per_s"]
+    compiled = rate.get("compiled")
+    runs = math.ceil(HOURS_PER_YEAR / YEAR_RUN_WINDOWS)
+    # A compiled run's first call compiles: once per run (a process), beside its windows.
+    here_model = 3 * INSTRUMENTS / (compiled or rate)["series_per_s"]
+    compiling = runs * compiled["first_call_s"] if compiled else 0.0
     out = {"here": {
         "device": r["machine"]["device"], "dtype": rate["dtype"], "batch_size": rate["batch_size"],
+        "compiled": bool(compiled), "compile_s_per_year": compiling,
         "model_s_per_window": here_model, "beyond_model_s_per_window": beyond,
-        "seconds": HOURS_PER_YEAR * (here_model + beyond),
+        "seconds": HOURS_PER_YEAR * (here_model + beyond) + compiling,
     }}
+    if compiled:
+        eager_model = 3 * INSTRUMENTS / rate["series_per_s"]
+        out["here_eager"] = {"model_s_per_window": eager_model, "seconds": HOURS_PER_YEAR * (eager_model + beyond)}
     if r["machine"]["device"] == "cuda":
         out["gpu"] = {**out["here"], "source": "this run"}
     else:
@@ -722,10 +826,14 @@ def year_stage(results: dict, plan: Plan) -> None:
 def year_report(r: dict) -> str:
     y = r["year"]
     here, gpu = y["here"], y["gpu"]
+    compiled = (f" + {here['compile_s_per_year']:.0f} s compiling (once per run of {YEAR_RUN_WINDOWS} windows); "
+                f"uncompiled {y['here_eager']['seconds'] / 60:.1f} min" if here["compiled"] else "")
     return "\n".join([
         f"A year of hourly windows ({HOURS_PER_YEAR} windows x {INSTRUMENTS} instruments):",
-        f"  here ({here['device']}, {here['dtype']}, batch {here['batch_size']}): {here['seconds'] / 60:.1f} min = "
-        f"{HOURS_PER_YEAR} x ({here['model_s_per_window']:.4f} s model + {here['beyond_model_s_per_window']:.4f} s beyond it)",
+        f"  here ({here['device']}, {here['dtype']}, batch {here['batch_size']}"
+        f"{', compiled' if here['compiled'] else ''}): {here['seconds'] / 60:.1f} min = "
+        f"{HOURS_PER_YEAR} x ({here['model_s_per_window']:.4f} s model + {here['beyond_model_s_per_window']:.4f} s "
+        f"beyond it){compiled}",
         f"  one GPU: {gpu['seconds'] / 60:.1f} min = {HOURS_PER_YEAR} x ({gpu['model_s_per_window']:.4f} s model "
         f"[{gpu['source']}] + {gpu['beyond_model_s_per_window']:.4f} s beyond it [this run])",
     ])
@@ -791,8 +899,15 @@ def model_keys(r: dict) -> dict:
     used = bare["dtype_in_use"]
     out["model_over_dtype_peak"] = out[f"model_over_{used}_peak"]
     out["model_over_dtype_peak_1h"] = out[f"model_over_{used}_peak_1h"]
+    for c, comp in bare.get("compiled", {}).items():
+        if comp["failure"] is None:
+            out["compiled_model_over_dtype_peak" + ("_1h" if c == "1h" else "")] = comp["gflops"] / limit[f"{used}_gflops"]
+            out[f"compile_speedup_{c}"] = comp["speedup"]
+            out[f"compile_first_call_s_{c}"] = comp["first_call_s"]
+            out[f"compiled_max_change_of_std_{c}"] = comp["max_change_of_std"]
     for c, passes in bare.get("cpu_passes", {}).items():
         out[f"cpu_passes_speedup_{c}"] = passes["speedup"]
+        out[f"cpu_passes_sdpa_over_eager_{c}"] = passes["sdpa_over_eager_speedup"]
         out[f"cpu_passes_max_change_of_std_{c}"] = passes["max_change_of_std"]
     for c, change in bare.get("bf16_change", {}).items():
         out[f"bf16_speedup_{c}"] = bare["float32"][c]["seconds"] / bare["bfloat16"][c]["seconds"]
@@ -817,7 +932,10 @@ def overhead_keys(r: dict) -> dict:
 
 
 def year_keys(r: dict) -> dict:
-    return {"year_of_hourly_here_s": r["year"]["here"]["seconds"], "year_of_hourly_on_one_gpu_s": r["year"]["gpu"]["seconds"]}
+    out = {"year_of_hourly_here_s": r["year"]["here"]["seconds"], "year_of_hourly_on_one_gpu_s": r["year"]["gpu"]["seconds"]}
+    if "here_eager" in r["year"]:
+        out["year_of_hourly_here_uncompiled_s"] = r["year"]["here_eager"]["seconds"]
+    return out
 
 
 @contextmanager
@@ -896,7 +1014,13 @@ def model_lines(r: dict) -> list[str]:
                          f"{b['tokens']} tokens, {b['gflops']:.0f} GFLOP/s) | {b['seconds']:.2f} | |")
     for c, passes in r["bare"].get("cpu_passes", {}).items():
         lines.append(f"| bare model {c} {r['bare']['dtype_in_use']}, alternated: whole window in one SDPA pass "
-                     f"{passes['one_sdpa_pass_s']:.2f} s / CPU passes (eager) {passes['cpu_passes_s']:.2f} s | | |")
+                     f"{passes['one_sdpa_pass_s']:.2f} s / CPU passes, eager {passes['passes_eager_s']:.2f} s, SDPA "
+                     f"{passes['passes_sdpa_s']:.2f} s (runs take {passes['kernel']}) | | |")
+    for c, comp in r["bare"].get("compiled", {}).items():
+        lines.append(f"| bare model {c} {r['bare']['dtype_in_use']}, {comp['inputs']} instruments in {comp['passes']} "
+                     f"whole passes, alternated: eager {comp['eager_s']:.2f} s / compiled {comp['compiled_s']:.2f} s "
+                     f"({comp['gflops']:.0f} GFLOP/s); first compiled call {comp['first_call_s']:.1f} s"
+                     + (f"; compiling FAILED: {comp['failure']}" if comp["failure"] else "") + " | | |")
     ml = r["machine_limit"]
     lines.append(f"| matmul peak: fp32 {ml['float32_gflops']:.0f} GFLOP/s, bf16 {ml['bfloat16_gflops']:.0f} GFLOP/s | | |")
     return lines
