@@ -71,7 +71,8 @@ class CompiledEncoder:
         try:
             out = self._compiled_forward()(inputs_embeds, *args, **kwargs)
         except Exception as exc:  # inductor's failures have no common base: any means "run eagerly"
-            self.failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            self.failure = f"{type(exc).__name__}: {first_line}"
             logger.warning("compiling Chronos-2 failed (%s); the model runs eagerly in this process", self.failure)
             return self.eager(inputs_embeds, *args, **kwargs)
         self.compiled_passes += 1
@@ -84,6 +85,8 @@ class CompiledEncoder:
         with self._lock:
             if shape not in self.shapes and len(self.shapes) < MAX_COMPILED_SHAPES:
                 self.shapes.add(shape)
+                logger.info("compiling Chronos-2 for passes of shape %s (CHRONOS2_COMPILE): this pass waits for it",
+                            shape)
             return shape in self.shapes
 
     def _compiled_forward(self):

@@ -5,7 +5,7 @@ device follows the placement rules of ``device`` (GPU advisory lock, free-memory
 fallback). A GPU call borrows that host copy (``host_model``): the weights are copied to the card
 for the call and its memory goes back to the GPU before the lock does, unless ``gpu_resident``
 keeps them there. The precision follows ``precision.resolve_dtype`` for the device that runs the
-call.
+call, and a CPU call long enough to repay a compilation runs compiled (``compilation``).
 """
 
 from __future__ import annotations
