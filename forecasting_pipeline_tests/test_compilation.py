@@ -21,6 +21,8 @@ from forecasting_pipeline_tests.conftest import real_origins
 
 # Fused bfloat16 ops round at other points than eager ones; each is one bf16 rounding (2^-8).
 BF16_ROUNDING_OF_STD = 0.01
+# A stored price moved by at most one bf16 rounding of its level.
+BF16_RELATIVE_ROUNDING = 2**-8
 
 
 def test_when_auto_decides_then_only_long_cpu_calls_compile():
@@ -71,23 +73,20 @@ def test_when_calls_bring_new_pass_shapes_then_only_the_first_few_compile_and_th
     assert encoder.compiled_passes == MAX_COMPILED_SHAPES
 
 
-def test_when_compiling_fails_then_the_model_runs_eagerly_and_says_why(
-    real_bars, tiny_checkpoint, tmp_path, monkeypatch, caplog
-):
+def test_when_compiling_fails_then_the_model_runs_eagerly_and_says_why(real_bars, tiny_checkpoint, tmp_path, caplog):
     """Other tests compile this pass shape too: the empty cache keeps their compilation from hiding the failure."""
     import torch
     from torch._inductor import config as inductor
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
-    # A machine without a C++ compiler: inductor's build step fails. An empty cache, so nothing
-    # compiled earlier is reused.
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
-    torch._dynamo.reset()
     loaded = load_chronos2(str(tiny_checkpoint), revision="no-compiler", dtype="float32")
     inputs = real_origins(real_bars("GOOG"), 128, 4)
     expected = predict_quantiles(loaded.pipeline, inputs, 10, 128, batch_size=6)
 
-    with temporary_cache_dir(str(tmp_path / "inductor")), compiled_passes(loaded.pipeline, 6) as encoder:
+    # A machine without a C++ compiler: inductor's build step fails.
+    torch._dynamo.reset()
+    with inductor.patch({"cpp.cxx": (None, str(tmp_path / "no-such-compiler"))}), \
+            temporary_cache_dir(str(tmp_path / "inductor")), compiled_passes(loaded.pipeline, 6) as encoder:
         done = predict_quantiles(loaded.pipeline, inputs, 10, 128, batch_size=6)
         again = predict_quantiles(loaded.pipeline, inputs, 10, 128, batch_size=6)
     torch._dynamo.reset()
@@ -96,3 +95,38 @@ def test_when_compiling_fails_then_the_model_runs_eagerly_and_says_why(
     assert "compiling Chronos-2 failed" in caplog.text and "runs eagerly" in caplog.text
     np.testing.assert_array_equal(done, expected)
     np.testing.assert_array_equal(again, expected)
+
+
+def test_when_a_backfill_run_compiles_then_its_rows_are_those_of_an_uncompiled_run(
+    resources, instance, conn, tiny_checkpoint
+):
+    import dagster as dg
+
+    from forecasting_pipeline.orchestration.chain import build_chain
+    from forecasting_pipeline.orchestration.resources import Chronos2Resource
+    from forecasting_pipeline.storage.ml_predictions import read_predictions
+    from forecasting_pipeline_tests.conftest import DAILY_WINDOWS, SYMBOLS
+
+    window_range = {"dagster/asset_partition_range_start": "2025-06-02",
+                    "dagster/asset_partition_range_end": "2025-06-04"}
+
+    def run(compile_setting: str):
+        chronos2 = Chronos2Resource(model=str(tiny_checkpoint), compile=compile_setting)
+        result = dg.materialize(build_chain(DAILY_WINDOWS, SYMBOLS), resources={**resources, "chronos2": chronos2},
+                                instance=instance, tags=window_range)
+        assert result.success
+        return read_predictions(conn, "1d").sort("symbol", "as_of", "ts")
+
+    # The model the runs load: this process's cached one (other tests may have compiled it already).
+    encoder = compiled_encoder(Chronos2Resource(model=str(tiny_checkpoint)).configured_runner().load("cpu").pipeline)
+    before = encoder.compiled_passes
+    compiled = run("on")
+    after_compiled_run = encoder.compiled_passes
+    uncompiled = run("off")
+
+    assert compiled.select("symbol", "as_of").unique().height == 3 * 23
+    assert after_compiled_run - before == 3 * 23 * 3 // CPU_BATCH_SIZE  # every full pass of the run's one call
+    assert encoder.compiled_passes == after_compiled_run  # and none of the uncompiled run's
+    assert compiled.select("symbol", "as_of", "ts").equals(uncompiled.select("symbol", "as_of", "ts"))
+    moved = ((compiled["p50"] - uncompiled["p50"]).abs() / uncompiled["p50"].abs()).max()
+    assert moved <= BF16_RELATIVE_ROUNDING
