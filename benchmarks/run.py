@@ -326,9 +326,9 @@ def cpu_passes(pipeline, inputs: list[dict], work: Workload, reps: int) -> dict:
     """
     import numpy as np
 
-    from forecasting_pipeline.forecasting.runner import attention_for
+    from forecasting_pipeline.forecasting.runner import attention_for, series_count
 
-    whole = 1 + sum(1 + len(x.get("past_covariates", {})) for x in inputs)
+    whole = 1 + series_count(inputs)
     runs = {"one_sdpa_pass": dict(batch_size=whole, attention="sdpa"),
             "passes_eager": dict(attention="eager"), "passes_sdpa": dict(attention="sdpa")}
     times: dict[str, list[float]] = {name: [] for name in runs}
