@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from pydantic_core import core_schema
 
 from forecasting_pipeline.ensemble.calibration import MAX_BAND_GAMMA
-from forecasting_pipeline.forecasting.compilation import COMPILE_MIN_PASSES
+from forecasting_pipeline.forecasting.compilation import COMPILE_MIN_PASSES, CompileSetting
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.market.cadences import CADENCES, DAILY, HOURLY, Cadence
 from forecasting_pipeline.serving.api.config import DEFAULT_HOST, DEFAULT_PORT
@@ -193,7 +193,7 @@ class Settings(BaseModel):
         "CHRONOS2_GPU_RESIDENT", False, "true: the weights stay on the GPU between calls instead of being copied "
         "there from pinned host memory for each call; only for a card no other process needs, since the GPU lock "
         "no longer frees their memory.", MODEL)
-    chronos2_compile: Literal["auto", "on", "off"] = var(
+    chronos2_compile: CompileSetting = var(
         "CHRONOS2_COMPILE", "auto", "Compile the model with `torch.compile` for CPU calls: `auto` for calls of at "
         f"least {COMPILE_MIN_PASSES} full passes (a backfill run's), where the fused passes repay the compilation; "
         "`on` for every CPU call; `off` never. GPU calls run uncompiled. Forecasts agree with uncompiled ones "

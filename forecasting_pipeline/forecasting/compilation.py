@@ -3,9 +3,9 @@
 With bfloat16 on a CPU that has native bf16 matrix units, the matrix products of a pass are no
 longer most of its time: the rest is element-wise work (layer norms, the feed-forward's ReLU,
 casts and reshapes around attention), each op reading and writing the whole activation.
-Inductor fuses those ops into a few loops. Compiling costs about a minute the first time a process
-meets a pass shape (less once inductor's on-disk cache holds it), so it pays only over many
-passes: a backfill run's call, not a scheduled window's three passes.
+Inductor fuses those ops into a few loops. Compiling costs many passes' time the first time a
+process meets a pass shape (less once inductor's on-disk cache holds it), so it pays only over
+many passes: a backfill run's call, not a scheduled window's three passes.
 
 ``CHRONOS2_COMPILE`` chooses:
 

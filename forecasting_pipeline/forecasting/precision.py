@@ -40,22 +40,25 @@ def cpu_flags(cpuinfo: str) -> frozenset[str]:
 
 
 @functools.cache
-def cpu_has_native_bf16(cpuinfo_path: Path = CPUINFO) -> bool:
-    """Whether this machine's CPU computes bfloat16 matrix products natively (AMX or AVX512-BF16)."""
+def machine_cpu_flags(cpuinfo_path: Path = CPUINFO) -> frozenset[str]:
+    """This machine's CPU flags; none where they cannot be read (not Linux, or /proc not mounted)."""
     try:
-        text = cpuinfo_path.read_text()
-    except OSError:  # not Linux, or /proc not mounted: no evidence of bf16, so float32
-        return False
-    return bool(cpu_flags(text) & CPU_BF16_FLAGS)
+        return cpu_flags(cpuinfo_path.read_text())
+    except OSError:
+        return frozenset()
 
 
-@functools.cache
+def cpu_has_native_bf16(cpuinfo_path: Path = CPUINFO) -> bool:
+    """Whether this machine's CPU computes bfloat16 matrix products natively (AMX or AVX512-BF16).
+
+    Unreadable flags are no evidence of bf16, so ``auto`` keeps float32.
+    """
+    return bool(machine_cpu_flags(cpuinfo_path) & CPU_BF16_FLAGS)
+
+
 def cpu_has_amx(cpuinfo_path: Path = CPUINFO) -> bool:
     """Whether this machine's CPU has AMX tile units for bfloat16 (``amx_bf16``)."""
-    try:
-        return "amx_bf16" in cpu_flags(cpuinfo_path.read_text())
-    except OSError:
-        return False
+    return "amx_bf16" in machine_cpu_flags(cpuinfo_path)
 
 
 def resolve_dtype(setting: str, device: str, cuda: Cuda | None = None, cpuinfo: Path = CPUINFO) -> Dtype:

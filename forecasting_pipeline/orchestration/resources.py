@@ -15,8 +15,8 @@ import psycopg
 from pydantic import Field
 
 from forecasting_pipeline.forecasting.champion import champion_runner
+from forecasting_pipeline.forecasting.compilation import COMPILE_MIN_PASSES, CompileSetting
 from forecasting_pipeline.forecasting.device import GPU_LOCK_KEY
-from forecasting_pipeline.forecasting.compilation import COMPILE_MIN_PASSES
 from forecasting_pipeline.forecasting.model import DEFAULT_MODEL_ID
 from forecasting_pipeline.forecasting.runner import Chronos2Runner
 from forecasting_pipeline.market.instruments import Instrument, load_instruments, select_instruments
@@ -131,7 +131,7 @@ class Chronos2Resource(dg.ConfigurableResource):
         description="Keep the weights on the GPU between calls instead of copying them from host memory for each "
         "call; only for a card no other process needs (CHRONOS2_GPU_RESIDENT).",
     )
-    compile: Literal["auto", "on", "off"] = Field(
+    compile: CompileSetting = Field(
         default="auto",
         description=f"torch.compile for CPU calls: auto for calls of at least {COMPILE_MIN_PASSES} full passes "
         "(backfill runs), on for every CPU call, off never (CHRONOS2_COMPILE).",
