@@ -89,8 +89,12 @@ browser:
 	|| { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
 	|| echo "browser: apt-get could not install chromium; the browser test will be skipped"
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), a test module to each, so that a
+# module's fixtures (a service, a database, a browser) are built once. Most tests wait on
+# subprocesses, PostgreSQL or a browser, so two workers use two cores where one leaves one idle.
+TEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/forecasting-pipeline with-db -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/forecasting-pipeline with-db -- $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 migrate: install
 	$(BIN)/forecasting-pipeline with-db -- $(BIN)/forecasting-pipeline migrate
