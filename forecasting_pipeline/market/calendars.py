@@ -77,7 +77,7 @@ def validate_calendar_name(name: str) -> None:
         ``"XNYS"``.
     """
     if not isinstance(name, str) or not (
-        name in (CALENDAR_24_7, CALENDAR_24_5) or name in _exchange_names()
+        name in (CALENDAR_24_7, CALENDAR_24_5) or name in exchange_calendar_names()
     ):
         raise ValueError(
             f"unknown calendar {name!r}: expected '24/7' (crypto), '24/5' (FX/metals) "
@@ -231,7 +231,8 @@ def last_bar_close(calendar: str, cadence: str, at_or_before: datetime) -> datet
 
 
 @functools.lru_cache(maxsize=1)
-def _exchange_names() -> frozenset[str]:
+def exchange_calendar_names() -> frozenset[str]:
+    """Every exchange code (and alias) that ``exchange_calendars`` knows."""
     return frozenset(xcals.get_calendar_names(include_aliases=True))
 
 

@@ -27,6 +27,7 @@ from forecasting_pipeline.serving.api.dependencies import Service
 from forecasting_pipeline.serving.api.errors import BodyLimit, install_error_handlers
 from forecasting_pipeline.serving.api.forecaster import Clock, OnDemandForecaster, utc_now
 from forecasting_pipeline.serving.api.metrics import ServiceMetrics
+from forecasting_pipeline.serving.api.openapi import bind_to_service
 from forecasting_pipeline.serving.api.scheduler import ModelScheduler
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
     app.mount("/static", dashboard.static_files(), name="static")
+    bind_to_service(app, list(forecaster.instruments), config.max_bars, forecaster.rules.min_history_bars)
     paths = {route.path for router in routers for route in router.routes} | {app.docs_url, app.openapi_url}
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, per_path={runs.RUNS_PATH: runs.MAX_RUN_BODY_BYTES})
     # Outside the body limit, so that a request without the token is refused before any of its body is read.

@@ -25,6 +25,7 @@ from forecasting_pipeline.market.instruments import SYMBOL_PATTERN, Instrument
 from forecasting_pipeline.scoring.rolling import ROLLING_WINDOW
 from forecasting_pipeline.serving.api.dependencies import Service, service
 from forecasting_pipeline.serving.api.errors import Refusal
+from forecasting_pipeline.serving.api.openapi import UNIVERSE_SYMBOL
 from forecasting_pipeline.serving.api.schemas import refusals
 from forecasting_pipeline.serving.api.showcase import MODEL_PATTERN, query
 from forecasting_pipeline.serving.gateway import DEFAULT_MODEL, known_models
@@ -42,7 +43,8 @@ router = APIRouter(tags=["dashboard"])
 _REFUSALS = refusals(400, 401, 422, 503)
 
 Symbol = Annotated[str, Query(pattern=SYMBOL_PATTERN.pattern, max_length=32,
-                              description="A symbol of the instrument universe (`/showcase/instruments`).")]
+                              description="A symbol of the instrument universe (`/showcase/instruments`).",
+                              json_schema_extra={UNIVERSE_SYMBOL: []})]
 Timeframe = Annotated[Literal["1h", "1d"], Query(description="The cadence: `1h` or `1d`.")]
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 

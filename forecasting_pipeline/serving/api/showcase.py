@@ -20,6 +20,7 @@ from forecasting_pipeline.market.cadences import cadence_named
 from forecasting_pipeline.market.instruments import SYMBOL_PATTERN
 from forecasting_pipeline.serving.api.dependencies import Service, service
 from forecasting_pipeline.serving.api.errors import Refusal
+from forecasting_pipeline.serving.api.openapi import UNIVERSE_SYMBOL
 from forecasting_pipeline.serving.api.schemas import refusals
 from forecasting_pipeline.serving.gateway import DEFAULT_MODEL, known_models
 from forecasting_pipeline.serving.showcase import instrument_listing, latest_rows, model_scores, recent_bars
@@ -39,10 +40,11 @@ def _parameters(*specs: tuple[str, bool, dict, str]) -> dict:
 
 
 _TIMEFRAME = {"type": "string", "enum": list(TIMEFRAMES)}
-_SYMBOL = {"type": "string", "pattern": SYMBOL_PATTERN.pattern}
+# The service's universe fills these in (openapi.py); the pattern is what the handlers check first.
+_SYMBOL = {"type": "string", "pattern": SYMBOL_PATTERN.pattern, UNIVERSE_SYMBOL: []}
 # An optional parameter given empty counts as absent.
 _OPTIONAL_TIMEFRAME = {"type": "string", "enum": ["", *TIMEFRAMES]}
-_OPTIONAL_SYMBOL = {"type": "string", "pattern": f"^$|{SYMBOL_PATTERN.pattern}"}
+_OPTIONAL_SYMBOL = {"type": "string", "pattern": f"^$|{SYMBOL_PATTERN.pattern}", UNIVERSE_SYMBOL: [""]}
 
 
 class LatestRow(BaseModel):
@@ -58,7 +60,8 @@ class LatestRow(BaseModel):
 
 
 @router.get("/showcase/ml-prediction", responses={200: {"model": list[LatestRow]}, **refusals(404)}, openapi_extra=_parameters(
-    ("symbol", False, _OPTIONAL_SYMBOL, "One instrument; all when absent or empty."),
+    ("symbol", False, _OPTIONAL_SYMBOL, "One instrument of the universe; all when absent or empty. Rows another "
+     "writer stored for a symbol outside the universe are answered too."),
     ("timeframe", False, _OPTIONAL_TIMEFRAME, "One timeframe; both when absent or empty."),
     ("model", False, {"type": "string", "pattern": f"^$|{MODEL_PATTERN.pattern}"},
      "A model with stored forecasts; `kronos-base` when absent or empty."),
@@ -107,7 +110,8 @@ def instruments(found: Service = Depends(service)) -> dict:
 @router.get("/showcase/bars", openapi_extra=_parameters(
     ("symbol", True, _SYMBOL, "An instrument of the universe."),
     ("timeframe", True, _TIMEFRAME, "The bars' timeframe."),
-    ("limit", False, {"type": "integer", "minimum": 1, "maximum": MAX_BARS, "default": DEFAULT_BARS}, "How many bars."),
+    ("limit", False, {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_BARS}, {"type": "string", "enum": [""]}],
+                      "default": DEFAULT_BARS}, "How many bars; the default when absent or empty."),
 ))
 def bars(request: Request, found: Service = Depends(service)) -> dict:
     """The last bars of an instrument up to its newest closed bar, from the configured market-data source."""
