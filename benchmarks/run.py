@@ -381,7 +381,7 @@ def compiled_model(pipeline, inputs: list[dict], work: Workload, reps: int, cold
     import numpy as np
 
     from forecasting_pipeline.forecasting.compilation import compiled_passes
-    from forecasting_pipeline.forecasting.runner import Chronos2Runner
+    from forecasting_pipeline.forecasting.runner import Chronos2Runner, series_count
 
     batch = Chronos2Runner().batch_size_for("cpu")
     full = full_passes(inputs, batch)
@@ -400,7 +400,7 @@ def compiled_model(pipeline, inputs: list[dict], work: Workload, reps: int, cold
     spread = np.array([np.std(np.asarray(x["target"], dtype=np.float64)) for x in full])[:, None, None]
     params = sum(p.numel() for p in pipeline.model.parameters())
     compiled_s = statistics.median(times["compiled"])
-    passes = len(full) * (1 + len(full[0].get("past_covariates", {}))) // batch
+    passes = series_count(full) // batch
     log(f"compiled model {work.cadence}: {compiled_s:.2f}s against eager {statistics.median(times['eager']):.2f}s "
         f"for {len(full)} inputs; first call {first_s:.1f}s" + (f"; FAILED: {encoder.failure}" if encoder.failure else ""))
     return {"inputs": len(full), "passes": passes, "first_call_s": first_s, "failure": encoder.failure,
@@ -472,7 +472,7 @@ def series_per_second(plan: Plan, context_length: int, horizon: int) -> dict:
         # (Smoke runs leave it out: their model stage already compiles, and a compilation is most
         # of a smoke run's time.)
         with compiled_passes(loaded.pipeline, batch) as encoder:
-            with compile_cache(cold=plan.mode != "smoke"):
+            with compile_cache(cold=True):
                 first_s, _times, _out = timed_predict(loaded.pipeline, inputs, work, plan.device, 1, batch,
                                                       warm_up=False)
             seconds, _times, _out = timed_predict(loaded.pipeline, inputs, work, plan.device, 1, batch, warm_up=False)

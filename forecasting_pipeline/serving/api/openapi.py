@@ -29,15 +29,11 @@ FORECAST_REQUEST = "ForecastRequest"
 def bind_to_service(app: FastAPI, symbols: Sequence[str], max_bars: int, min_bars: int) -> None:
     """``app.openapi`` from now on serves FastAPI's document with this service's values filled in (built once)."""
     build = app.openapi
-    bound = False
 
     def openapi() -> dict:
-        nonlocal bound
-        document = build()  # FastAPI's own, cached on the app after the first call
-        if not bound:
-            _bind(document, list(symbols), max_bars, min_bars)
-            bound = True
-        return document
+        if app.openapi_schema is None:
+            _bind(build(), list(symbols), max_bars, min_bars)  # FastAPI's own, which it caches on the app
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
