@@ -6,6 +6,8 @@ Each window of a range read at once is held against the same window read alone: 
 findings, covariates, model inputs, and the frame the IO manager stores and reads back.
 """
 
+import json
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -163,11 +165,45 @@ def test_when_a_range_is_stored_and_read_back_then_each_window_and_the_whole_ran
     for window in ends:
         assert loaded[window].equals(bars[window]), window
         assert frames.load_window(asset, window, ["run-a"]).equals(bars[window]), window
-    assert len([f for f in files if f.endswith(".arrow")]) == 1  # the shared rows, once
-    assert len([f for f in files if f.endswith(".rows.json")]) == len(ends)
-    # Once the write step has committed the windows, the run's pointers and its shared rows go.
-    assert frames.release([asset], list(ends), ["run-a"]) == len(ends) + 2
+    # The shared rows once, and their layout: no file per window.
+    assert [f.rsplit(".", 1)[1] for f in files] == ["arrow", "json"]
+    # Releasing some windows keeps the others readable; once the write step has committed them all,
+    # the run's shared rows and layout go.
+    first, *rest = list(ends)
+    assert frames.release([asset], [first], ["run-a"]) == 0
+    with pytest.raises(FileNotFoundError, match="its frames were deleted"):
+        frames.load_window(asset, first, ["run-a"])
+    assert frames.load_window(asset, rest[0], ["run-a"]).equals(bars[rest[0]])
+    assert frames.release([asset], rest, ["run-a"]) == 2
     assert list((tmp_path / "frames" / "ohlcv_test").iterdir()) == []
+
+
+def test_when_a_range_was_stored_with_a_pointer_per_window_then_it_is_still_read_and_released(tmp_path):
+    frames = PartitionedFramesIOManager(base_dir=str(tmp_path / "frames"))
+    windows = cadence_windows(CADENCES["1d"])
+    asset = dg.AssetKey("covariates_test")
+    keys = ["2025-06-02", "2025-06-03"]
+    rows = pl.DataFrame({"symbol": ["A", "A", "A"], "x": [1.0, 2.0, 3.0]})
+    # The layout before: the layout lists the windows, and each window's folder holds a pointer.
+    shared = tmp_path / "frames" / "covariates_test" / "_shared"
+    shared.mkdir(parents=True)
+    rows.write_ipc(shared / "backfill.0a.arrow")
+    (shared / "backfill.0a.json").write_text(json.dumps({"blocks": [3], "by_instrument": True, "windows": keys}))
+    for i, key in enumerate(keys):
+        folder = tmp_path / "frames" / "covariates_test" / key
+        folder.mkdir()
+        (folder / "backfill.rows.json").write_text(json.dumps({"file": "backfill.0a", "slices": [[0, i, 2]]}))
+    output = dg.build_output_context(asset_key=asset, asset_partitions_def=windows.partitions_def,
+                                     asset_partition_key_range=dg.PartitionKeyRange(*keys), run_id="backfill")
+
+    loaded = frames.load_input(dg.build_input_context(asset_key=asset, asset_partitions_def=windows.partitions_def,
+                                                      asset_partition_key_range=dg.PartitionKeyRange(*keys),
+                                                      upstream_output=output))
+
+    assert isinstance(loaded, WindowFrames)
+    assert [loaded[k]["x"].to_list() for k in keys] == [[1.0, 2.0], [2.0, 3.0]]
+    assert frames.release([asset], keys, ["backfill"]) == 4
+    assert list((tmp_path / "frames" / "covariates_test").iterdir()) == []
 
 
 def test_when_one_window_is_rewritten_by_another_run_after_a_range_then_each_run_reads_its_own_frame(tmp_path):

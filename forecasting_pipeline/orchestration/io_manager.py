@@ -9,11 +9,12 @@ Each run writes files of its own:
 
 - one window: ``{asset}/{window}/{run_id}.arrow``, the window's frame whole;
 - several windows (``WindowFrames``, or any mapping of several): their contexts overlap almost
-  entirely, so the run's rows go once to ``{asset}/_shared/{run_id}.{id}.arrow``, with
-  ``{run_id}.{id}.json`` listing its blocks and windows, and each window gets a pointer,
-  ``{asset}/{window}/{run_id}.rows.json``: the shared file and the window's ``[block, offset,
-  length]`` slices in order. A run's input of many windows that point into one shared file comes
-  back as ``WindowFrames`` over it, read once.
+  entirely, so the run's rows go once to ``{asset}/_shared/{run_id}.{id}.arrow``, with its
+  layout, ``{run_id}.{id}.json``: the blocks, and each window's ``[block, offset, length]`` slices
+  in order. A run's input of many windows of one shared file comes back as ``WindowFrames`` over
+  it, read once. The layout is the only index: a backfill run writes two files per asset, not
+  one per window. (Pointer files of the layout before, ``{asset}/{window}/{run_id}.rows.json``,
+  are still read.)
 
 Every file is written under a temporary name of its own and renamed into place when complete:
 two runs of one window at once (a scheduled run and a retry or a backfill) never read each
@@ -22,8 +23,8 @@ it re-executes.
 
 Frames only carry a window from one step to the next. Retention: once the write step of a run
 has committed a window's rows (or found nothing to write for it), it deletes that window's
-frames of the run and of the runs it re-executes, and a shared file once none of its windows
-points at it (``release``); files no write step released (a run that failed before writing, or
+frames of the run and of the runs it re-executes: a shared file's layout drops the window, and
+the file goes once its layout holds none (``release``); files no write step released (a run that failed before writing, or
 whose window is never re-run) are deleted after ``retention_days`` by the next write step (``sweep``).
 """
 
@@ -101,18 +102,15 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
         )
 
     def write_windows(self, asset_key: dg.AssetKey, run_id: str, frames: WindowFrames) -> Path:
-        """Publish a run's windows: their shared rows once, then each window's pointer into them; the shared file."""
+        """Publish a run's windows: their shared rows once, then the layout naming each window's slices; the rows file."""
         name = f"{run_id}.{uuid.uuid4().hex}"
         folder = self._shared_dir(asset_key)
         rows = pl.concat(frames.blocks, rechunk=False) if frames.blocks else frames.empty
         layout = {"blocks": [len(b) for b in frames.blocks], "by_instrument": frames.by_instrument,
-                  "windows": list(frames.slices)}
-        # The rows and their layout first, then the pointers: a pointer never names a missing file.
+                  "windows": {key: [list(p) for p in parts] for key, parts in frames.slices.items()}}
+        # The rows first, then the layout: a layout never names a missing file.
         shared = _publish(folder / f"{name}{_FRAME}", lambda tmp: rows.write_ipc(tmp, compression="uncompressed"))
         _publish(folder / f"{name}{_LAYOUT}", lambda tmp: tmp.write_text(json.dumps(layout)))
-        for key, parts in frames.slices.items():
-            pointer = json.dumps({"file": name, "slices": [list(p) for p in parts]})
-            _publish(self._pointer_path(asset_key, key, run_id), lambda tmp, text=pointer: tmp.write_text(text))
         return shared
 
     def load_input(self, context: dg.InputContext) -> Mapping[str, pl.DataFrame]:
@@ -121,7 +119,15 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
         # input materialised by an unrelated run, Dagster names this run, and the newest frame is read.
         runs = [upstream.run_id] if upstream is not None else []
         keys = list(context.asset_partition_keys)
-        found = {key: self._locate(context.asset_key, key, runs) for key in keys}
+        if len(keys) > 1:
+            for run_id in runs:
+                for name, layout in self._layouts(context.asset_key, run_id):
+                    windows = layout["windows"]
+                    if isinstance(windows, dict) and all(key in windows for key in keys):
+                        blocks, empty, by_instrument = self._blocks(context.asset_key, name, layout)
+                        return WindowFrames(blocks, {key: windows[key] for key in keys}, empty, by_instrument)
+        layouts: dict[str | None, list[tuple[str, dict]]] = {}
+        found = {key: self._locate(context.asset_key, key, runs, layouts) for key in keys}
         files = {p["file"] for p in found.values() if isinstance(p, dict)}
         if len(keys) > 1 and len(files) == 1 and all(isinstance(p, dict) for p in found.values()):
             blocks, empty, by_instrument = self._blocks(context.asset_key, files.pop())
@@ -136,17 +142,36 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
         """
         return self._read(asset_key, partition_key, self._locate(asset_key, partition_key, run_ids))
 
-    def _locate(self, asset_key: dg.AssetKey, partition_key: str, run_ids: Iterable[str]) -> Path | dict:
-        """Where the window's frame is: a whole file, or a pointer (``{"file", "slices"}``) into a shared one."""
+    def _locate(
+        self, asset_key: dg.AssetKey, partition_key: str, run_ids: Iterable[str],
+        layouts: dict[str | None, list[tuple[str, dict]]] | None = None,
+    ) -> Path | dict:
+        """Where the window's frame is: a whole file, or ``{"file", "slices"}`` in a shared one.
+
+        ``layouts`` keeps the shared files' layouts read, by run, across the windows of one input.
+        """
+        layouts = {} if layouts is None else layouts
+
+        def layouts_of(run_id: str | None) -> list[tuple[str, dict]]:
+            if run_id not in layouts:
+                layouts[run_id] = self._layouts(asset_key, run_id)
+            return layouts[run_id]
+
         for run_id in run_ids:
             for path in (self._path(asset_key, partition_key, run_id), self._pointer_path(asset_key, partition_key, run_id)):
                 where = _located(path)
                 if where is not None:
                     return where
+            for name, layout in layouts_of(run_id):
+                if isinstance(layout["windows"], dict) and partition_key in layout["windows"]:
+                    return {"file": name, "slices": layout["windows"][partition_key]}
         folder = self._window_dir(asset_key, partition_key)
         found = [*folder.glob(f"*{_FRAME}"), *folder.glob(f"*{_SLICES}")] if folder.is_dir() else []
+        shared = self._shared_dir(asset_key)
+        found += [shared / f"{name}{_LAYOUT}" for name, layout in layouts_of(None)
+                  if isinstance(layout["windows"], dict) and partition_key in layout["windows"]]
         for path in sorted(found, key=_mtime, reverse=True) + [p for p in self._legacy_paths(asset_key, partition_key)]:
-            where = _located(path)
+            where = _located(path) if path.parent != shared else _in_layout(path, partition_key)
             if where is not None:
                 return where
         raise FileNotFoundError(
@@ -155,17 +180,34 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
             "the window's chain from its first asset."
         )
 
+    def _layouts(self, asset_key: dg.AssetKey, run_id: str | None = None) -> list[tuple[str, dict]]:
+        """The shared files' layouts, of ``run_id`` (else of every run), newest first: (name, layout)."""
+        folder = self._shared_dir(asset_key)
+        if not folder.is_dir():
+            return []
+        paths = [p for p in folder.glob(f"{run_id}.*{_LAYOUT}" if run_id else f"*{_LAYOUT}") if not p.name.startswith(".")]
+        found = []
+        for path in sorted(paths, key=_mtime, reverse=True):
+            try:
+                found.append((path.name.removesuffix(_LAYOUT), json.loads(path.read_text())))
+            except FileNotFoundError:
+                continue  # released meanwhile
+        return found
+
     def _read(self, asset_key: dg.AssetKey, partition_key: str, where: Path | dict) -> pl.DataFrame:
         if isinstance(where, dict):
             blocks, empty, _by_instrument = self._blocks(asset_key, where["file"])
             return WindowFrames(blocks, {partition_key: where["slices"]}, empty)[partition_key]
         return pl.read_ipc(where) if where.suffix == _FRAME else pl.read_parquet(where)
 
-    def _blocks(self, asset_key: dg.AssetKey, name: str) -> tuple[list[pl.DataFrame], pl.DataFrame, bool]:
+    def _blocks(
+        self, asset_key: dg.AssetKey, name: str, layout: dict | None = None
+    ) -> tuple[list[pl.DataFrame], pl.DataFrame, bool]:
         """A shared file's blocks, an empty frame of their schema, and whether each holds one instrument."""
         folder = self._shared_dir(asset_key)
         rows = pl.read_ipc(folder / f"{name}{_FRAME}")
-        layout = json.loads((folder / f"{name}{_LAYOUT}").read_text())
+        if layout is None:
+            layout = json.loads((folder / f"{name}{_LAYOUT}").read_text())
         blocks, start = [], 0
         for length in layout["blocks"]:
             blocks.append(rows.slice(start, length))
@@ -173,9 +215,9 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
         return blocks, rows.clear(), layout["by_instrument"]
 
     def release(self, asset_keys: Iterable[dg.AssetKey], partition_keys: Iterable[str], run_ids: Iterable[str]) -> int:
-        """Delete these windows' frames written by ``run_ids`` (a run and the runs it re-executes), the
-        shared files none of whose windows points at them any more, and frames of the layout before
-        (one file per window); the number of files deleted.
+        """Delete these windows' frames written by ``run_ids`` (a run and the runs it re-executes): whole
+        files, and the windows' slices of shared files, each file once its layout holds no window; and
+        frames of the layouts before. The number of files deleted.
 
         Another run's frames of the same windows are left alone: that run may still be reading them.
         """
@@ -183,26 +225,38 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
         keys = list(partition_keys)
         deleted = 0
         for asset_key in asset_keys:
+            # Only the windows with a folder or a legacy file are visited: a backfill run's windows have neither.
+            asset_dir = Path(self.base_dir, *asset_key.path)
+            try:
+                present = set(os.listdir(asset_dir))
+            except FileNotFoundError:
+                present = set()
             for key in keys:
-                paths = [self._path(asset_key, key, r) for r in runs] + [self._pointer_path(asset_key, key, r) for r in runs]
-                deleted += sum(_unlink(path) for path in paths + self._legacy_paths(asset_key, key))
-                _remove_if_empty(self._window_dir(asset_key, key))
-            deleted += self._release_shared(asset_key, runs)
+                folder = self._window_dir(asset_key, key)
+                if folder.name in present:
+                    paths = [self._path(asset_key, key, r) for r in runs] + [self._pointer_path(asset_key, key, r) for r in runs]
+                    deleted += sum(_unlink(path) for path in paths)
+                    _remove_if_empty(folder)
+                deleted += sum(_unlink(path) for path in self._legacy_paths(asset_key, key) if path.name in present)
+            deleted += self._release_shared(asset_key, runs, set(keys))
         return deleted
 
-    def _release_shared(self, asset_key: dg.AssetKey, runs: set[str]) -> int:
+    def _release_shared(self, asset_key: dg.AssetKey, runs: set[str], keys: set[str]) -> int:
         folder = self._shared_dir(asset_key)
         deleted = 0
         for run_id in runs:
-            for layout_path in folder.glob(f"{run_id}.*{_LAYOUT}") if folder.is_dir() else []:
-                try:
-                    windows = json.loads(layout_path.read_text())["windows"]
-                except FileNotFoundError:
-                    continue  # released by another step meanwhile
-                if any(self._pointer_path(asset_key, w, run_id).exists() for w in windows):
+            for name, layout in self._layouts(asset_key, run_id):
+                windows = layout["windows"]
+                if isinstance(windows, dict):
+                    left = {w: parts for w, parts in windows.items() if w not in keys}
+                    if left and len(left) < len(windows):
+                        # The windows not released keep their slices (a write step that released only some).
+                        _publish(folder / f"{name}{_LAYOUT}", lambda tmp, s=json.dumps(layout | {"windows": left}): tmp.write_text(s))
+                    if left:
+                        continue
+                elif any(self._pointer_path(asset_key, w, run_id).exists() for w in windows):
                     continue
-                name = layout_path.name.removesuffix(_LAYOUT)
-                deleted += _unlink(folder / f"{name}{_FRAME}") + _unlink(layout_path)
+                deleted += _unlink(folder / f"{name}{_FRAME}") + _unlink(folder / f"{name}{_LAYOUT}")
         _remove_if_empty(folder)
         return deleted
 
@@ -252,6 +306,17 @@ def _located(path: Path) -> Path | dict | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+
+
+def _in_layout(path: Path, partition_key: str) -> dict | None:
+    """The window's ``{"file", "slices"}`` in the shared file whose layout is ``path`` (None once released)."""
+    try:
+        windows = json.loads(path.read_text())["windows"]
+    except FileNotFoundError:
+        return None
+    if partition_key not in windows:
+        return None
+    return {"file": path.name.removesuffix(_LAYOUT), "slices": windows[partition_key]}
 
 
 def _mtime(path: Path) -> float:
