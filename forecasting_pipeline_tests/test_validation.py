@@ -3,6 +3,7 @@
 import functools
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -16,9 +17,11 @@ from forecasting_pipeline.market.validation import (
     ValidationConfig,
     check_names,
     findings_frame,
+    jump_findings,
     nothing_to_forecast,
     validate_instrument,
     validate_window,
+    without_jumps,
 )
 from forecasting_pipeline.orchestration.resources import MarketDataResource
 
@@ -218,6 +221,29 @@ def test_when_a_close_jumps_beyond_the_threshold_then_it_is_reported_and_the_ins
     assert validated.kept == ["XAUUSD"]
     assert rules_of(validated, "XAUUSD") == [("jump", WARNED, bars["ts"][ROW]), ("jump", WARNED, bars["ts"][ROW + 1])]
     assert validated.findings[0].message.startswith("close moved +")
+
+
+def test_when_spans_are_decided_together_then_each_has_a_jump_exactly_when_jump_findings_finds_one(real_bars):
+    closes = real_bars("GOOG")["close"].to_numpy()
+    returns = np.diff(np.log(closes))[:600]
+    spiked = returns.copy()
+    spiked[300] += 0.8
+    rows = np.stack([
+        returns,                             # real returns
+        spiked,                              # one spike
+        np.where(np.arange(600) % 50 == 0, 0.01, 0.0),  # mostly flat: the plain deviation decides
+        np.zeros(600),                       # constant: no spread, nothing to judge
+        np.where(np.arange(600) == 7, 0.05, 0.0),       # flat but for one move
+    ])
+    config = ValidationConfig()
+
+    decided = without_jumps(rows, config)
+
+    alone = [not jump_findings("GOOG", row, lambda i: END, config) for row in rows]
+    assert decided.tolist() == alone
+    assert alone[0] and not alone[1] and not alone[4] and alone[3]
+    with pytest.raises(ValueError, match="2-D array of returns"):
+        without_jumps(returns, config)
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,27 @@ def test_when_a_range_of_windows_is_read_at_once_then_each_window_equals_its_own
     assert len(together.bars.blocks) == 1 + len(repaired) and repaired
 
 
+def test_when_a_spike_lies_in_some_windows_of_a_range_then_each_reports_its_jumps_as_read_alone(real_bars, bar_files):
+    cadence, universe, ends = "1h", [INSTRUMENTS["1h"]], _ends("1h")
+    bars = real_bars(NAME[cadence])
+    first = bars["ts"].search_sorted(min(ends.values()), side="right") - 1
+    spike = first - CONTEXT[cadence] + 3  # in the contexts of the range's first windows only
+    bars = bars.with_columns(
+        pl.when(pl.int_range(pl.len()) == spike).then(pl.col(c) * 1.5).otherwise(pl.col(c)).alias(c)
+        for c in ("open", "high", "low", "close")
+    )
+    bar_files.write(NAME[cadence], bars, cadence=cadence)
+    source = FileSource(str(bar_files.root))
+
+    together = read_window_bars(source, universe, cadence, ends, CONTEXT[cadence], ValidationConfig())
+
+    jumped = {w for w, v in together.windows.items() if any(f.rule == "jump" for f in v.findings)}
+    assert jumped and jumped != set(ends)
+    for window, end in ends.items():
+        own = read_window_bars(source, universe, cadence, {window: end}, CONTEXT[cadence], ValidationConfig())
+        assert together.windows[window].findings == own.windows[window].findings, window
+
+
 def test_when_covariates_and_model_inputs_are_built_once_per_block_then_each_window_gets_its_own(some_source):
     cadence, source, faulty = some_source
     bars = read_window_bars(source, [INSTRUMENTS[cadence]], cadence, _ends(cadence), CONTEXT[cadence], ValidationConfig()).bars
