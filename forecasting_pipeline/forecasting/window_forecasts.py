@@ -108,7 +108,10 @@ def forecast_windows(
     rows = _shaped(keys, prediction, forecast_times, horizon)
     unfit = unfit_forecasts(rows, horizon)
     rows = drop_rejected(rows, unfit)
-    by_window = {window: rows.filter(pl.col("window") == window).drop("window") for window in covariates}
+    # One pass over the rows, not a filter per window: a backfill run holds hundreds of windows.
+    parts = rows.partition_by("window", as_dict=True, include_key=False, maintain_order=True) if len(rows) else {}
+    empty = rows.clear().drop("window")
+    by_window = {window: parts.get((window,), empty) for window in covariates}
     return WindowForecasts(by_window, rejected + unfit, prediction, len(inputs), horizon, context_length, len(unique))
 
 
