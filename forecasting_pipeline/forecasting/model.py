@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -192,9 +193,18 @@ def use_attention(pipeline, implementation: Literal["eager", "sdpa"]) -> None:
     transformers' config property); ``set_attn_implementation`` does not reach them, as they predate
     transformers' attention interface.
     """
-    for config in {id(m.config): m.config for m in pipeline.model.modules() if hasattr(m, "config")}.values():
+    configs = _ATTENTION_CONFIGS.get(pipeline)
+    if configs is None:
+        # Found once per pipeline: walking the model's modules costs more than a small model's call.
+        configs = list({id(m.config): m.config for m in pipeline.model.modules() if hasattr(m, "config")}.values())
+        _ATTENTION_CONFIGS[pipeline] = configs
+    for config in configs:
         if getattr(config, "_attn_implementation", None) not in (None, implementation):
             config._attn_implementation = implementation
+
+
+# pipeline -> the configs its layers read the attention implementation from.
+_ATTENTION_CONFIGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def load_chronos2(
