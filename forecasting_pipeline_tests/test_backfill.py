@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
+from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
@@ -229,3 +230,32 @@ def test_when_a_backfill_step_fails_then_the_summary_gives_the_step_and_its_erro
             f"forecasting_pipeline.forecasting.model.ModelUnavailableError: CHRONOS2_MODEL='{missing}' "
             "looks like a path but is not a directory") in printed
     assert "    re-run: forecasting-pipeline run --cadence 1d --partition 2025-06-02" in printed
+
+
+def test_when_a_failed_backfill_run_is_re_executed_from_failure_then_it_reads_the_frames_it_left_and_releases_them(
+    daemon_instance, location_defs, tiny_checkpoint, tmp_path, monkeypatch, conn
+):
+    monkeypatch.setenv("CHRONOS2_MODEL", str(tmp_path / "no-such-checkpoint"))
+    backfill_daily(daemon_instance, location_defs, "2025-06-02", "2025-06-04")
+    [failed] = daemon_instance.get_runs()
+    frames = tmp_path / "frames"
+    left = sorted(str(p.relative_to(frames)) for p in frames.rglob("*") if p.is_file())
+    # The steps before the model's left one shared file and its layout each, for the three windows.
+    assert [p.split("/")[0] for p in left] == ["covariates_1d"] * 2 + ["ohlcv_1d"] * 2
+
+    monkeypatch.setenv("CHRONOS2_MODEL", str(tiny_checkpoint))
+    repository = ReconstructableRepository.for_module(
+        CODE_LOCATION_MODULE, "defs", working_directory=str(Path(__file__).resolve().parents[1]))
+    # As the UI re-executes a run: its config and its windows (the range tags) go with it.
+    result = dg.execute_job(
+        repository.get_reconstructable_job(failed.job_name), daemon_instance, run_config=failed.run_config,
+        tags={k: v for k, v in failed.tags.items() if k.startswith("dagster/asset_partition_range")},
+        reexecution_options=dg.ReexecutionOptions.from_failure(failed.run_id, daemon_instance),
+    )
+
+    assert result.success
+    assert result.dagster_run.parent_run_id == failed.run_id
+    assert "ohlcv_1d" not in {e.step_key for e in result.all_events if e.is_step_start}
+    # Both instruments in each of the three weekday windows.
+    assert read_predictions(conn, "1d").select("symbol", "as_of").unique().height == 2 * 3
+    assert [p for p in frames.rglob("*") if p.is_file()] == []
