@@ -323,7 +323,8 @@ class _InstrumentHistory:
             return
         b = np.searchsorted(self.ts_us, ends_us, "right")
         a = np.maximum(0, b - n_bars)
-        returns = np.diff(self.log_close)
+        with np.errstate(invalid="ignore"):
+            returns = np.diff(self.log_close)  # not finite next to a bad close: such spans are validated alone
         spans = sorted({(int(x), int(y)) for x, y in zip(a, b) if y - x >= 3})
         for length in sorted({y - x for x, y in spans}):
             starts = np.array([x for x, y in spans if y - x == length])
@@ -331,8 +332,9 @@ class _InstrumentHistory:
             for chunk in np.array_split(starts, max(1, len(starts) // _JUMP_ROWS_PER_PASS)):
                 values = rows[chunk]
                 finite = np.isfinite(values).all(axis=1)
-                free = without_jumps(values, config) & finite
-                self.jump_free.update((int(x), int(x) + length, config.jump_sigma) for x in chunk[free])
+                if finite.any():
+                    free = without_jumps(values[finite], config)
+                    self.jump_free.update((int(x), int(x) + length, config.jump_sigma) for x in chunk[finite][free])
 
     def _jumps(self, a: int, b: int, window: pl.DataFrame, config: ValidationConfig) -> list[Finding]:
         if (a, b, config.jump_sigma) in self.jump_free:

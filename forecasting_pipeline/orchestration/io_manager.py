@@ -119,14 +119,15 @@ class PartitionedFramesIOManager(dg.ConfigurableIOManager):
         # input materialised by an unrelated run, Dagster names this run, and the newest frame is read.
         runs = [upstream.run_id] if upstream is not None else []
         keys = list(context.asset_partition_keys)
+        layouts: dict[str | None, list[tuple[str, dict]]] = {}
         if len(keys) > 1:
             for run_id in runs:
-                for name, layout in self._layouts(context.asset_key, run_id):
+                layouts[run_id] = self._layouts(context.asset_key, run_id)
+                for name, layout in layouts[run_id]:
                     windows = layout["windows"]
                     if isinstance(windows, dict) and all(key in windows for key in keys):
                         blocks, empty, by_instrument = self._blocks(context.asset_key, name, layout)
                         return WindowFrames(blocks, {key: windows[key] for key in keys}, empty, by_instrument)
-        layouts: dict[str | None, list[tuple[str, dict]]] = {}
         found = {key: self._locate(context.asset_key, key, runs, layouts) for key in keys}
         files = {p["file"] for p in found.values() if isinstance(p, dict)}
         if len(keys) > 1 and len(files) == 1 and all(isinstance(p, dict) for p in found.values()):
